@@ -1,0 +1,137 @@
+"""The closed loop: profile, fit, select, cut, measure, correct, repeat.
+
+The latency model's error on a given network is corrected multiplicatively
+after each measured round (``correction *= measured / predicted``) and the
+selection is redone, for at most ``max_rounds`` rounds. The selector aims a
+little under the budget (``aim``) so that run-to-run noise of a re-measurement
+stays inside it; a round is accepted once its measured latency lies in
+``[accept_low, 1.0] x budget``. The answer is the measured plan that meets the
+budget with the most latency used; if none meets it, the fastest one measured.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from profilers import MeasurementStore
+
+from . import __version__, devices, importance
+from .errors import UserError
+from .graph import PruningSpace
+from .profiling import Profiler, Progress, fit_latency_model
+from .select import Evaluator, greedy, group_options
+from .surgery import apply_kept, check_widths
+
+log = logging.getLogger("hwprune")
+
+
+@dataclass(frozen=True)
+class Round:
+    target_ms: float
+    predicted_ms: float
+    measured_ms: float
+    iqr_ms: float
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model: nn.Module
+    baseline_ms: float
+    predicted_ms: float
+    measured_ms: float
+    plan: dict
+    budget_ms: float
+    device: str
+    rounds: tuple[Round, ...] = ()
+    unchanged: bool = False
+    note: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float) -> dict:
+    return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
+            "budget_ms": budget_ms,
+            "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
+                        "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
+
+
+def _uniform(options, frac: float):
+    return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
+
+
+def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_ms: float = 0.0, *,
+          importance_name: str = "l1", store: MeasurementStore | None = None, max_rounds: int = 6,
+          aim: float = 0.965, accept_low: float = 0.93, progress: Progress | None = None) -> PruneResult:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    try:
+        budget_ms = float(budget_ms)
+    except (TypeError, ValueError):
+        raise UserError(f"budget {budget_ms!r} is not a number; give a positive number of ms") from None
+    if not budget_ms > 0 or budget_ms == float("inf"):
+        raise UserError(f"budget {budget_ms} ms is not a positive number; give e.g. --budget-ms 2.0")
+    dev = devices.get(device)
+    t_start = time.perf_counter()
+    model = model.eval()
+    space = PruningSpace(model, example_inputs)
+    prof = Profiler(dev, store)
+    baseline = prof.measure_module(model, example_inputs).median_ms
+    full_kept = {g.gid: list(range(g.size)) for g in space.groups}
+    if budget_ms >= baseline:
+        note = (f"budget {budget_ms:.3f} ms is above the measured baseline {baseline:.3f} ms; "
+                f"model returned unchanged")
+        return PruneResult(model, baseline, baseline, baseline, make_plan(space, full_kept, dev.name, budget_ms),
+                           budget_ms, dev.name, unchanged=True, note=note)
+    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    lat = fit_latency_model(prof, space, options, progress)
+    scores = importance.compute(importance_name, space)
+    rows = [(space.specs(space.full_choice()), baseline)]
+    smallest_ms = None
+    for frac in (0.0, 0.5):
+        choice = _uniform(options, frac)
+        ev0 = Evaluator(space, lat, scores)
+        m = prof.measure_module(apply_kept(space, ev0.kept(choice)), example_inputs).median_ms
+        rows.append((space.specs(choice), m))
+        smallest_ms = m if frac == 0.0 else smallest_ms
+    lat.fit_remainder(rows)
+    t_profile = time.perf_counter() - t_start
+    if budget_ms < smallest_ms:
+        raise UserError(f"budget {budget_ms:.3f} ms is below the smallest network the constraints allow "
+                        f"({smallest_ms:.3f} ms measured on {dev.name}); raise the budget")
+    correction, rounds, tried = 1.0, [], []
+    for _ in range(max_rounds):
+        ev = Evaluator(space, lat, scores, correction)
+        target = budget_ms * aim
+        sel = greedy(ev, options, target)
+        pruned = apply_kept(space, sel.kept)
+        check_widths(space, pruned, sel.choice)
+        timing = prof.measure_module(pruned, example_inputs)
+        m = timing.median_ms
+        rounds.append(Round(target, sel.predicted_ms, m, timing.iqr_ms))
+        tried.append((sel, pruned, m))
+        log.info("round %d: predicted %.3f ms, measured %.3f ms (budget %.3f)", len(rounds),
+                 sel.predicted_ms, m, budget_ms)
+        at_full = all(sel.choice[gid] == opts[-1] for gid, opts in options.items())
+        if m <= budget_ms and (m >= accept_low * budget_ms or at_full):
+            break
+        correction *= m / sel.predicted_ms
+    meeting = [t for t in tried if t[2] <= budget_ms]
+    sel, pruned, m = max(meeting, key=lambda t: t[2]) if meeting else min(tried, key=lambda t: t[2])
+    note = "" if meeting else f"budget not met after {len(rounds)} rounds; returning the fastest network measured"
+    pruned_specs = space.specs(sel.choice)
+    stats = {"profile_s": t_profile, "total_s": time.perf_counter() - t_start,
+             "shapes_measured": prof.measured, "shapes_reused": prof.reused,
+             "params_before": count_params(model), "params_after": count_params(pruned),
+             "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
+             "flops_after": sum(s.flops for s in pruned_specs), "smallest_ms": smallest_ms}
+    return PruneResult(pruned.eval(), baseline, sel.predicted_ms, m,
+                       make_plan(space, sel.kept, dev.name, budget_ms), budget_ms, dev.name,
+                       tuple(rounds), False, note, stats)

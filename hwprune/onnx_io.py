@@ -1,0 +1,34 @@
+"""Turn a module into ONNX bytes, in memory (the legacy TorchScript exporter:
+fast, one self-contained file, no onnxscript needed)."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+
+OPSET = 17
+
+
+def to_onnx_bytes(model: torch.nn.Module, example_inputs, opset: int = OPSET,
+                  dynamic_batch: bool = False) -> bytes:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    names = [f"input{i}" for i in range(len(example_inputs))]
+    dyn = {n: {0: "batch"} for n in names} if dynamic_batch else None
+    if dyn is not None:
+        dyn["output"] = {0: "batch"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), tuple(example_inputs), buf, dynamo=False, opset_version=opset,
+                          input_names=names, output_names=["output"], dynamic_axes=dyn,
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+def feeds(example_inputs) -> dict[str, np.ndarray]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    return {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(example_inputs)}

@@ -1,0 +1,120 @@
+"""Profile the layer shapes a pruning space can take, and fit its latency model.
+
+Sample design, per layer family (same op, kernel, stride, input size): the
+widths the family's layers can take on the device grid; up to 4 input x 4
+output widths spread over that range (the ends included), or up to 8 points
+on the diagonal for depthwise convs. Every sample is looked up in the
+measurement store first, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import replace
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+import profilers
+from latency_models import NetworkLatencyModel
+from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key
+
+from .devices import Device
+from .graph import PruningSpace
+from .onnx_io import feeds, to_onnx_bytes
+
+log = logging.getLogger("hwprune")
+Progress = Callable[..., Iterable]
+
+
+def _spread(values: Iterable[int], k: int) -> list[int]:
+    vals = sorted(set(values))
+    if len(vals) <= k:
+        return vals
+    return sorted({vals[int(round(i))] for i in np.linspace(0, len(vals) - 1, k)})
+
+
+def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]) -> list[LayerSpec]:
+    full = space.full_choice()
+    fam_in: dict[str, set[int]] = defaultdict(set)
+    fam_out: dict[str, set[int]] = defaultdict(set)
+    base: dict[str, LayerSpec] = {}
+    for layer in space.layers:
+        fam = layer.spec.family()
+        base.setdefault(fam, layer.spec)
+        in_g = sorted({t.gid for t in layer.in_terms})
+        out_g = sorted({t.gid for t in layer.out_terms})
+        for frac in np.linspace(0.0, 1.0, 9):
+            ch = dict(full)
+            for gid in set(in_g) | set(out_g):
+                opts = options[gid]
+                ch[gid] = opts[int(round(frac * (len(opts) - 1)))]
+            n_in, n_out = space.layer_widths(layer, ch)
+            fam_in[fam].add(n_in)
+            fam_out[fam].add(n_out)
+        for gid in in_g:
+            for opt in options[gid]:
+                fam_in[fam].add(space.layer_widths(layer, {**full, gid: opt})[0])
+        for gid in out_g:
+            for opt in options[gid]:
+                fam_out[fam].add(space.layer_widths(layer, {**full, gid: opt})[1])
+    specs = []
+    for fam, b in base.items():
+        if b.depthwise:
+            for n in _spread(fam_out[fam], 8):
+                specs.append(replace(b, in_channels=n, out_channels=n, groups=n))
+        else:
+            for n_in in _spread(fam_in[fam], 4):
+                for n_out in _spread(fam_out[fam], 4):
+                    specs.append(replace(b, in_channels=n_in, out_channels=n_out))
+    return specs
+
+
+class Profiler:
+    """A device's runtime plus its store: measures layer specs and whole models."""
+
+    def __init__(self, device: Device, store: MeasurementStore | None = None):
+        self.device = device
+        self.runtime = device.open()
+        self.store = store if store is not None else MeasurementStore()
+        self.fp = fingerprint_key({"device": device.name, **self.runtime.fingerprint()})
+        self.measured = 0
+        self.reused = 0
+
+    def measure_specs(self, specs: list[LayerSpec], progress: Progress | None = None) -> list[Measurement]:
+        out, todo = [], []
+        for s in dict.fromkeys(specs):
+            t = self.store.get(self.fp, s.key())
+            if t is None:
+                todo.append(s)
+            else:
+                self.reused += 1
+                out.append(Measurement(self.device.name, s, t))
+        it = progress(todo, desc=f"profiling {self.device.name}", unit="shape") if (progress and todo) else todo
+        for s in it:
+            t = self.runtime.measure_spec(s)
+            self.store.put(self.fp, s.key(), t)
+            self.measured += 1
+            out.append(Measurement(self.device.name, s, t))
+        return out
+
+    def measure_module(self, model: torch.nn.Module, example_inputs) -> Timing:
+        model_bytes = to_onnx_bytes(model, example_inputs)
+        return self.runtime.measure_onnx(model_bytes, feeds(example_inputs))
+
+
+def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
+                      progress: Progress | None = None) -> NetworkLatencyModel:
+    specs = sample_specs(space, options) + space.specs(space.full_choice())
+    ms = profiler.measure_specs(specs, progress)
+    return NetworkLatencyModel().fit(ms)
+
+
+def measure_latency(model: torch.nn.Module, example_inputs, device: Device) -> float:
+    """Median latency in ms of the whole model on the device (fresh measurement)."""
+    runtime = device.open()
+    return runtime.measure_onnx(to_onnx_bytes(model, example_inputs), feeds(example_inputs)).median_ms
+
+
+__all__ = ["Profiler", "fit_latency_model", "sample_specs", "measure_latency", "profilers"]

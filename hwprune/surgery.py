@@ -1,0 +1,42 @@
+"""Physically remove channels: a plan of kept indices per group -> a smaller module."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .graph import PruningSpace
+from .importance import root_handler
+
+
+class SurgeryError(RuntimeError):
+    pass
+
+
+def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
+    """Return a pruned deep copy of ``space.model`` keeping ``kept[gid]`` root indices."""
+    model = copy.deepcopy(space.model).eval()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=space.example_inputs)
+    for g in space.groups:
+        keep = set(int(i) for i in kept.get(g.gid, range(g.size)))
+        if not keep:
+            raise SurgeryError(f"group {g.gid} ({g.root}) would lose every channel")
+        drop = sorted(set(range(g.size)) - keep)
+        if drop:
+            root = model.get_submodule(g.root)
+            dg.get_pruning_group(root, root_handler(root), idxs=drop).prune()
+    with torch.no_grad():
+        model(*space.example_inputs)
+    return model
+
+
+def check_widths(space: PruningSpace, model: nn.Module, choice) -> None:
+    """Verify each layer of the pruned model has the widths the space predicts."""
+    for layer, spec in zip(space.layers, space.specs(choice)):
+        m = model.get_submodule(layer.name)
+        got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
+        if got != (spec.in_channels, spec.out_channels):
+            raise SurgeryError(f"layer {layer.name}: pruned widths {got} differ from the planned "
+                               f"{(spec.in_channels, spec.out_channels)}")

@@ -1,0 +1,98 @@
+"""Network latency = sum of per-layer predictions + a fitted remainder.
+
+Layers are grouped into families (same op, kernel, stride, input size: only the
+channel counts differ); one quadratic model per family. The remainder covers
+what is not a conv or linear layer (adds, pools, concats, session overhead,
+and the per-call overhead counted once per isolated layer measurement); it is
+``c0 + c1 * activation_elements`` fitted from a few whole-model measurements.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from profilers import LayerSpec, Measurement
+
+from .quadratic import NotFittedError, QuadraticLayerModel
+
+
+def activation_elements(specs: Iterable[LayerSpec]) -> int:
+    """Elements written by the layers: a proxy for elementwise work around them."""
+    total = 0
+    for s in specs:
+        oh, ow = s.out_hw
+        total += s.batch * s.out_channels * oh * ow
+    return total
+
+
+class NetworkLatencyModel:
+    def __init__(self, form: str = "M6"):
+        self.form = form
+
+    def fit(self, measurements: Sequence[Measurement]) -> "NetworkLatencyModel":
+        by_family: dict[str, list[Measurement]] = defaultdict(list)
+        for m in measurements:
+            by_family[m.spec.family()].append(m)
+        self.families_ = {}
+        for fam, ms in by_family.items():
+            n_in = [m.spec.in_channels for m in ms]
+            n_out = [m.spec.out_channels for m in ms]
+            y = [m.timing.median_ms for m in ms]
+            self.families_[fam] = QuadraticLayerModel(self.form).fit(n_in, n_out, y)
+        self.remainder_ = (0.0, 0.0)
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "families_"):
+            raise NotFittedError("NetworkLatencyModel is not fitted; call fit first")
+
+    def missing(self, specs: Iterable[LayerSpec]) -> list[LayerSpec]:
+        self._check()
+        return [s for s in specs if s.family() not in self.families_]
+
+    def layer_ms(self, spec: LayerSpec) -> float:
+        self._check()
+        model = self.families_.get(spec.family())
+        if model is None:
+            raise KeyError(f"no measurements for layer family {spec.family()}")
+        return float(model.predict(spec.in_channels, spec.out_channels))
+
+    def layers_ms(self, specs: Sequence[LayerSpec]) -> float:
+        return float(sum(self.layer_ms(s) for s in specs))
+
+    def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
+        c0, c1 = self.remainder_
+        return c0 + c1 * activation_elements(specs)
+
+    def predict(self, specs: Sequence[LayerSpec]) -> float:
+        return self.layers_ms(specs) + self.remainder_ms(specs)
+
+    def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> "NetworkLatencyModel":
+        """Fit ``c0 + c1*elements`` to ``measured - sum(layers)`` over whole-model
+        measurements ``rows = [(specs, measured_ms), ...]``. One row fits c0 only."""
+        self._check()
+        resid = np.array([ms - self.layers_ms(specs) for specs, ms in rows])
+        elems = np.array([activation_elements(specs) for specs, _ in rows], dtype=float)
+        if len(rows) >= 2 and np.ptp(elems) > 0:
+            X = np.stack([np.ones_like(elems), elems], axis=1)
+            (c0, c1), *_ = np.linalg.lstsq(X, resid, rcond=None)
+            if c1 < 0:  # elementwise work cannot make a network faster
+                c0, c1 = float(resid.mean()), 0.0
+        else:
+            c0, c1 = float(resid.mean()), 0.0
+        self.remainder_ = (float(c0), float(c1))
+        return self
+
+    def to_dict(self) -> dict:
+        self._check()
+        return {"type": "network", "form": self.form, "remainder": list(self.remainder_),
+                "families": {k: v.to_dict() for k, v in self.families_.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkLatencyModel":
+        m = cls(form=d.get("form", "M6"))
+        m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
+        m.remainder_ = tuple(d.get("remainder", (0.0, 0.0)))
+        return m

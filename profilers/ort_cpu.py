@@ -1,0 +1,56 @@
+"""ONNX Runtime CPUExecutionProvider with pinned intra-/inter-op threads."""
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+from .onnx_layers import layer_model, random_inputs
+from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure
+from .specs import LayerSpec, Timing
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class OrtCpuRuntime:
+    """Measures ONNX models on ONNX Runtime's CPU provider, fp32."""
+
+    kind = "ort-cpu"
+
+    def __init__(self, threads: int = 1):
+        import onnxruntime  # noqa: F401  (fail early with ImportError)
+        self.threads = int(threads)
+
+    def fingerprint(self) -> dict:
+        import onnxruntime
+        return {"runtime": "onnxruntime-cpu", "version": onnxruntime.__version__,
+                "threads": self.threads, "dtype": "fp32", "cpu": cpu_model(),
+                "machine": platform.machine()}
+
+    def session(self, model_bytes: bytes):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+    def measure_onnx(self, model_bytes: bytes, feeds: dict[str, np.ndarray] | None = None,
+                     protocol: Protocol = MODEL_PROTOCOL) -> Timing:
+        sess = self.session(model_bytes)
+        feeds = feeds if feeds is not None else random_inputs(model_bytes)
+        return measure(lambda: sess.run(None, feeds), protocol)
+
+    def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
+        return self.measure_onnx(layer_model(spec), protocol=protocol)

@@ -1,0 +1,77 @@
+"""One measurement protocol for every runtime.
+
+Warm up, then time single runs until the 95 % confidence interval of the
+median is within ``target_rel`` of it (order-statistic interval) or a time cap
+is reached. Report median, IQR, run count and whether the target was met, so
+unstable measurements are flagged rather than silently stored.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .specs import Timing
+
+
+@dataclass(frozen=True)
+class Protocol:
+    warmup_runs: int = 10
+    warmup_s: float = 0.05
+    min_runs: int = 30
+    max_runs: int = 2000
+    max_s: float = 1.0
+    target_rel: float = 0.02
+
+
+LAYER_PROTOCOL = Protocol()
+MODEL_PROTOCOL = Protocol(warmup_runs=10, warmup_s=0.3, min_runs=40, max_s=4.0, target_rel=0.01)
+
+
+def median_ci_rel(samples: np.ndarray) -> float:
+    """Relative half-width of the ~95 % interval of the median (order statistics)."""
+    n = len(samples)
+    if n < 5:
+        return math.inf
+    s = np.sort(samples)
+    half = 1.96 * math.sqrt(n) / 2.0
+    lo = max(0, int(math.floor(n / 2.0 - half)))
+    hi = min(n - 1, int(math.ceil(n / 2.0 + half)))
+    med = float(np.median(s))
+    return float((s[hi] - s[lo]) / 2.0 / med) if med > 0 else math.inf
+
+
+def measure(run: Callable[[], object], protocol: Protocol = LAYER_PROTOCOL,
+            sync: Callable[[], None] | None = None) -> Timing:
+    """Time ``run`` under ``protocol``; ``sync`` (e.g. CUDA synchronise) is called
+    after each run, inside the timed region."""
+    clock = time.perf_counter
+    start = clock()
+    done = 0
+    while done < protocol.warmup_runs or clock() - start < protocol.warmup_s:
+        run()
+        if sync:
+            sync()
+        done += 1
+    times: list[float] = []
+    t0 = clock()
+    ci = math.inf
+    while len(times) < protocol.max_runs:
+        a = clock()
+        run()
+        if sync:
+            sync()
+        times.append(clock() - a)
+        n = len(times)
+        if n >= protocol.min_runs and (n % 10 == 0):
+            ci = median_ci_rel(np.asarray(times))
+            if ci <= protocol.target_rel or clock() - t0 > protocol.max_s:
+                break
+    arr = np.asarray(times) * 1e3
+    q1, q3 = np.percentile(arr, [25, 75])
+    ci = median_ci_rel(arr)
+    return Timing(median_ms=float(np.median(arr)), iqr_ms=float(q3 - q1), runs=len(arr),
+                  ci_rel=float(ci), stable=bool(ci <= protocol.target_rel))
