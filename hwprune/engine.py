@@ -67,6 +67,23 @@ def _uniform(options, frac: float):
     return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
 
 
+def calibrate(lat, space: PruningSpace, prof: Profiler, options, scores, example_inputs,
+              rows: list | None = None) -> float:
+    """Fit the latency model's remainder from whole-model measurements of the
+    smallest and the half-width sub-networks (plus ``rows`` already measured);
+    returns the smallest sub-network's measured ms."""
+    rows = list(rows or [])
+    ev = Evaluator(space, lat, scores)
+    smallest_ms = None
+    for frac in (0.0, 0.5):
+        choice = _uniform(options, frac)
+        m = prof.measure_module(apply_kept(space, ev.kept(choice)), example_inputs).median_ms
+        rows.append((space.specs(choice), m))
+        smallest_ms = m if smallest_ms is None else smallest_ms
+    lat.fit_remainder(rows)
+    return smallest_ms
+
+
 def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_ms: float = 0.0, *,
           importance_name: str = "l1", store: MeasurementStore | None = None, max_rounds: int = 6,
           aim: float = 0.965, accept_low: float = 0.93, progress: Progress | None = None) -> PruneResult:
@@ -93,15 +110,8 @@ def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_m
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, progress)
     scores = importance.compute(importance_name, space)
-    rows = [(space.specs(space.full_choice()), baseline)]
-    smallest_ms = None
-    for frac in (0.0, 0.5):
-        choice = _uniform(options, frac)
-        ev0 = Evaluator(space, lat, scores)
-        m = prof.measure_module(apply_kept(space, ev0.kept(choice)), example_inputs).median_ms
-        rows.append((space.specs(choice), m))
-        smallest_ms = m if frac == 0.0 else smallest_ms
-    lat.fit_remainder(rows)
+    smallest_ms = calibrate(lat, space, prof, options, scores, example_inputs,
+                            [(space.specs(space.full_choice()), baseline)])
     t_profile = time.perf_counter() - t_start
     if budget_ms < smallest_ms:
         raise UserError(f"budget {budget_ms:.3f} ms is below the smallest network the constraints allow "

@@ -10,7 +10,9 @@ by importance are kept.
 take the one-level width cut with the least importance lost per predicted
 millisecond saved until the prediction meets the target, then spend any slack
 by re-growing the groups with the most importance per millisecond that still
-fit. Objective and constraint use the same latency model the rest of the
+fit. When a cut reaches the target, the cut losing least importance is taken
+(not the best ratio), and a final local search swaps one level between two
+groups while that gains importance within the target. Objective and constraint use the same latency model the rest of the
 engine uses.
 """
 from __future__ import annotations
@@ -99,7 +101,7 @@ def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: 
     cur = ev.latency_ms(choice_of(level))
     cur_imp = ev.importance(choice_of(level))
     while cur > target_ms:
-        best = None
+        best, landing = None, None
         for gid, i in level.items():
             if i == 0:
                 continue
@@ -110,13 +112,15 @@ def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: 
             if saved <= 1e-9:
                 continue
             lost = cur_imp - ev.importance(choice_of(trial))
-            ratio = lost / saved
-            if best is None or ratio < best[0]:
-                best = (ratio, gid, t)
+            if best is None or lost / saved < best[0]:
+                best = (lost / saved, gid, t)
+            if t <= target_ms and (landing is None or lost < landing[0]):
+                landing = (lost, gid, t)  # a cut that reaches the target: take the cheapest
         if best is None:
             break
-        level[best[1]] -= 1
-        cur = best[2]
+        step = landing if landing is not None else best
+        level[step[1]] -= 1
+        cur = step[2]
         cur_imp = ev.importance(choice_of(level))
     feasible = cur <= target_ms
     while feasible:  # spend the slack
@@ -138,9 +142,33 @@ def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: 
         level[best[1]] += 1
         cur = best[2]
         cur_imp = ev.importance(choice_of(level))
+    if feasible:
+        level, cur, cur_imp = _swap(ev, options, level, choice_of, target_ms, cur, cur_imp)
     choice = choice_of(level)
     return Selection(choice, ev.kept(choice), cur, cur_imp, feasible)
 
 
-def smallest(options: dict[int, list[tuple[int, ...]]]) -> Choice:
-    return {gid: opts[0] for gid, opts in options.items()}
+def _swap(ev, options, level, choice_of, target_ms, cur, cur_imp, max_iter: int = 40):
+    """Local search: grow one group a level and shrink another while the pair
+    gains importance and stays within the target."""
+    for _ in range(max_iter):
+        best = None
+        for up, i in level.items():
+            if i + 1 >= len(options[up]):
+                continue
+            for down, j in level.items():
+                if down == up or j == 0:
+                    continue
+                trial = dict(level)
+                trial[up], trial[down] = i + 1, j - 1
+                t = ev.latency_ms(choice_of(trial))
+                if t > target_ms:
+                    continue
+                gain = ev.importance(choice_of(trial)) - cur_imp
+                if gain > 1e-9 and (best is None or gain > best[0]):
+                    best = (gain, trial, t)
+        if best is None:
+            break
+        level, cur = best[1], best[2]
+        cur_imp = ev.importance(choice_of(level))
+    return level, cur, cur_imp
