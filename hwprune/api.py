@@ -30,7 +30,7 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, progress)
     scores = importance.compute("l1", space)
-    calibrate(lat, space, prof, options, scores, example_inputs)
+    calibrate(lat, space, lambda m: prof.measure_module(m, example_inputs).median_ms, options, scores)
     return Evaluator(space, lat, scores).latency_ms(space.full_choice())
 
 

@@ -156,9 +156,9 @@ def cmd_demo(args) -> int:
     from .report import format_table
     r = run_demo(Path(args.out), device=args.device, store=_store(args), progress=_progress())
     rows = [["baseline", f"{r['baseline_ms']:.3f}", "", r["params_before"], r["flops_before"],
-             f"{100 * r['acc_before']:.1f} %"],
+             f"{100 * r['accuracy_before']:.1f} %"],
             ["pruned", f"{r['pruned_ms']:.3f}", f"{r['predicted_ms']:.3f}", r["params_after"], r["flops_after"],
-             f"{100 * r['acc_after']:.1f} %"]]
+             f"{100 * r['accuracy_after']:.1f} %"]]
     text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
     _emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
     return 0

@@ -1,8 +1,11 @@
 """The closed loop: profile, fit, select, cut, measure, correct, repeat.
 
-The latency model's error on a given network is corrected multiplicatively
-after each measured round (``correction *= measured / predicted``) and the
-selection is redone, for at most ``max_rounds`` rounds. The selector aims a
+Each pruned candidate is measured interleaved with the original model and
+reported as ``(candidate / original) x baseline_ms``, so drift of the machine
+cancels. The latency model's error is corrected multiplicatively after each
+measured round (the correction is the median of ``measured / predicted`` over
+the rounds so far, so one noisy round cannot swing it) and the selection is
+redone, for at most ``max_rounds`` rounds. The selector aims a
 little under the budget (``aim``) so that run-to-run noise of a re-measurement
 stays inside it; a round is accepted once its measured latency lies in
 ``[accept_low, 1.0] x budget``. The answer is the measured plan that meets the
@@ -14,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +26,7 @@ from profilers import MeasurementStore
 from . import __version__, devices, importance
 from .errors import UserError
 from .graph import PruningSpace
-from .profiling import Profiler, Progress, fit_latency_model
+from .profiling import Profiler, Progress, RelativeMeter, fit_latency_model
 from .select import Evaluator, greedy, group_options
 from .surgery import apply_kept, check_widths
 
@@ -67,8 +71,7 @@ def _uniform(options, frac: float):
     return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
 
 
-def calibrate(lat, space: PruningSpace, prof: Profiler, options, scores, example_inputs,
-              rows: list | None = None) -> float:
+def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None) -> float:
     """Fit the latency model's remainder from whole-model measurements of the
     smallest and the half-width sub-networks (plus ``rows`` already measured);
     returns the smallest sub-network's measured ms."""
@@ -77,7 +80,7 @@ def calibrate(lat, space: PruningSpace, prof: Profiler, options, scores, example
     smallest_ms = None
     for frac in (0.0, 0.5):
         choice = _uniform(options, frac)
-        m = prof.measure_module(apply_kept(space, ev.kept(choice)), example_inputs).median_ms
+        m = measure_ms(apply_kept(space, ev.kept(choice)))
         rows.append((space.specs(choice), m))
         smallest_ms = m if smallest_ms is None else smallest_ms
     lat.fit_remainder(rows)
@@ -100,7 +103,8 @@ def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_m
     model = model.eval()
     space = PruningSpace(model, example_inputs)
     prof = Profiler(dev, store)
-    baseline = prof.measure_module(model, example_inputs).median_ms
+    meter = RelativeMeter(prof, model, example_inputs)
+    baseline = meter.reference_ms
     full_kept = {g.gid: list(range(g.size)) for g in space.groups}
     if budget_ms >= baseline:
         note = (f"budget {budget_ms:.3f} ms is above the measured baseline {baseline:.3f} ms; "
@@ -110,21 +114,19 @@ def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_m
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, progress)
     scores = importance.compute(importance_name, space)
-    smallest_ms = calibrate(lat, space, prof, options, scores, example_inputs,
-                            [(space.specs(space.full_choice()), baseline)])
+    smallest_ms = calibrate(lat, space, lambda m: meter.measure(m)[0], options, scores, [(space.specs(space.full_choice()), baseline)])
     t_profile = time.perf_counter() - t_start
     if budget_ms < smallest_ms:
         raise UserError(f"budget {budget_ms:.3f} ms is below the smallest network the constraints allow "
                         f"({smallest_ms:.3f} ms measured on {dev.name}); raise the budget")
-    correction, rounds, tried = 1.0, [], []
+    correction, errors, rounds, tried = 1.0, [], [], []
     for _ in range(max_rounds):
         ev = Evaluator(space, lat, scores, correction)
         target = budget_ms * aim
         sel = greedy(ev, options, target)
         pruned = apply_kept(space, sel.kept)
         check_widths(space, pruned, sel.choice)
-        timing = prof.measure_module(pruned, example_inputs)
-        m = timing.median_ms
+        m, timing = meter.measure(pruned)
         rounds.append(Round(target, sel.predicted_ms, m, timing.iqr_ms))
         tried.append((sel, pruned, m))
         log.info("round %d: predicted %.3f ms, measured %.3f ms (budget %.3f)", len(rounds),
@@ -132,7 +134,8 @@ def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_m
         at_full = all(sel.choice[gid] == opts[-1] for gid, opts in options.items())
         if m <= budget_ms and (m >= accept_low * budget_ms or at_full):
             break
-        correction *= m / sel.predicted_ms
+        errors.append(m / (sel.predicted_ms / correction))
+        correction = float(np.median(errors))
     meeting = [t for t in tried if t[2] <= budget_ms]
     sel, pruned, m = max(meeting, key=lambda t: t[2]) if meeting else min(tried, key=lambda t: t[2])
     note = "" if meeting else f"budget not met after {len(rounds)} rounds; returning the fastest network measured"

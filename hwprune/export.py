@@ -1,9 +1,7 @@
 """ONNX export checked against PyTorch with ONNX Runtime, and the TensorRT hint."""
 from __future__ import annotations
 
-import os
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 
 from .onnx_io import OPSET, feeds, to_onnx_bytes
+from .report import atomic_write_bytes
 
 
 class ExportError(RuntimeError):
@@ -23,33 +22,27 @@ class Parity:
     max_rel_diff: float  # max |diff| / max |reference|
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def check_parity(model: torch.nn.Module, example_inputs, model_bytes: bytes, tol_rel: float = 1e-4) -> Parity:
+def check_parity(model: torch.nn.Module, example_inputs, model_bytes: bytes, tol_rel: float = 1e-4,
+                 more_inputs=()) -> Parity:
+    """Check the ONNX model and compare ONNX Runtime's output with PyTorch's on
+    the example inputs (and on each of ``more_inputs``, e.g. real data); raises
+    :class:`ExportError` above ``tol_rel`` of the output's magnitude."""
     import onnx
     import onnxruntime as ort
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     onnx.checker.check_model(onnx.load_from_string(model_bytes))
     sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = sess.run(None, feeds(example_inputs))[0]
-    with torch.no_grad():
-        ref = model.eval()(*example_inputs)
-    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().cpu().numpy()
-    diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+    diff, scale = 0.0, 0.0
+    for inputs in [example_inputs, *[(x,) if isinstance(x, torch.Tensor) else x for x in more_inputs]]:
+        got = sess.run(None, feeds(inputs))[0]
+        with torch.no_grad():
+            ref = model.eval()(*inputs)
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().cpu().numpy()
+        if got.shape != ref.shape:
+            raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
+        if ref.size:
+            diff, scale = max(diff, float(np.max(np.abs(got - ref)))), max(scale, float(np.max(np.abs(ref))))
     p = Parity(diff, diff / scale if scale > 0 else diff)
     if p.max_rel_diff > tol_rel:
         raise ExportError(f"ONNX output differs from PyTorch: max abs {p.max_abs_diff:.3g}, "

@@ -99,9 +99,39 @@ class Profiler:
             out.append(Measurement(self.device.name, s, t))
         return out
 
-    def measure_module(self, model: torch.nn.Module, example_inputs) -> Timing:
+    def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3) -> Timing:
+        """Whole-model latency; an unstable measurement (the machine was busy) is
+        repeated, and the attempt with the tightest interval is kept."""
         model_bytes = to_onnx_bytes(model, example_inputs)
-        return self.runtime.measure_onnx(model_bytes, feeds(example_inputs))
+        best = None
+        for _ in range(attempts):
+            t = self.runtime.measure_onnx(model_bytes, feeds(example_inputs))
+            if best is None or t.ci_rel < best.ci_rel:
+                best = t
+            if t.stable:
+                break
+        if not best.stable:
+            log.warning("unstable measurement (median %.3f ms, IQR %.3f ms): is the machine busy?",
+                        best.median_ms, best.iqr_ms)
+        return best
+
+
+class RelativeMeter:
+    """Measures candidates interleaved with a reference model and reports
+    ``ms = (candidate median / reference median) x reference_ms``: drift of the
+    machine between the reference's measurement and the candidate's cancels."""
+
+    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs):
+        self.profiler, self.example_inputs = profiler, example_inputs
+        self.reference_bytes = to_onnx_bytes(reference, example_inputs)
+        self.reference = profiler.measure_module(reference, example_inputs)
+        self.reference_ms = self.reference.median_ms
+
+    def measure(self, model: torch.nn.Module) -> tuple[float, Timing]:
+        f = feeds(self.example_inputs)
+        cand, ref = self.profiler.runtime.measure_onnx_interleaved(
+            [(to_onnx_bytes(model, self.example_inputs), f), (self.reference_bytes, f)])
+        return cand.median_ms / ref.median_ms * self.reference_ms, cand
 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure
+from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Measurement, Timing
 from .store import MeasurementStore, StoreError, default_store_path, fingerprint_key
 
@@ -38,7 +38,7 @@ def create_runtime(kind: str, **options):
         raise RuntimeUnavailable(f"runtime {kind!r} needs the package {exc.name!r}") from None
 
 
-__all__ = ["LayerSpec", "Measurement", "Timing", "Protocol", "measure", "LAYER_PROTOCOL",
+__all__ = ["LayerSpec", "Measurement", "Timing", "Protocol", "measure", "measure_interleaved", "LAYER_PROTOCOL",
            "MODEL_PROTOCOL", "MeasurementStore", "StoreError", "default_store_path",
            "fingerprint_key", "create_runtime", "list_runtimes", "register_runtime",
            "RuntimeUnavailable"]

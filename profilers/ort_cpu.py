@@ -6,7 +6,7 @@ import platform
 import numpy as np
 
 from .onnx_layers import layer_model, random_inputs
-from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure
+from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Timing
 
 
@@ -51,6 +51,12 @@ class OrtCpuRuntime:
         sess = self.session(model_bytes)
         feeds = feeds if feeds is not None else random_inputs(model_bytes)
         return measure(lambda: sess.run(None, feeds), protocol)
+
+    def measure_onnx_interleaved(self, models: list[tuple[bytes, dict]],
+                                 protocol: Protocol = MODEL_PROTOCOL) -> list[Timing]:
+        """Several ONNX models measured alternately (see ``measure_interleaved``)."""
+        sessions = [(self.session(b), f if f is not None else random_inputs(b)) for b, f in models]
+        return measure_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in sessions], protocol)
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
         return self.measure_onnx(layer_model(spec), protocol=protocol)

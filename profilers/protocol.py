@@ -75,3 +75,41 @@ def measure(run: Callable[[], object], protocol: Protocol = LAYER_PROTOCOL,
     ci = median_ci_rel(arr)
     return Timing(median_ms=float(np.median(arr)), iqr_ms=float(q3 - q1), runs=len(arr),
                   ci_rel=float(ci), stable=bool(ci <= protocol.target_rel))
+
+
+def measure_interleaved(runs: list[Callable[[], object]], protocol: Protocol = MODEL_PROTOCOL,
+                        sync: Callable[[], None] | None = None) -> list[Timing]:
+    """Time several callables by alternating single runs of each, so that drift
+    of the machine (other load, clock changes) affects all of them alike; stop
+    when every median's interval meets the target or at the time cap (which
+    scales with the number of callables)."""
+    clock = time.perf_counter
+    start = clock()
+    while clock() - start < protocol.warmup_s * len(runs):
+        for run in runs:
+            run()
+            if sync:
+                sync()
+    times: list[list[float]] = [[] for _ in runs]
+    t0 = clock()
+    cap = protocol.max_s * len(runs)
+    while len(times[0]) < protocol.max_runs:
+        for run, ts in zip(runs, times):
+            a = clock()
+            run()
+            if sync:
+                sync()
+            ts.append(clock() - a)
+        n = len(times[0])
+        if n >= protocol.min_runs and n % 10 == 0:
+            worst = max(median_ci_rel(np.asarray(ts)) for ts in times)
+            if worst <= protocol.target_rel or clock() - t0 > cap:
+                break
+    out = []
+    for ts in times:
+        arr = np.asarray(ts) * 1e3
+        q1, q3 = np.percentile(arr, [25, 75])
+        ci = median_ci_rel(arr)
+        out.append(Timing(float(np.median(arr)), float(q3 - q1), len(arr), float(ci),
+                          bool(ci <= protocol.target_rel)))
+    return out

@@ -5,7 +5,7 @@ from hwprune import zoo
 from hwprune.graph import PruningSpace
 from hwprune.select import Evaluator, greedy, group_options, width_grid
 from latency_models import NetworkLatencyModel
-from profilers import LayerSpec, Measurement, Timing
+from profilers import LayerSpec
 
 
 def test_width_grid_follows_the_device_step():

@@ -1,0 +1,84 @@
+"""Shared helpers for the benchmark scripts: import path, machine header,
+atomic result files, markdown tables."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def use_repo_packages() -> None:
+    """Make the repository's packages importable when the script runs uninstalled."""
+    root = str(REPO_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_header() -> dict:
+    """Date and the machine a benchmark ran on, for the top of its report."""
+    versions = {}
+    for mod in ("torch", "onnxruntime", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "versions": versions}
+
+
+def header_lines(h: dict) -> list[str]:
+    v = h["versions"]
+    return [f"- date: {h['date']}",
+            f"- machine: {h['cpu']}, {h['cores']} cores ({h['machine']})",
+            f"- python {h['python']}, torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, "
+            f"numpy {v.get('numpy')}"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def md_table(columns: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

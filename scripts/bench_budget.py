@@ -1,0 +1,232 @@
+"""Budget benchmark: does a pruned model meet its millisecond budget when
+measured independently of the engine?
+
+For each zoo model: measure the dense baseline 5 times (each a full protocol
+measurement, fresh session), prune it to ``frac x baseline`` for every budget
+fraction (one shared measurement store, empty at the start unless ``--store``
+names an existing one, so the first prune of a model pays the profiling and
+later ones reuse it), then re-measure the baseline and every pruned model
+interleaved (round-robin, 5 rounds, median per model) and check
+``re-measured / budget`` lies in [0.90, 1.03].
+
+Writes ``bench_budget.json`` and ``bench_budget.md`` into ``--out``. The exit
+code is 0 whatever the band results are; bad arguments exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _bench_common as common
+
+common.use_repo_packages()
+
+BAND = (0.90, 1.03)
+REPEATS = 5
+DEFAULT_MODELS = ["resnet20", "resnet56", "vgg16", "mobilenetv2"]
+DEFAULT_BUDGETS = [0.4, 0.6, 0.8]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from hwprune import zoo
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
+                   help=f"zoo model names (default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--budgets", nargs="+", type=float, default=DEFAULT_BUDGETS,
+                   help="budgets as fractions of the measured baseline latency "
+                        f"(default: {' '.join(map(str, DEFAULT_BUDGETS))})")
+    p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
+    p.add_argument("--store", default=None,
+                   help="measurement store path (default: a fresh temp file, so profiling starts empty)")
+    p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
+                   help="output folder (default: scripts/results/)")
+    args = p.parse_args(argv)
+    bad = [b for b in args.budgets if not 0.0 < b < 1.0]
+    if bad:
+        p.error(f"budget fractions must lie in (0, 1); got {bad}")
+    unknown = [m for m in args.models if m not in zoo.list_models()]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; known: {' '.join(zoo.list_models())}")
+    return args
+
+
+def summarise(values: list[float]) -> dict:
+    return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values),
+            "runs_ms": values}
+
+
+def measure_repeated(runtime, onnx_bytes: bytes, feed) -> list[float]:
+    return [runtime.measure_onnx(onnx_bytes, feed).median_ms for _ in range(REPEATS)]
+
+
+def bench_model(name: str, args, store, dev, log) -> list[dict]:
+    from hwprune import zoo
+    from hwprune.engine import prune
+    from hwprune.errors import UserError
+    from hwprune.onnx_io import feeds, to_onnx_bytes
+
+    model, x = zoo.create(name)
+    model.eval()
+    runtime = dev.open()
+    feed = feeds(x)
+    base_bytes = to_onnx_bytes(model, x)
+    base = summarise(measure_repeated(runtime, base_bytes, feed))
+    log(f"[{name}] baseline {base['median_ms']:.3f} ms (min {base['min_ms']:.3f}, max {base['max_ms']:.3f})")
+
+    rows, pruned = [], []
+    for frac in args.budgets:
+        budget = frac * base["median_ms"]
+        row = {"model": name, "budget_frac": frac, "budget_ms": budget, "baseline_ms": base["median_ms"],
+               "baseline_min_ms": base["min_ms"], "baseline_max_ms": base["max_ms"], "error": None}
+        t0 = time.perf_counter()
+        try:
+            res = prune(model, x, device=args.device, budget_ms=budget, store=store)
+        except UserError as exc:
+            row["error"] = str(exc)
+            row["prune_wall_s"] = time.perf_counter() - t0
+            log(f"[{name}] budget {frac:.2f}: error: {exc}")
+            rows.append(row)
+            continue
+        st = res.stats
+        row.update({
+            "prune_wall_s": time.perf_counter() - t0, "engine_baseline_ms": res.baseline_ms,
+            "predicted_ms": res.predicted_ms, "engine_measured_ms": res.measured_ms,
+            "engine_ratio": res.measured_ms / budget, "unchanged": res.unchanged, "note": res.note,
+            "rounds": [{"target_ms": r.target_ms, "predicted_ms": r.predicted_ms,
+                        "measured_ms": r.measured_ms, "iqr_ms": r.iqr_ms} for r in res.rounds],
+            "n_rounds": len(res.rounds), "profile_s": st.get("profile_s"), "total_s": st.get("total_s"),
+            "shapes_measured": st.get("shapes_measured"), "shapes_reused": st.get("shapes_reused"),
+            "params_before": st.get("params_before"), "params_after": st.get("params_after"),
+            "flops_before": st.get("flops_before"), "flops_after": st.get("flops_after"),
+            "smallest_ms": st.get("smallest_ms")})
+        log(f"[{name}] budget {frac:.2f} = {budget:.3f} ms: engine measured {res.measured_ms:.3f} ms "
+            f"(predicted {res.predicted_ms:.3f}), {len(res.rounds)} rounds, {row['prune_wall_s']:.1f} s")
+        rows.append(row)
+        pruned.append((row, to_onnx_bytes(res.model, x)))
+
+    # Independent re-measurement: round-robin over baseline + pruned models.
+    items = [("baseline", base_bytes)] + [(r["budget_frac"], b) for r, b in pruned]
+    times: list[list[float]] = [[] for _ in items]
+    for _ in range(REPEATS):
+        for i, (_, b) in enumerate(items):
+            times[i].append(runtime.measure_onnx(b, feed).median_ms)
+    base_re = summarise(times[0])
+    log(f"[{name}] baseline re-measured {base_re['median_ms']:.3f} ms "
+        f"({base_re['min_ms']:.3f}-{base_re['max_ms']:.3f})")
+    for (row, _), t in zip(pruned, times[1:]):
+        s = summarise(t)
+        ratio = s["median_ms"] / row["budget_ms"]
+        row.update({"remeasured_ms": s["median_ms"], "remeasured_min_ms": s["min_ms"],
+                    "remeasured_max_ms": s["max_ms"], "remeasured_runs_ms": s["runs_ms"],
+                    "baseline_remeasured_ms": base_re["median_ms"],
+                    "ratio": ratio, "in_band": BAND[0] <= ratio <= BAND[1]})
+        log(f"[{name}] budget {row['budget_frac']:.2f}: re-measured {s['median_ms']:.3f} ms, "
+            f"ratio {ratio:.3f} {'in band' if row['in_band'] else 'OUT OF BAND'}")
+    return rows
+
+
+def _f(v, fmt=".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _mega(v) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f}M"
+
+
+def render_md(header: dict, rows: list[dict], summary: str, total_s: float, store_path: str) -> str:
+    cols = ["model", "frac", "budget ms", "baseline ms (min-max)", "predicted ms", "engine ms",
+            "re-measured ms (min-max)", "ratio", "in band", "rounds", "rounds measured/budget",
+            "profile s", "prune s", "shapes meas/reused", "params before->after", "FLOPs before->after"]
+    body = []
+    for r in rows:
+        if r.get("error"):
+            body.append([r["model"], _f(r["budget_frac"], ".2f"), _f(r["budget_ms"]), _f(r["baseline_ms"]),
+                         "error: " + r["error"].replace("|", "/")] + [""] * (len(cols) - 5))
+            continue
+        seq = ", ".join(f"{x['measured_ms'] / r['budget_ms']:.3f}" for x in r["rounds"]) or "-"
+        if r["unchanged"]:
+            seq = f"unchanged (engine's baseline {r['engine_baseline_ms']:.3f} ms <= budget)"
+        shapes = "-" if r["shapes_measured"] is None else f"{r['shapes_measured']}/{r['shapes_reused']}"
+        size = {k: "-" if r[f"{k}_before"] is None else
+                f"{_mega(r[f'{k}_before'])}->{_mega(r[f'{k}_after'])}" for k in ("params", "flops")}
+        body.append([
+            r["model"], _f(r["budget_frac"], ".2f"), _f(r["budget_ms"]),
+            f"{_f(r['baseline_ms'])} ({_f(r['baseline_min_ms'])}-{_f(r['baseline_max_ms'])})",
+            _f(r["predicted_ms"]), _f(r["engine_measured_ms"]),
+            f"{_f(r['remeasured_ms'])} ({_f(r['remeasured_min_ms'])}-{_f(r['remeasured_max_ms'])})",
+            _f(r["ratio"]), "yes" if r["in_band"] else "**NO**", str(r["n_rounds"]), seq,
+            _f(r["profile_s"], ".1f"), _f(r["prune_wall_s"], ".1f"),
+            shapes, size["params"], size["flops"]])
+    lines = ["# Budget benchmark: independent re-measurement of pruned models", ""]
+    lines += common.header_lines(header)
+    lines += [f"- device: {header['device']}; store: {store_path} (rows measured at start: "
+              f"{header['store_rows_at_start']})",
+              f"- baseline: median of {REPEATS} protocol measurements; re-measurement: {REPEATS} "
+              f"interleaved rounds over baseline + pruned models, median per model",
+              f"- band: re-measured / budget in [{BAND[0]:.2f}, {BAND[1]:.2f}]; total time {total_s:.0f} s",
+              "", common.md_table(cols, body), "", f"**{summary}**", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from hwprune import devices
+    from hwprune.errors import UserError
+    from profilers import MeasurementStore
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    t_start = time.perf_counter()
+    tmpdir = None
+    if args.store is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="hwprune-bench-")
+        store_path = str(Path(tmpdir.name) / "store.sqlite")
+    else:
+        store_path = args.store
+    try:
+        dev = devices.get(args.device)
+        store = MeasurementStore(store_path)
+    except Exception as exc:  # UserError or StoreError: bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    header = {**common.machine_header(), "device": dev.name, "store": store_path,
+              "store_rows_at_start": store.count(), "models": args.models, "budgets": args.budgets,
+              "band": list(BAND), "repeats": REPEATS}
+    log(f"bench_budget: {header['cpu']}, {header['cores']} cores; device {dev.name}; store {store_path}")
+    rows = []
+    try:
+        for name in args.models:
+            try:
+                rows += bench_model(name, args, store, dev, log)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+    finally:
+        store.close()
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    total_s = time.perf_counter() - t_start
+    ok = sum(1 for r in rows if r.get("in_band"))
+    summary = f"{ok}/{len(rows)} in [{BAND[0]:.2f}, {BAND[1]:.2f}]"
+    out = Path(args.out)
+    md = render_md(header, rows, summary, total_s, store_path if tmpdir is None else "fresh temp file")
+    common.write_json(out / "bench_budget.json",
+                      {"header": header, "total_s": total_s, "summary": summary, "rows": rows})
+    common.write_atomic(out / "bench_budget.md", md)
+    print()
+    print(md)
+    for r in rows:
+        if not r.get("in_band"):
+            why = r["error"] if r.get("error") else f"ratio {r['ratio']:.3f}"
+            print(f"OUT OF BAND: {r['model']} @ {r['budget_frac']:.2f}: {why}")
+    print(f"wrote {out / 'bench_budget.json'} and {out / 'bench_budget.md'}; total {total_s:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
