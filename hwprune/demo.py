@@ -31,7 +31,7 @@ from .data import digits_loaders
 from .engine import count_params, prune
 from .errors import UserError
 from .export import check_parity
-from .onnx_io import to_onnx_bytes
+from profilers.onnx_export import to_onnx_bytes
 from .profiling import Progress, measure_latency
 from .report import atomic_write_bytes, atomic_write_text, write_demo_report
 from .train import evaluate, train

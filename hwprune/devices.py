@@ -62,7 +62,22 @@ def all_devices() -> dict[str, Device]:
     return out
 
 
+def remote(name: str) -> Device:
+    """``remote:HOST:PORT``: a board running ``hwprune agent``; the token comes
+    from ``$HWPRUNE_AGENT_TOKEN``."""
+    _, _, rest = name.partition(":")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"remote device {name!r} is not remote:HOST:PORT (e.g. remote:127.0.0.1:8765)")
+    return Device(name=name, runtime="remote", description=f"hwprune agent at {host}:{port}",
+                  options=(("host", host), ("port", int(port)),
+                           ("token", os.environ.get("HWPRUNE_AGENT_TOKEN", ""))),
+                  step_channels=16, min_channels=8, path="")
+
+
 def get(name: str) -> Device:
+    if name.startswith("remote:"):
+        return remote(name)
     devs = all_devices()
     if name not in devs:
         raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(devs))}")

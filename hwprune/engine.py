@@ -2,7 +2,8 @@
 
 Each pruned candidate is measured interleaved with the original model and
 reported as ``(candidate / original) x baseline_ms``, so drift of the machine
-cancels. The latency model's error is corrected multiplicatively after each
+cancels; ``baseline_ms`` is the median of every measurement of the original
+(three at the start and one per round). The latency model's error is corrected multiplicatively after each
 measured round (the correction is the median of ``measured / predicted`` over
 the rounds so far, so one noisy round cannot swing it) and the selection is
 redone, for at most ``max_rounds`` rounds. The selector aims a
@@ -17,7 +18,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -103,41 +103,53 @@ def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_m
     model = model.eval()
     space = PruningSpace(model, example_inputs)
     prof = Profiler(dev, store)
-    meter = RelativeMeter(prof, model, example_inputs)
-    baseline = meter.reference_ms
+    meter = RelativeMeter(prof, model, example_inputs, initial=2)
     full_kept = {g.gid: list(range(g.size)) for g in space.groups}
-    if budget_ms >= baseline:
-        note = (f"budget {budget_ms:.3f} ms is above the measured baseline {baseline:.3f} ms; "
-                f"model returned unchanged")
-        return PruneResult(model, baseline, baseline, baseline, make_plan(space, full_kept, dev.name, budget_ms),
+
+    def unchanged() -> PruneResult:
+        base = meter.reference_ms
+        note = f"budget {budget_ms:.3f} ms is above the measured baseline {base:.3f} ms; model returned unchanged"
+        return PruneResult(model, base, base, base, make_plan(space, full_kept, dev.name, budget_ms),
                            budget_ms, dev.name, unchanged=True, note=note)
+    if budget_ms >= 1.1 * meter.reference_ms:  # clearly above; near it, decide after more measurements
+        return unchanged()
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, progress)
     scores = importance.compute(importance_name, space)
-    smallest_ms = calibrate(lat, space, lambda m: meter.measure(m)[0], options, scores, [(space.specs(space.full_choice()), baseline)])
+    smallest_ms = calibrate(lat, space, meter.measure, options, scores,
+                            [(space.specs(space.full_choice()), meter.reference_ms)])
+    if budget_ms >= meter.reference_ms:
+        return unchanged()
     t_profile = time.perf_counter() - t_start
     if budget_ms < smallest_ms:
         raise UserError(f"budget {budget_ms:.3f} ms is below the smallest network the constraints allow "
                         f"({smallest_ms:.3f} ms measured on {dev.name}); raise the budget")
-    correction, errors, rounds, tried = 1.0, [], [], []
+    ev = Evaluator(space, lat, scores)
+    rounds, tried = [], []
+    start, target_raw = None, budget_ms * aim
     for _ in range(max_rounds):
-        ev = Evaluator(space, lat, scores, correction)
-        target = budget_ms * aim
-        sel = greedy(ev, options, target)
+        sel = greedy(ev, options, target_raw, start=start, swap=start is None)
         pruned = apply_kept(space, sel.kept)
         check_widths(space, pruned, sel.choice)
-        m, timing = meter.measure(pruned)
-        rounds.append(Round(target, sel.predicted_ms, m, timing.iqr_ms))
-        tried.append((sel, pruned, m))
+        ratio, timing = meter.ratio(pruned)
+        m = ratio * meter.reference_ms
+        rounds.append(Round(target_raw, sel.predicted_ms, m, timing.iqr_ms))
+        tried.append((sel, pruned, ratio))
         log.info("round %d: predicted %.3f ms, measured %.3f ms (budget %.3f)", len(rounds),
                  sel.predicted_ms, m, budget_ms)
         at_full = all(sel.choice[gid] == opts[-1] for gid, opts in options.items())
         if m <= budget_ms and (m >= accept_low * budget_ms or at_full):
             break
-        errors.append(m / (sel.predicted_ms / correction))
-        correction = float(np.median(errors))
-    meeting = [t for t in tried if t[2] <= budget_ms]
-    sel, pruned, m = max(meeting, key=lambda t: t[2]) if meeting else min(tried, key=lambda t: t[2])
+        # anchor on the measured plan closest to the aim: small moves from a
+        # measured network are predicted far better than a network from scratch
+        anchor, a_ratio = min(((t[0], t[2]) for t in tried),
+                              key=lambda t: abs(t[1] * meter.reference_ms - budget_ms * aim))
+        start = anchor.choice
+        target_raw = anchor.predicted_ms * (budget_ms * aim) / (a_ratio * meter.reference_ms)
+    baseline = meter.reference_ms  # every reference measurement so far
+    meeting = [t for t in tried if t[2] * baseline <= budget_ms]
+    sel, pruned, ratio = max(meeting, key=lambda t: t[2]) if meeting else min(tried, key=lambda t: t[2])
+    m = ratio * baseline
     note = "" if meeting else f"budget not met after {len(rounds)} rounds; returning the fastest network measured"
     pruned_specs = space.specs(sel.choice)
     stats = {"profile_s": t_profile, "total_s": time.perf_counter() - t_start,

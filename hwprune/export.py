@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx_io import OPSET, feeds, to_onnx_bytes
+from profilers.onnx_export import OPSET, feeds, to_onnx_bytes
 from .report import atomic_write_bytes
 
 

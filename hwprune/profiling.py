@@ -1,9 +1,10 @@
 """Profile the layer shapes a pruning space can take, and fit its latency model.
 
 Sample design, per layer family (same op, kernel, stride, input size): the
-widths the family's layers can take on the device grid; up to 4 input x 4
-output widths spread over that range (the ends included), or up to 8 points
-on the diagonal for depthwise convs. Every sample is looked up in the
+widths the family's layers can take on the device grid; up to 6 input x 6
+output widths spread over that range (the ends included: every grid pair for
+the narrow families of CIFAR networks), or up to 12 points on the diagonal for
+depthwise convs. Every sample is looked up in the
 measurement store first, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerpr
 
 from .devices import Device
 from .graph import PruningSpace
-from .onnx_io import feeds, to_onnx_bytes
 
 log = logging.getLogger("hwprune")
 Progress = Callable[..., Iterable]
@@ -62,11 +62,11 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
     specs = []
     for fam, b in base.items():
         if b.depthwise:
-            for n in _spread(fam_out[fam], 8):
+            for n in _spread(fam_out[fam], 12):
                 specs.append(replace(b, in_channels=n, out_channels=n, groups=n))
         else:
-            for n_in in _spread(fam_in[fam], 4):
-                for n_out in _spread(fam_out[fam], 4):
+            for n_in in _spread(fam_in[fam], 6):
+                for n_out in _spread(fam_out[fam], 6):
                     specs.append(replace(b, in_channels=n_in, out_channels=n_out))
     return specs
 
@@ -102,10 +102,9 @@ class Profiler:
     def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3) -> Timing:
         """Whole-model latency; an unstable measurement (the machine was busy) is
         repeated, and the attempt with the tightest interval is kept."""
-        model_bytes = to_onnx_bytes(model, example_inputs)
         best = None
         for _ in range(attempts):
-            t = self.runtime.measure_onnx(model_bytes, feeds(example_inputs))
+            t = self.runtime.measure_module(model, example_inputs)
             if best is None or t.ci_rel < best.ci_rel:
                 best = t
             if t.stable:
@@ -118,20 +117,32 @@ class Profiler:
 
 class RelativeMeter:
     """Measures candidates interleaved with a reference model and reports
-    ``ms = (candidate median / reference median) x reference_ms``: drift of the
-    machine between the reference's measurement and the candidate's cancels."""
+    ``ms = (candidate median / reference median) x reference_ms``.
 
-    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs):
-        self.profiler, self.example_inputs = profiler, example_inputs
-        self.reference_bytes = to_onnx_bytes(reference, example_inputs)
-        self.reference = profiler.measure_module(reference, example_inputs)
-        self.reference_ms = self.reference.median_ms
+    The host's speed drifts (medians of one model over 2 s windows vary by up
+    to +-10 % on shared machines); a ratio measured interleaved does not.
+    ``reference_ms`` is the median of every reference measurement so far (three
+    at the start, one more per candidate), so it averages over the drift too.
+    """
 
-    def measure(self, model: torch.nn.Module) -> tuple[float, Timing]:
-        f = feeds(self.example_inputs)
-        cand, ref = self.profiler.runtime.measure_onnx_interleaved(
-            [(to_onnx_bytes(model, self.example_inputs), f), (self.reference_bytes, f)])
-        return cand.median_ms / ref.median_ms * self.reference_ms, cand
+    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs, initial: int = 3):
+        self.profiler, self.example_inputs, self.reference = profiler, example_inputs, reference
+        self.reference_medians = [profiler.measure_module(reference, example_inputs).median_ms
+                                  for _ in range(initial)]
+
+    @property
+    def reference_ms(self) -> float:
+        return float(np.median(self.reference_medians))
+
+    def ratio(self, model: torch.nn.Module) -> tuple[float, Timing]:
+        """Candidate / reference latency, measured interleaved."""
+        cand, ref = self.profiler.runtime.measure_modules_interleaved([model, self.reference],
+                                                                      self.example_inputs)
+        self.reference_medians.append(ref.median_ms)
+        return cand.median_ms / ref.median_ms, cand
+
+    def measure(self, model: torch.nn.Module) -> float:
+        return self.ratio(model)[0] * self.reference_ms
 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
@@ -143,8 +154,7 @@ def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
 
 def measure_latency(model: torch.nn.Module, example_inputs, device: Device) -> float:
     """Median latency in ms of the whole model on the device (fresh measurement)."""
-    runtime = device.open()
-    return runtime.measure_onnx(to_onnx_bytes(model, example_inputs), feeds(example_inputs)).median_ms
+    return device.open().measure_module(model, example_inputs).median_ms
 
 
 __all__ = ["Profiler", "fit_latency_model", "sample_specs", "measure_latency", "profilers"]

@@ -92,8 +92,14 @@ class Evaluator:
                 for gid, ks in choice.items()}
 
 
-def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: float) -> Selection:
-    level = {gid: len(opts) - 1 for gid, opts in options.items()}
+def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: float,
+           start: Choice | None = None, swap: bool = True) -> Selection:
+    """Cut from ``start`` (default: the full network) until the prediction meets
+    ``target_ms``, grow into the slack, then (``swap``) the local search."""
+    if start is None:
+        level = {gid: len(opts) - 1 for gid, opts in options.items()}
+    else:
+        level = {gid: options[gid].index(start[gid]) for gid in options}
 
     def choice_of(lv):
         return {gid: options[gid][i] for gid, i in lv.items()}
@@ -142,7 +148,7 @@ def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: 
         level[best[1]] += 1
         cur = best[2]
         cur_imp = ev.importance(choice_of(level))
-    if feasible:
+    if feasible and swap:
         level, cur, cur_imp = _swap(ev, options, level, choice_of, target_ms, cur, cur_imp)
     choice = choice_of(level)
     return Selection(choice, ev.kept(choice), cur, cur_imp, feasible)

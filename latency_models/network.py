@@ -28,15 +28,21 @@ def activation_elements(specs: Iterable[LayerSpec]) -> int:
 
 
 class NetworkLatencyModel:
-    def __init__(self, form: str = "M6"):
+    """``use_table``: a measured (family, n_in, n_out) is used as measured (a
+    lookup table); the family's quadratic covers widths not measured."""
+
+    def __init__(self, form: str = "M6", use_table: bool = True):
         self.form = form
+        self.use_table = use_table
 
     def fit(self, measurements: Sequence[Measurement]) -> "NetworkLatencyModel":
         by_family: dict[str, list[Measurement]] = defaultdict(list)
         for m in measurements:
             by_family[m.spec.family()].append(m)
         self.families_ = {}
+        self.table_ = {}
         for fam, ms in by_family.items():
+            self.table_[fam] = {(m.spec.in_channels, m.spec.out_channels): m.timing.median_ms for m in ms}
             n_in = [m.spec.in_channels for m in ms]
             n_out = [m.spec.out_channels for m in ms]
             y = [m.timing.median_ms for m in ms]
@@ -54,9 +60,13 @@ class NetworkLatencyModel:
 
     def layer_ms(self, spec: LayerSpec) -> float:
         self._check()
-        model = self.families_.get(spec.family())
+        fam = spec.family()
+        model = self.families_.get(fam)
         if model is None:
-            raise KeyError(f"no measurements for layer family {spec.family()}")
+            raise KeyError(f"no measurements for layer family {fam}")
+        measured = self.table_.get(fam, {}).get((spec.in_channels, spec.out_channels))
+        if measured is not None and self.use_table:
+            return measured
         return float(model.predict(spec.in_channels, spec.out_channels))
 
     def layers_ms(self, specs: Sequence[LayerSpec]) -> float:
@@ -87,12 +97,15 @@ class NetworkLatencyModel:
 
     def to_dict(self) -> dict:
         self._check()
-        return {"type": "network", "form": self.form, "remainder": list(self.remainder_),
-                "families": {k: v.to_dict() for k, v in self.families_.items()}}
+        return {"type": "network", "form": self.form, "use_table": self.use_table,
+                "remainder": list(self.remainder_),
+                "families": {k: v.to_dict() for k, v in self.families_.items()},
+                "table": {k: [[a, b, ms] for (a, b), ms in t.items()] for k, t in self.table_.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkLatencyModel":
-        m = cls(form=d.get("form", "M6"))
+        m = cls(form=d.get("form", "M6"), use_table=d.get("use_table", True))
         m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
+        m.table_ = {k: {(a, b): ms for a, b, ms in rows} for k, rows in d.get("table", {}).items()}
         m.remainder_ = tuple(d.get("remainder", (0.0, 0.0)))
         return m

@@ -13,6 +13,10 @@ from .store import MeasurementStore, StoreError, default_store_path, fingerprint
 
 _RUNTIMES: dict[str, tuple[str, str]] = {
     "ort-cpu": ("profilers.ort_cpu", "OrtCpuRuntime"),
+    "torch-cpu": ("profilers.torch_cpu", "TorchCpuRuntime"),
+    "torch-cuda": ("profilers.torch_cuda", "TorchCudaRuntime"),
+    "tensorrt": ("profilers.tensorrt_rt", "TensorRTRuntime"),
+    "remote": ("profilers.remote", "RemoteRuntime"),
 }
 
 
@@ -35,6 +39,8 @@ def create_runtime(kind: str, **options):
     try:
         return getattr(importlib.import_module(module), cls)(**options)
     except ImportError as exc:
+        if exc.name and exc.name.startswith("profilers"):
+            raise RuntimeUnavailable(f"runtime {kind!r} is not part of this version") from None
         raise RuntimeUnavailable(f"runtime {kind!r} needs the package {exc.name!r}") from None
 
 

@@ -23,7 +23,9 @@ def input_shape(spec: LayerSpec) -> list[int]:
 def layer_model(spec: LayerSpec, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape(spec))
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    out_shape = ([spec.batch, spec.out_channels, *spec.out_hw] if spec.kind == "conv"
+                 else [spec.batch, spec.out_channels])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
     if spec.kind == "conv":
         w = rng.standard_normal((spec.out_channels, spec.in_channels // spec.groups,
                                  *spec.kernel), dtype=np.float32)

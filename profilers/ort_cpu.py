@@ -1,10 +1,17 @@
-"""ONNX Runtime CPUExecutionProvider with pinned intra-/inter-op threads."""
+"""ONNX Runtime CPUExecutionProvider with pinned intra-/inter-op threads.
+
+Every runtime offers the same methods: ``fingerprint()``, ``measure_spec(spec)``
+(one layer), ``measure_module(model, example_inputs)`` and
+``measure_modules_interleaved(models, example_inputs)`` (whole torch modules,
+run the way this runtime runs them), each returning :class:`Timing`.
+"""
 from __future__ import annotations
 
 import platform
 
 import numpy as np
 
+from .onnx_export import feeds, to_onnx_bytes
 from .onnx_layers import layer_model, random_inputs
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Timing
@@ -57,6 +64,15 @@ class OrtCpuRuntime:
         """Several ONNX models measured alternately (see ``measure_interleaved``)."""
         sessions = [(self.session(b), f if f is not None else random_inputs(b)) for b, f in models]
         return measure_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in sessions], protocol)
+
+    def measure_module(self, model, example_inputs, protocol: Protocol = MODEL_PROTOCOL) -> Timing:
+        """A torch module, exported to ONNX and run here."""
+        return self.measure_onnx(to_onnx_bytes(model, example_inputs), feeds(example_inputs), protocol)
+
+    def measure_modules_interleaved(self, models, example_inputs,
+                                    protocol: Protocol = MODEL_PROTOCOL) -> list[Timing]:
+        f = feeds(example_inputs)
+        return self.measure_onnx_interleaved([(to_onnx_bytes(m, example_inputs), f) for m in models], protocol)
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
         return self.measure_onnx(layer_model(spec), protocol=protocol)

@@ -1,18 +1,18 @@
 """Turn a module into ONNX bytes, in memory (the legacy TorchScript exporter:
-fast, one self-contained file, no onnxscript needed)."""
+fast, one self-contained file, no onnxscript needed). torch is imported inside
+the functions, so a board that only measures ONNX does not need it."""
 from __future__ import annotations
 
 import io
 import warnings
 
 import numpy as np
-import torch
 
 OPSET = 17
 
 
-def to_onnx_bytes(model: torch.nn.Module, example_inputs, opset: int = OPSET,
-                  dynamic_batch: bool = False) -> bytes:
+def to_onnx_bytes(model, example_inputs, opset: int = OPSET, dynamic_batch: bool = False) -> bytes:
+    import torch
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     names = [f"input{i}" for i in range(len(example_inputs))]
@@ -29,6 +29,7 @@ def to_onnx_bytes(model: torch.nn.Module, example_inputs, opset: int = OPSET,
 
 
 def feeds(example_inputs) -> dict[str, np.ndarray]:
+    import torch
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     return {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(example_inputs)}
