@@ -48,26 +48,61 @@ def _emit(args, data: dict, text: str) -> None:
     print(json.dumps(data, indent=2, default=float) if args.json else text)
 
 
+def _profile_files(folder: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """Profile files under ``folder`` by device name, and lines for unreadable ones."""
+    from profilers.profile_io import profile_files, read_header
+    by_device: dict[str, list[dict]] = {}
+    bad = []
+    for p in profile_files(folder):
+        try:
+            h = read_header(p)
+        except ValueError as exc:
+            bad.append(str(exc))
+            continue
+        by_device.setdefault(h["device"], []).append(
+            {"file": str(p), "count": h.get("count"), "step_channels": h.get("step_channels"),
+             "date": h.get("date"), "fingerprint": h["fingerprint"]})
+    return by_device, bad
+
+
 def cmd_devices(args) -> int:
     from . import devices
     from profilers import fingerprint_key
     store = _store(args)
+    folder = devices.devices_dir() / "profiles"
+    files, bad_files = _profile_files(folder)
     rows, out = [], []
     for name, d in devices.all_devices().items():
+        fp = None
         try:
-            rt = d.open()
+            fp = {"device": name, **d.open().fingerprint()}
             available, why = True, ""
-            n = store.count(fingerprint_key({"device": name, **rt.fingerprint()}))
+            n = store.count(fingerprint_key(fp))
+            step = store.get_meta(fingerprint_key(fp), "step")
         except Exception as exc:  # a runtime that cannot run here
-            available, why, n = False, str(exc), 0
+            available, why, n, step = False, str(exc), 0, None
+        measured_step = step.get("step_channels") if isinstance(step, dict) else None
+        step_text = "-" if measured_step is None else \
+            f"{measured_step}{'' if step.get('reliable', True) else ' (noisy)'}"
+        profiles = [{**{k: v for k, v in f.items() if k != "fingerprint"},
+                     "matches_this_host": fp is not None and f["fingerprint"] == fp}
+                    for f in files.get(name, [])]
         out.append({"name": name, "runtime": d.runtime, "available": available, "reason": why,
-                    "step_channels": d.step_channels, "stored_measurements": n,
+                    "step_channels": d.step_channels, "measured_step_channels": measured_step,
+                    "measured_step_reliable": None if step is None else step.get("reliable", True),
+                    "stored_measurements": n, "profiles": profiles,
                     "description": d.description, "descriptor": d.path})
-        rows.append([name, "yes" if available else "no", d.step_channels, n, d.description])
+        prof_text = ", ".join(f"{Path(f['file']).name} ({f['count']}, "
+                              f"{'this host' if f['matches_this_host'] else 'other host'})"
+                              for f in profiles) or "-"
+        rows.append([name, "yes" if available else "no", d.step_channels,
+                     step_text, n, prof_text, d.description])
     from .report import format_table
-    _emit(args, {"devices": out, "store": str(store.path)},
-          format_table(["device", "available", "step", "stored", "description"], rows)
-          + f"\nstore: {store.path}")
+    text = format_table(["device", "available", "grid", "measured step", "stored", "profile files",
+                         "description"], rows) + f"\nstore: {store.path}\nprofiles: {folder}"
+    text += "".join(f"\nunreadable profile: {b}" for b in bad_files)
+    _emit(args, {"devices": out, "store": str(store.path), "profiles_dir": str(folder),
+                 "unreadable_profiles": bad_files}, text)
     return 0
 
 
@@ -75,23 +110,50 @@ def cmd_profile(args) -> int:
     from . import devices
     from .graph import PruningSpace
     from .modelio import load_model
+    import datetime
+    from .errors import UserError
     from .profiling import Profiler, fit_latency_model
     from .select import group_options
+    if args.export and Path(args.export).is_dir():
+        raise UserError(f"--export {args.export} is a folder; name a file (e.g. {args.export}/"
+                        f"{args.device}.jsonl)")
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     dev = devices.get(args.device)
     space = PruningSpace(lm.model, (lm.example_input,))
     prof = Profiler(dev, _store(args))
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, _progress())
+    step = prof.store.get_meta(prof.fp, "step")
+    step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine
+    if step_new:
+        from profilers.steps import detect_step
+        step = {**detect_step(prof.runtime, progress=_progress()).to_json(),
+                "detected_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        prof.store.put_meta(prof.fp, "step", step)
     baseline = prof.measure_module(lm.model, (lm.example_input,))
     data = {"device": dev.name, "model": lm.source, "groups": len(space.groups), "layers": len(space.layers),
             "families": len(lat.families_), "shapes_measured": prof.measured, "shapes_reused": prof.reused,
+            "step_channels": step.get("step_channels"), "step_detected_now": step_new,
+            "step_reliable": step.get("reliable", True),
+            "grid_step_channels": dev.step_channels,
             "baseline_ms": baseline.median_ms, "baseline_iqr_ms": baseline.iqr_ms,
             "sum_of_layers_ms": lat.layers_ms(space.specs(space.full_choice())), "store": str(prof.store.path)}
-    _emit(args, data, (f"{dev.name}: {lm.source}: {data['layers']} layers, {data['groups']} channel groups, "
-                       f"{data['families']} layer families\nmeasured {prof.measured} shapes, reused "
-                       f"{prof.reused} from {prof.store.path}\nbaseline {baseline.median_ms:.3f} ms "
-                       f"(IQR {baseline.iqr_ms:.3f})"))
+    text = (f"{dev.name}: {lm.source}: {data['layers']} layers, {data['groups']} channel groups, "
+            f"{data['families']} layer families\nmeasured {prof.measured} shapes, reused "
+            f"{prof.reused} from {prof.store.path}\nchannel step {step.get('step_channels')} "
+            f"({'detected now' if step_new else 'stored'}; the device grid uses {dev.step_channels})"
+            + ("" if step.get("reliable", True) else f"; noisy ({100 * step.get('noise_rel', 0):.0f} % run to "
+               f"run, is the machine busy?), detected again next time")
+            + f"\nbaseline {baseline.median_ms:.3f} ms (IQR {baseline.iqr_ms:.3f})")
+    if args.export:
+        from profilers.profile_io import export_profile
+        try:
+            n = export_profile(prof.store, prof.fp, args.export)
+        except OSError as exc:
+            raise UserError(f"cannot write the profile {args.export} ({exc.strerror or exc})") from None
+        data["exported"], data["exported_measurements"] = str(args.export), n
+        text += f"\nexported {n} measurements of {dev.name} to {args.export}"
+    _emit(args, data, text)
     return 0
 
 
@@ -100,7 +162,7 @@ def cmd_prune(args) -> int:
     from .engine import prune
     from .export import atomic_write_bytes, check_parity
     from .modelio import checkpoint, load_model
-    from .onnx_io import to_onnx_bytes
+    from profilers.onnx_export import to_onnx_bytes
     from .outdir import atomic_dir
     from .report import format_table
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
@@ -164,6 +226,49 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_agent(args) -> int:
+    import os
+    from profilers.agent import serve
+    from .errors import UserError
+    env = os.environ.get("HWPRUNE_AGENT_TOKEN")
+    source = "--token" if args.token else ("$HWPRUNE_AGENT_TOKEN" if env else None)
+
+    def ready(server):
+        host, port = server.server_address[:2]
+        shown = "BOARD_ADDRESS" if host in ("0.0.0.0", "::", "") else host
+        device = f"remote:{shown}:{port}"
+        data = {"host": host, "port": port, "device": device, "token": None if source else server.token,
+                "token_source": source or "generated", "threads": server.threads,
+                "max_bytes": server.max_bytes}
+        token = f"token: {server.token}" if source is None else f"token: the one given by {source}"
+        _emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
+                          f"uploads up to {args.max_mb:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
+                          f"on the host: HWPRUNE_AGENT_TOKEN=<token> hwprune profile --device {device} "
+                          f"--model resnet20")
+        sys.stdout.flush()
+    try:
+        serve(args.host, args.port, args.token or env or None, max(1, int(args.max_mb * 1024 * 1024)),
+              args.threads, on_ready=ready)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                        f"pick another --port or --host") from None
+    except KeyboardInterrupt:
+        print("agent stopped", file=sys.stderr)
+    return 0
+
+
+def _port(text):
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not 0-65535")
+    return int(text)
+
+
+def _count(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -194,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("profile", help="measure a model's layer shapes on a device")
     common(sp)
     sp.add_argument("--device", required=True)
+    sp.add_argument("--export", metavar="FILE", help="also write the device's stored measurements to FILE "
+                    "(one JSON object per line, e.g. devices/profiles/DEVICE.jsonl)")
     sp.set_defaults(func=cmd_profile)
     sp = sub.add_parser("prune", help="prune a model to a latency budget on a device")
     common(sp)
@@ -212,19 +319,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")
     common(sp, model=False)
     sp.set_defaults(func=cmd_devices)
+    sp = sub.add_parser("agent", help="run on a board: measure ONNX models sent by hwprune on another "
+                        "machine (device remote:HOST:PORT)")
+    sp.add_argument("--json", action="store_true", help="print the address and token as JSON")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this "
+                    "machine only; 0.0.0.0 for the network)")
+    sp.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 picks a free one)")
+    sp.add_argument("--token", help="token clients must send (default $HWPRUNE_AGENT_TOKEN, else a new "
+                    "one is generated and printed)")
+    sp.add_argument("--threads", type=_count, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    sp.add_argument("--max-mb", type=_positive, default=256.0, help="largest upload accepted, in MB "
+                    "(default 256)")
+    sp.set_defaults(func=cmd_agent)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    from profilers import StoreError
+    from profilers import RuntimeUnavailable, StoreError
     from .errors import UserError
     from .export import ExportError
     from .graph import GraphError
     try:
         return args.func(args)
-    except (UserError, StoreError, GraphError, ExportError) as exc:
+    except (UserError, StoreError, GraphError, ExportError, RuntimeUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -60,3 +60,18 @@ def test_network_model_sums_families_and_fits_the_remainder():
     with pytest.raises(KeyError):
         net.layer_ms(replace(base, kernel=(5, 5)))
     assert NetworkLatencyModel.from_dict(net.to_dict()).predict(specs_b) == pytest.approx(net.predict(specs_b))
+
+
+def test_measured_widths_are_looked_up_and_others_interpolated():
+    from dataclasses import replace
+    base = LayerSpec("conv", 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, 8, 8)
+    truth = {(a, b): 0.1 + 0.001 * a * b for a in (16, 32, 48) for b in (16, 32, 48)}
+    noisy = dict(truth)
+    noisy[(32, 32)] *= 1.3  # a width the device handles badly: the table keeps it
+    net = NetworkLatencyModel().fit([_meas(replace(base, in_channels=a, out_channels=b), ms)
+                                     for (a, b), ms in noisy.items()])
+    assert net.layer_ms(replace(base, in_channels=32, out_channels=32)) == noisy[(32, 32)]
+    between = net.layer_ms(replace(base, in_channels=40, out_channels=24))
+    assert 0.1 + 0.001 * 32 * 16 < between < 0.1 + 0.001 * 48 * 32
+    net.use_table = False
+    assert net.layer_ms(replace(base, in_channels=32, out_channels=32)) != noisy[(32, 32)]
