@@ -192,24 +192,17 @@ def cmd_prune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .errors import UserError
-    from .export import export_onnx, trtexec_command
+    from .export import export_model, report_text
     from .modelio import load_model
-    lm = load_model(args.model, args.input_shape, args.trust_pickle)
     src = Path(args.model)
-    out = Path(args.out) if args.out else (src.parent if src.exists() else Path(".")) / "model.onnx"
-    if args.format == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            onnx_path = out.with_suffix(".onnx")
-            export_onnx(lm.model, (lm.example_input,), onnx_path, opset=args.opset)
-            raise UserError(f"the tensorrt package is not installed (pip install 'hwprune[tensorrt]'); "
-                            f"wrote {onnx_path}; build the engine with: "
-                            f"{trtexec_command(onnx_path, out.with_suffix('.engine'))}") from None
-        raise UserError("TensorRT engine building is not available in this version; use trtexec")
-    path = export_onnx(lm.model, (lm.example_input,), out, opset=args.opset, dynamic_batch=args.dynamic_batch)
-    _emit(args, {"onnx": str(path)}, f"wrote {path} (checked against PyTorch with ONNX Runtime)")
+    default = "model.engine" if args.format == "tensorrt" else "model.onnx"
+    folder = src if src.is_dir() else src.parent if src.exists() else Path(".")
+    out = Path(args.out) if args.out else folder / default
+    lm = load_model(args.model, args.input_shape, args.trust_pickle)
+    report = export_model(lm.model, (lm.example_input,), out, fmt=args.format, opset=args.opset,
+                          dynamic_batch=args.dynamic_batch, fp16=args.fp16, int8=args.int8, data=args.data,
+                          force=args.force, max_batch=args.max_batch, source=lm.source)
+    _emit(args, report, report_text(report))
     return 0
 
 
@@ -312,9 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="export a (pruned) model to ONNX or TensorRT")
     common(sp)
     sp.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
-    sp.add_argument("--out", help="output file (default: model.onnx next to the model)")
-    sp.add_argument("--opset", type=int, default=17)
-    sp.add_argument("--dynamic-batch", action="store_true")
+    sp.add_argument("--out", help="output file (default: model.onnx or model.engine next to the model); "
+                    "a report goes to OUT.report.json, a TensorRT export also writes OUT with suffix .onnx")
+    sp.add_argument("--force", action="store_true", help="replace existing output files")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    sp.add_argument("--dynamic-batch", action="store_true", help="export with a variable batch size")
+    sp.add_argument("--max-batch", type=_count, default=32,
+                    help="largest batch of a dynamic-batch TensorRT engine (default 32)")
+    sp.add_argument("--fp16", action="store_true", help="TensorRT: allow FP16 kernels")
+    sp.add_argument("--int8", action="store_true", help="TensorRT: INT8, calibrated on --data")
+    sp.add_argument("--data", metavar="D", help="real inputs to check against PyTorch (and calibrate INT8): "
+                    "'digits' or a .npz file with x [N,C,H,W] float and optional y [N] labels")
     sp.set_defaults(func=cmd_export)
     sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")
     common(sp, model=False)

@@ -61,7 +61,9 @@ def count_params(model: nn.Module) -> int:
 
 
 def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float) -> dict:
+    from .modelio import plan_fingerprint
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
+            "fingerprint": plan_fingerprint(space),
             "budget_ms": budget_ms,
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}

@@ -9,10 +9,17 @@
 * a pickled whole ``nn.Module`` only with ``trust_pickle=True``.
 
 Everything else is read with ``torch.load(weights_only=True)``.
+
+A plan (``plan.json``: kept channels per group and a fingerprint of the
+original architecture, :func:`plan_fingerprint`) re-applies a pruning to the
+original model with :func:`apply_plan`; the pruned weights then load with
+``load_state_dict``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +60,62 @@ def _shape_input(input_shape, fallback=None) -> torch.Tensor:
     raise UserError("this model file does not record its input size; pass --input-shape N,C,H,W")
 
 
-def apply_plan(model: nn.Module, plan: dict, example_inputs) -> nn.Module:
-    """Rebuild the pruned architecture from the original model and a plan."""
+def plan_fingerprint(space) -> str:
+    """``sha256:...`` of the unpruned architecture a plan is made for: every
+    conv/linear layer's (name, type, in, out, kernel, stride, groups), sorted,
+    and the channel groups' (root, size). Weights and input size do not enter."""
+    layers = []
+    for layer in space.layers:
+        s = layer.spec
+        layers.append([layer.name, type(space.model.get_submodule(layer.name)).__name__, s.in_channels,
+                       s.out_channels, list(s.kernel), list(s.stride), s.groups])
+    groups = sorted([g.root, g.size] for g in space.groups)
+    blob = json.dumps({"layers": sorted(layers), "groups": groups}, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _read_plan(plan) -> dict:
+    if isinstance(plan, (str, Path)):
+        try:
+            plan = json.loads(Path(plan).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"cannot read plan {plan}: {exc}") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("groups"), list):
+        raise UserError("not a hwprune plan (expected a dict with a 'groups' list, as in plan.json)")
+    return plan
+
+
+def apply_plan(model: nn.Module, plan, example_inputs) -> nn.Module:
+    """Rebuild the pruned architecture from the original model and a plan (a
+    dict or a ``plan.json`` path); load the pruned weights into the result with
+    ``load_state_dict``. A plan made for another architecture is refused (by
+    its fingerprint; older plans without one, by their channel groups)."""
     from .graph import PruningSpace
     from .surgery import apply_kept
+    plan = _read_plan(plan)
     space = PruningSpace(model, example_inputs)
+    want = plan.get("fingerprint")
+    if want is not None:
+        have = plan_fingerprint(space)
+        if want != have:
+            raise UserError(f"the plan does not fit this model: it was made for another architecture "
+                            f"(plan fingerprint {str(want)[:19]}, this model {have[:19]}); apply it to "
+                            f"the model it was made for")
     groups = {(g.gid, g.root, g.size): g for g in space.groups}
     kept = {}
-    for pg in plan.get("groups", []):
-        key = (pg["gid"], pg["root"], pg["size"])
+    for pg in plan["groups"]:
+        try:
+            key = (pg["gid"], pg["root"], pg["size"])
+            idx = [int(i) for i in pg["kept"]]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"plan group {pg!r:.80} is malformed (needs gid, root, size, kept)") from None
         if key not in groups:
             raise UserError(f"the plan does not fit this model (group {pg['root']} of size {pg['size']} "
                             f"not found); use the model the plan was made for")
-        kept[pg["gid"]] = pg["kept"]
+        if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= pg["size"]:
+            raise UserError(f"plan group {pg['root']}: kept channels must be distinct indices in "
+                            f"0..{pg['size'] - 1}, at least one")
+        kept[pg["gid"]] = idx
     return apply_kept(space, kept)
 
 

@@ -29,9 +29,12 @@ def activation_elements(specs: Iterable[LayerSpec]) -> int:
 
 class NetworkLatencyModel:
     """``use_table``: a measured (family, n_in, n_out) is used as measured (a
-    lookup table); the family's quadratic covers widths not measured."""
+    lookup table); the family's quadratic covers widths not measured. Off by
+    default: isolated small layers on a CPU measure non-monotonically (kernel
+    choices, per-call overhead), and a table that says a narrower layer is
+    slower stalls a selector; the least-squares quadratic smooths that out."""
 
-    def __init__(self, form: str = "M6", use_table: bool = True):
+    def __init__(self, form: str = "M6", use_table: bool = False):
         self.form = form
         self.use_table = use_table
 
@@ -104,7 +107,7 @@ class NetworkLatencyModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkLatencyModel":
-        m = cls(form=d.get("form", "M6"), use_table=d.get("use_table", True))
+        m = cls(form=d.get("form", "M6"), use_table=d.get("use_table", False))
         m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
         m.table_ = {k: {(a, b): ms for a, b, ms in rows} for k, rows in d.get("table", {}).items()}
         m.remainder_ = tuple(d.get("remainder", (0.0, 0.0)))

@@ -68,8 +68,8 @@ def test_measured_widths_are_looked_up_and_others_interpolated():
     truth = {(a, b): 0.1 + 0.001 * a * b for a in (16, 32, 48) for b in (16, 32, 48)}
     noisy = dict(truth)
     noisy[(32, 32)] *= 1.3  # a width the device handles badly: the table keeps it
-    net = NetworkLatencyModel().fit([_meas(replace(base, in_channels=a, out_channels=b), ms)
-                                     for (a, b), ms in noisy.items()])
+    net = NetworkLatencyModel(use_table=True).fit([_meas(replace(base, in_channels=a, out_channels=b), ms)
+                                                   for (a, b), ms in noisy.items()])
     assert net.layer_ms(replace(base, in_channels=32, out_channels=32)) == noisy[(32, 32)]
     between = net.layer_ms(replace(base, in_channels=40, out_channels=24))
     assert 0.1 + 0.001 * 32 * 16 < between < 0.1 + 0.001 * 48 * 32
