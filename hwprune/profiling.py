@@ -2,9 +2,9 @@
 
 Sample design, per layer family (same op, kernel, stride, input size): the
 widths the family's layers can take on the device grid; up to 6 input x 6
-output widths spread over that range (the ends included: every grid pair for
-the narrow families of CIFAR networks), or up to 12 points on the diagonal for
-depthwise convs. Every sample is looked up in the
+output widths spread geometrically over that range (the ends included; every
+grid pair for the narrow families of CIFAR networks), or up to 12 points on
+the diagonal for depthwise convs. Every sample is looked up in the
 measurement store first, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
@@ -29,10 +29,20 @@ Progress = Callable[..., Iterable]
 
 
 def _spread(values: Iterable[int], k: int) -> list[int]:
+    """Up to ``k`` of the values, ends included, spaced geometrically in width:
+    narrow widths (where pruned networks live) are sampled densely."""
     vals = sorted(set(values))
     if len(vals) <= k:
         return vals
-    return sorted({vals[int(round(i))] for i in np.linspace(0, len(vals) - 1, k)})
+    lo, hi = max(vals[0], 1), vals[-1]
+    picks = {vals[0], vals[-1]}
+    for t in np.geomspace(lo, hi, k)[1:-1]:
+        picks.add(min(vals, key=lambda v: abs(np.log(max(v, 1) / t))))
+    for i in np.linspace(0, len(vals) - 1, k):  # fill up where geometric picks coincide
+        if len(picks) >= k:
+            break
+        picks.add(vals[int(round(i))])
+    return sorted(picks)
 
 
 def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]) -> list[LayerSpec]:

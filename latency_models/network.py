@@ -3,8 +3,10 @@
 Layers are grouped into families (same op, kernel, stride, input size: only the
 channel counts differ); one quadratic model per family. The remainder covers
 what is not a conv or linear layer (adds, pools, concats, session overhead,
-and the per-call overhead counted once per isolated layer measurement); it is
-``c0 + c1 * activation_elements`` fitted from a few whole-model measurements.
+and the per-call overhead counted once per isolated layer measurement) and the
+cost of streaming weights that do not stay in cache in a whole network; it is
+``c0 + c1 * activation_elements + c2 * weight_elements`` (c1, c2 >= 0) fitted
+from a few whole-model measurements.
 """
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ import numpy as np
 from profilers import LayerSpec, Measurement
 
 from .quadratic import NotFittedError, QuadraticLayerModel
+
+
+def weight_elements(specs: Iterable[LayerSpec]) -> int:
+    """Weights of the layers: a network whose weights outgrow the CPU's caches
+    streams them from memory on every run, which an isolated layer, measured
+    warm, never does."""
+    return sum(s.out_channels * (s.in_channels // s.groups) * s.kernel[0] * s.kernel[1] for s in specs)
 
 
 def activation_elements(specs: Iterable[LayerSpec]) -> int:
@@ -50,7 +59,7 @@ class NetworkLatencyModel:
             n_out = [m.spec.out_channels for m in ms]
             y = [m.timing.median_ms for m in ms]
             self.families_[fam] = QuadraticLayerModel(self.form).fit(n_in, n_out, y)
-        self.remainder_ = (0.0, 0.0)
+        self.remainder_ = (0.0, 0.0, 0.0)
         return self
 
     def _check(self) -> None:
@@ -76,26 +85,26 @@ class NetworkLatencyModel:
         return float(sum(self.layer_ms(s) for s in specs))
 
     def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
-        c0, c1 = self.remainder_
-        return c0 + c1 * activation_elements(specs)
+        c0, c1, c2 = (tuple(self.remainder_) + (0.0, 0.0, 0.0))[:3]
+        return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs)
 
     def predict(self, specs: Sequence[LayerSpec]) -> float:
         return self.layers_ms(specs) + self.remainder_ms(specs)
 
     def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> "NetworkLatencyModel":
-        """Fit ``c0 + c1*elements`` to ``measured - sum(layers)`` over whole-model
-        measurements ``rows = [(specs, measured_ms), ...]``. One row fits c0 only."""
+        """Fit ``c0 + c1*activations + c2*weights`` (c1, c2 >= 0) to ``measured -
+        sum(layers)`` over whole-model measurements ``rows = [(specs, ms), ...]``;
+        with fewer rows than terms, the later terms are left at 0."""
+        from scipy.optimize import lsq_linear
         self._check()
         resid = np.array([ms - self.layers_ms(specs) for specs, ms in rows])
-        elems = np.array([activation_elements(specs) for specs, _ in rows], dtype=float)
-        if len(rows) >= 2 and np.ptp(elems) > 0:
-            X = np.stack([np.ones_like(elems), elems], axis=1)
-            (c0, c1), *_ = np.linalg.lstsq(X, resid, rcond=None)
-            if c1 < 0:  # elementwise work cannot make a network faster
-                c0, c1 = float(resid.mean()), 0.0
-        else:
-            c0, c1 = float(resid.mean()), 0.0
-        self.remainder_ = (float(c0), float(c1))
+        feats = np.array([[1.0, activation_elements(specs), weight_elements(specs)] for specs, _ in rows])
+        k = min(3, len(rows))
+        X = feats[:, :k] / np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)  # scaled columns
+        lower = [-np.inf] + [0.0] * (k - 1)
+        sol = lsq_linear(X, resid, bounds=(lower, [np.inf] * k)).x if len(rows) else np.zeros(1)
+        coef = [float(c) for c in sol / np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)] if len(rows) else [0.0]
+        self.remainder_ = tuple(coef + [0.0] * (3 - len(coef)))
         return self
 
     def to_dict(self) -> dict:
@@ -110,5 +119,5 @@ class NetworkLatencyModel:
         m = cls(form=d.get("form", "M6"), use_table=d.get("use_table", False))
         m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
         m.table_ = {k: {(a, b): ms for a, b, ms in rows} for k, rows in d.get("table", {}).items()}
-        m.remainder_ = tuple(d.get("remainder", (0.0, 0.0)))
+        m.remainder_ = tuple(d.get("remainder", (0.0, 0.0, 0.0)))
         return m

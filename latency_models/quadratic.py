@@ -31,12 +31,18 @@ class QuadraticLayerModel:
         return np.stack(cols, axis=-1)
 
     def fit(self, n_in, n_out, latency_ms) -> "QuadraticLayerModel":
+        """Least squares on *relative* error (rows weighted by 1/latency), so
+        narrow configurations, where pruned networks live, fit as well as wide
+        ones; predictions never go below the fastest sample (latency does not
+        fall with width beyond what was measured)."""
         y = np.asarray(latency_ms, dtype=float)
         if y.size == 0:
             raise ValueError("no samples to fit")
         X = self._design(n_in, n_out)
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        w = 1.0 / np.maximum(y, 1e-9)
+        coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
         self.coef_ = coef
+        self.floor_ms_ = float(y.min())
         self.n_samples_ = int(y.size)
         self.max_in_ = float(np.max(n_in))
         self.max_out_ = float(np.max(n_out))
@@ -45,12 +51,12 @@ class QuadraticLayerModel:
     def predict(self, n_in, n_out) -> np.ndarray:
         if not hasattr(self, "coef_"):
             raise NotFittedError("QuadraticLayerModel is not fitted; call fit first")
-        return self._design(n_in, n_out) @ self.coef_
+        return np.maximum(self._design(n_in, n_out) @ self.coef_, getattr(self, "floor_ms_", -np.inf))
 
     def to_dict(self) -> dict:
         d = {"type": "quadratic", "form": self.form}
         if hasattr(self, "coef_"):
-            d.update(coef=[float(c) for c in self.coef_], n_samples=self.n_samples_,
+            d.update(coef=[float(c) for c in self.coef_], n_samples=self.n_samples_, floor_ms=self.floor_ms_,
                      max_in=self.max_in_, max_out=self.max_out_)
         return d
 
@@ -60,6 +66,7 @@ class QuadraticLayerModel:
         if "coef" in d:
             m.coef_ = np.asarray(d["coef"], dtype=float)
             m.n_samples_ = int(d["n_samples"])
+            m.floor_ms_ = float(d.get("floor_ms", -np.inf))
             m.max_in_ = float(d["max_in"])
             m.max_out_ = float(d["max_out"])
         return m
