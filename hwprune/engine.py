@@ -3,20 +3,30 @@
 Each pruned candidate is measured interleaved with the original model and
 reported as ``(candidate / original) x baseline_ms``, so drift of the machine
 cancels; ``baseline_ms`` is the median of every measurement of the original
-(three at the start and one per round). The latency model's error is corrected multiplicatively after each
-measured round (the correction is the median of ``measured / predicted`` over
-the rounds so far, so one noisy round cannot swing it) and the selection is
-redone, for at most ``max_rounds`` rounds. The selector aims a
-little under the budget (``aim``) so that run-to-run noise of a re-measurement
-stays inside it; a round is accepted once its measured latency lies in
+(three at the start and one per round). The latency model's error is corrected
+after each measured round and the selection is redone, for at most
+``max_rounds`` rounds: the selector is re-run from the measured plan closest
+to the aim with the latency target scaled by that plan's measured / predicted
+ratio (greedy starts from that plan, knapsack relinearises around it, qcqp
+re-solves from scratch with the new target). The selector aims a little under
+the budget (``aim``) so that run-to-run noise of a re-measurement stays
+inside it; a round is accepted once its measured latency lies in
 ``[accept_low, 1.0] x budget``. The answer is the measured plan that meets the
 budget with the most latency used; if none meets it, the fastest one measured.
+
+Several devices: every device with a latency budget (and the primary device,
+``device``) is profiled, fitted and calibrated; each plan is measured on every
+one of them and each device's target is corrected from its own measurements.
+"Latency used" is then the largest measured / budget ratio over the devices,
+and the loop also stops when the selector returns a plan already measured
+(another constraint binds). FLOPs, parameter and memory bounds are exact and
+checked before anything is measured.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,10 +34,11 @@ from torch import nn
 from profilers import MeasurementStore
 
 from . import __version__, devices, importance
+from .constraints import Constraints, Problem, floor_options
 from .errors import UserError
 from .graph import PruningSpace
 from .profiling import Profiler, Progress, RelativeMeter, fit_latency_model
-from .select import Evaluator, greedy, group_options
+from .select import SELECTORS, Evaluator, group_options, select
 from .surgery import apply_kept, check_widths
 
 log = logging.getLogger("hwprune")
@@ -35,10 +46,15 @@ log = logging.getLogger("hwprune")
 
 @dataclass(frozen=True)
 class Round:
-    target_ms: float
+    """One measured plan; the first four fields are the primary device's
+    (``target_ms`` None where it has no budget), ``devices`` every device's."""
+    target_ms: float | None
     predicted_ms: float
     measured_ms: float
     iqr_ms: float
+    devices: dict = field(default_factory=dict)
+    status: str = ""
+    solve_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,23 +64,25 @@ class PruneResult:
     predicted_ms: float
     measured_ms: float
     plan: dict
-    budget_ms: float
+    budget_ms: float | None
     device: str
     rounds: tuple[Round, ...] = ()
     unchanged: bool = False
     note: str = ""
     stats: dict = field(default_factory=dict)
+    devices: dict = field(default_factory=dict)    # device -> budget, baseline, predicted, measured ms
+    selection: dict = field(default_factory=dict)  # selector, status, mip_gap, solve_s, objective, usage
 
 
 def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float) -> dict:
+def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float | None,
+              extra: dict | None = None) -> dict:
     from .modelio import plan_fingerprint
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
-            "fingerprint": plan_fingerprint(space),
-            "budget_ms": budget_ms,
+            "fingerprint": plan_fingerprint(space), "budget_ms": budget_ms, **(extra or {}),
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
 
@@ -75,12 +93,12 @@ def _uniform(options, frac: float):
 
 def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None) -> float:
     """Fit the latency model's remainder from whole-model measurements of the
-    smallest and the half-width sub-networks (plus ``rows`` already measured);
+    smallest, quarter- and half-width sub-networks (plus ``rows`` already measured);
     returns the smallest sub-network's measured ms."""
     rows = list(rows or [])
     ev = Evaluator(space, lat, scores)
     smallest_ms = None
-    for frac in (0.0, 0.5):
+    for frac in (0.0, 0.25, 0.5):
         choice = _uniform(options, frac)
         m = measure_ms(apply_kept(space, ev.kept(choice)))
         rows.append((space.specs(choice), m))
@@ -89,76 +107,138 @@ def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list 
     return smallest_ms
 
 
-def prune(model: nn.Module, example_inputs, device: str = "ort-cpu-1t", budget_ms: float = 0.0, *,
-          importance_name: str = "l1", store: MeasurementStore | None = None, max_rounds: int = 6,
-          aim: float = 0.965, accept_low: float = 0.93, progress: Progress | None = None) -> PruneResult:
+def _budgets(device: str | None, budget_ms, constraints: Constraints) -> tuple[str, dict[str, float]]:
+    """The primary device and every latency budget (device -> ms)."""
+    budgets = dict(constraints.latency_ms)
+    if budget_ms is not None:
+        try:
+            budget_ms = float(budget_ms)
+        except (TypeError, ValueError):
+            raise UserError(f"budget {budget_ms!r} is not a number; give a positive number of ms") from None
+        if not budget_ms > 0 or budget_ms == float("inf"):
+            raise UserError(f"budget {budget_ms} ms is not a positive number; give e.g. --budget-ms 2.0")
+        name = device or "ort-cpu-1t"
+        if budgets.get(name, budget_ms) != budget_ms:
+            raise UserError(f"two latency budgets for {name} ({budget_ms} and {budgets[name]} ms); give one")
+        budgets = {name: budget_ms, **{d: ms for d, ms in budgets.items() if d != name}}
+    if not budgets and all(v is None for v in (constraints.max_flops, constraints.max_params,
+                                               constraints.max_memory_mb)):
+        raise UserError("no budget given: give a latency budget (--budget-ms) or a FLOPs, parameter or "
+                        "memory bound (--max-flops, --max-params, --max-memory-mb)")
+    return device or next(iter(budgets), "ort-cpu-1t"), budgets
+
+
+def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms: float | None = None, *,
+          selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
+          store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = 0.965,
+          accept_low: float = 0.93, time_limit_s: float = 60.0, progress: Progress | None = None) -> PruneResult:
+    """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
+    bound in ``constraints`` (latency on other devices, FLOPs, parameters,
+    memory, floors). ``selector``: greedy, knapsack or qcqp."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    try:
-        budget_ms = float(budget_ms)
-    except (TypeError, ValueError):
-        raise UserError(f"budget {budget_ms!r} is not a number; give a positive number of ms") from None
-    if not budget_ms > 0 or budget_ms == float("inf"):
-        raise UserError(f"budget {budget_ms} ms is not a positive number; give e.g. --budget-ms 2.0")
-    dev = devices.get(device)
+    if selector not in SELECTORS:
+        raise UserError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
+    cons = constraints or Constraints()
+    primary, budgets = _budgets(device, budget_ms, cons)
+    devs = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets])}
     t_start = time.perf_counter()
     model = model.eval()
     space = PruningSpace(model, example_inputs)
-    prof = Profiler(dev, store)
-    meter = RelativeMeter(prof, model, example_inputs, initial=2)
+    grid = devs[primary]
+    options = floor_options(space, {g.gid: group_options(g, grid.step_channels, grid.min_channels)
+                                    for g in space.groups}, grid.step_channels, cons)
+    scores = importance.compute(importance_name, space)
+    exact = Problem(space, options, scores, replace(cons, latency_ms=()))
+    bad = exact.violated(exact.smallest())
+    if bad:
+        raise UserError(exact.infeasible_message(bad))
+    profs = {d: Profiler(dev, store) for d, dev in devs.items()}
+    meters = {d: RelativeMeter(profs[d], model, example_inputs, initial=2) for d in devs}
     full_kept = {g.gid: list(range(g.size)) for g in space.groups}
+    extra = {"selector": selector, "constraints": replace(cons, latency_ms=tuple(budgets.items())).to_json()}
 
     def unchanged() -> PruneResult:
-        base = meter.reference_ms
-        note = f"budget {budget_ms:.3f} ms is above the measured baseline {base:.3f} ms; model returned unchanged"
-        return PruneResult(model, base, base, base, make_plan(space, full_kept, dev.name, budget_ms),
-                           budget_ms, dev.name, unchanged=True, note=note)
-    if budget_ms >= 1.1 * meter.reference_ms:  # clearly above; near it, decide after more measurements
-        return unchanged()
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    lat = fit_latency_model(prof, space, options, progress)
-    scores = importance.compute(importance_name, space)
-    smallest_ms = calibrate(lat, space, meter.measure, options, scores,
-                            [(space.specs(space.full_choice()), meter.reference_ms)])
-    if budget_ms >= meter.reference_ms:
+        base = meters[primary].reference_ms
+        note = ("every budget is above the measured baseline" if len(budgets) > 1 else
+                f"budget {budgets.get(primary, 0):.3f} ms is above the measured baseline {base:.3f} ms"
+                if budgets else "the full network meets every bound") + "; model returned unchanged"
+        return PruneResult(model, base, base, base, make_plan(space, full_kept, primary, budgets.get(primary),
+                                                               extra), budgets.get(primary), primary,
+                           unchanged=True, note=note,
+                           devices={d: {"budget_ms": budgets.get(d), "baseline_ms": m.reference_ms}
+                                    for d, m in meters.items()})
+    full_ok = exact.feasible(space.full_choice())
+    if full_ok and all(b >= 1.1 * meters[d].reference_ms for d, b in budgets.items()):
+        return unchanged()  # clearly above; near it, decide after more measurements
+    evs, smallest_ms = {}, {}
+    for d in devs:
+        lat = fit_latency_model(profs[d], space, options, progress)
+        smallest_ms[d] = calibrate(lat, space, meters[d].measure, options, scores,
+                                   [(space.specs(space.full_choice()), meters[d].reference_ms)])
+        evs[d] = Evaluator(space, lat, scores)
+    if full_ok and all(b >= meters[d].reference_ms for d, b in budgets.items()):
         return unchanged()
     t_profile = time.perf_counter() - t_start
-    if budget_ms < smallest_ms:
-        raise UserError(f"budget {budget_ms:.3f} ms is below the smallest network the constraints allow "
-                        f"({smallest_ms:.3f} ms measured on {dev.name}); raise the budget")
-    ev = Evaluator(space, lat, scores)
+    for d, b in budgets.items():
+        if b < smallest_ms[d]:
+            raise UserError(f"budget {b:.3f} ms is below the smallest network the constraints allow "
+                            f"({smallest_ms[d]:.3f} ms measured on {d}); raise the budget")
+    problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
+    refs = {d: (lambda d=d: meters[d].reference_ms) for d in devs}
     rounds, tried = [], []
-    start, target_raw = None, budget_ms * aim
+    start, targets = None, {d: b * aim for d, b in budgets.items()}
+
+    def used(ratios: dict) -> float:
+        return max((ratios[d] * refs[d]() / b for d, b in budgets.items()), default=0.0)
+
     for _ in range(max_rounds):
-        sel = greedy(ev, options, target_raw, start=start, swap=start is None)
+        sel = select(selector, problem.with_latency(targets), start=start, swap=start is None,
+                     infeasible="smallest", time_limit_s=time_limit_s)
+        if any(sel.choice == t[0].choice for t in tried):
+            break  # nothing new to measure: another bound holds the plan
         pruned = apply_kept(space, sel.kept)
         check_widths(space, pruned, sel.choice)
-        ratio, timing = meter.ratio(pruned)
-        m = ratio * meter.reference_ms
-        rounds.append(Round(target_raw, sel.predicted_ms, m, timing.iqr_ms))
-        tried.append((sel, pruned, ratio))
-        log.info("round %d: predicted %.3f ms, measured %.3f ms (budget %.3f)", len(rounds),
-                 sel.predicted_ms, m, budget_ms)
+        ratios, per_dev = {}, {}
+        for d in devs:
+            ratios[d], timing = meters[d].ratio(pruned)
+            per_dev[d] = {"target_ms": targets.get(d), "predicted_ms": sel.usage[f"latency_ms[{d}]"],
+                          "measured_ms": ratios[d] * refs[d](), "iqr_ms": timing.iqr_ms}
+        tried.append((sel, pruned, ratios))
+        p = per_dev[primary]
+        rounds.append(Round(p["target_ms"], p["predicted_ms"], p["measured_ms"], p["iqr_ms"],
+                            per_dev if len(devs) > 1 else {}, sel.status, sel.solve_s))
+        log.info("round %d (%s, %s): %s", len(rounds), selector, sel.status, ", ".join(
+            f"{d} predicted {v['predicted_ms']:.3f} ms, measured {v['measured_ms']:.3f} ms"
+            + (f" (budget {budgets[d]:.3f})" if d in budgets else "") for d, v in per_dev.items()))
+        if not budgets:
+            break
+        u = used(ratios)
         at_full = all(sel.choice[gid] == opts[-1] for gid, opts in options.items())
-        if m <= budget_ms and (m >= accept_low * budget_ms or at_full):
+        if u <= 1.0 and (u >= accept_low or at_full):
             break
         # anchor on the measured plan closest to the aim: small moves from a
         # measured network are predicted far better than a network from scratch
-        anchor, a_ratio = min(((t[0], t[2]) for t in tried),
-                              key=lambda t: abs(t[1] * meter.reference_ms - budget_ms * aim))
-        start = anchor.choice
-        target_raw = anchor.predicted_ms * (budget_ms * aim) / (a_ratio * meter.reference_ms)
-    baseline = meter.reference_ms  # every reference measurement so far
-    meeting = [t for t in tried if t[2] * baseline <= budget_ms]
-    sel, pruned, ratio = max(meeting, key=lambda t: t[2]) if meeting else min(tried, key=lambda t: t[2])
-    m = ratio * baseline
+        anchor = min(tried, key=lambda t: max(abs(t[2][d] * refs[d]() - b * aim) / b for d, b in budgets.items()))
+        start = anchor[0].choice
+        targets = {d: anchor[0].usage[f"latency_ms[{d}]"] * (b * aim) / (anchor[2][d] * refs[d]())
+                   for d, b in budgets.items()}
+    meeting = [t for t in tried if used(t[2]) <= 1.0]
+    pick = max if meeting else min
+    sel, pruned, ratios = pick(meeting or tried, key=lambda t: used(t[2]))
     note = "" if meeting else f"budget not met after {len(rounds)} rounds; returning the fastest network measured"
     pruned_specs = space.specs(sel.choice)
+    per_device = {d: {"budget_ms": budgets.get(d), "baseline_ms": refs[d](), "smallest_ms": smallest_ms[d],
+                      "predicted_ms": sel.usage[f"latency_ms[{d}]"], "measured_ms": ratios[d] * refs[d]()}
+                  for d in devs}
     stats = {"profile_s": t_profile, "total_s": time.perf_counter() - t_start,
-             "shapes_measured": prof.measured, "shapes_reused": prof.reused,
+             "shapes_measured": sum(p.measured for p in profs.values()),
+             "shapes_reused": sum(p.reused for p in profs.values()),
              "params_before": count_params(model), "params_after": count_params(pruned),
              "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
-             "flops_after": sum(s.flops for s in pruned_specs), "smallest_ms": smallest_ms}
-    return PruneResult(pruned.eval(), baseline, sel.predicted_ms, m,
-                       make_plan(space, sel.kept, dev.name, budget_ms), budget_ms, dev.name,
-                       tuple(rounds), False, note, stats)
+             "flops_after": sum(s.flops for s in pruned_specs), "smallest_ms": smallest_ms[primary]}
+    selection = {"selector": selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
+                 "objective": sel.objective, "importance": sel.importance, "usage": sel.usage}
+    return PruneResult(pruned.eval(), refs[primary](), sel.predicted_ms, ratios[primary] * refs[primary](),
+                       make_plan(space, sel.kept, primary, budgets.get(primary), extra), budgets.get(primary),
+                       primary, tuple(rounds), False, note, stats, per_device, selection)
