@@ -24,8 +24,11 @@ def test_resnet20_meets_a_60_percent_budget(shared_store):
     base = hwprune.measure_latency(model, x)
     res = hwprune.prune(model, x, device="ort-cpu-1t", budget_ms=0.6 * base, store=shared_store)
     _check(res, model, x)
-    again = hwprune.measure_latency(res.model, x)
-    assert 0.85 <= again / res.budget_ms <= 1.06  # an independent re-measurement
+    # independent re-measurement, interleaved with the original so that the
+    # host's drift cancels: the pruned/original ratio matches budget/baseline
+    from hwprune import devices
+    pruned, orig = devices.get("ort-cpu-1t").open().measure_modules_interleaved([res.model, model], (x,))
+    assert 0.85 <= (pruned.median_ms / orig.median_ms) / (res.budget_ms / res.baseline_ms) <= 1.08
 
 
 @pytest.mark.slow
