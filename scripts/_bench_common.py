@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,15 +19,10 @@ def use_repo_packages() -> None:
         sys.path.insert(0, root)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def _cpu_model() -> str:
+    use_repo_packages()
+    from profilers.ort_cpu import cpu_model
+    return cpu_model()
 
 
 def machine_header() -> dict:
@@ -40,7 +34,7 @@ def machine_header() -> dict:
         except ImportError:
             versions[mod] = None
     return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "cpu": _cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(), "versions": versions}
 
 
@@ -53,25 +47,10 @@ def header_lines(h: dict) -> list[str]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
+    use_repo_packages()
+    from profilers.profile_io import write_text_atomic
+    write_text_atomic(path, text)
 
 
 def write_json(path: Path, data) -> None:
