@@ -157,43 +157,6 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def _budget(text):
-    """``MS`` or ``DEVICE=MS``."""
-    device, _, ms = text.rpartition("=")
-    return (device or None, _positive(ms))
-
-
-def _amount(text):
-    """A positive count, optionally with a k/M/G suffix (``300M``, ``1.2G``)."""
-    scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:], 1.0)
-    return _positive(text[:-1] if scale != 1.0 else text) * scale
-
-
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
-    return v
-
-
-def _prune_constraints(args):
-    """--budget-ms (plain with --device, or DEVICE=MS) and the other bounds."""
-    from .constraints import Constraints
-    from .errors import UserError
-    plain = [ms for dev, ms in args.budget_ms if dev is None]
-    if plain and not args.device:
-        raise UserError(f"--budget-ms {plain[0]:g} needs --device D (or write --budget-ms DEVICE={plain[0]:g})")
-    if len(plain) > 1:
-        raise UserError("--budget-ms given twice for --device; give one plain budget, others as DEVICE=MS")
-    named = tuple((dev, ms) for dev, ms in args.budget_ms if dev is not None)
-    cons = Constraints(latency_ms=named, max_flops=args.max_flops, max_params=args.max_params,
-                       max_memory_mb=args.max_memory_mb, min_ratio=args.min_ratio, max_ratio=args.max_ratio)
-    return (plain[0] if plain else None), cons
-
-
 def cmd_prune(args) -> int:
     import torch
     from .engine import prune
@@ -202,7 +165,8 @@ def cmd_prune(args) -> int:
     from profilers.onnx_export import to_onnx_bytes
     from .outdir import atomic_dir
     from .report import format_table
-    budget_ms, cons = _prune_constraints(args)
+    from .cli_prune import constraints_from_args
+    budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     res = prune(lm.model, (lm.example_input,), device=args.device, budget_ms=budget_ms, constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s,
@@ -348,22 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_profile)
     sp = sub.add_parser("prune", help="prune a model to a latency budget on a device")
     common(sp)
-    sp.add_argument("--device", help="device the plain --budget-ms is for and the result is reported on "
-                    "(default: the first DEVICE=MS budget)")
-    sp.add_argument("--budget-ms", type=_budget, action="append", default=[], metavar="[DEVICE=]MS",
-                    help="latency budget in milliseconds on --device, or DEVICE=MS; repeat for several devices")
-    sp.add_argument("--max-flops", type=_amount, help="FLOPs bound (2 x multiply-accumulates of the conv and "
-                    "linear layers), e.g. 40M or 4.1e7")
-    sp.add_argument("--max-params", type=_amount, help="parameter count bound, e.g. 500k")
-    sp.add_argument("--max-memory-mb", type=_positive, help="peak activation memory bound in MB: the largest "
-                    "input + output of one conv/linear layer, fp32")
-    sp.add_argument("--min-ratio", type=_fraction, default=0.1, help="every group keeps at least this share "
-                    "of its channels, and at least one device step (default 0.1)")
-    sp.add_argument("--max-ratio", type=_fraction, help="every group keeps at most this share of its channels")
-    sp.add_argument("--selector", choices=["greedy", "knapsack", "qcqp"], default="greedy",
-                    help="greedy (default), knapsack (HALP) or qcqp (exact MILP of Jeong et al. with HiGHS)")
-    sp.add_argument("--time-limit-s", type=_positive, default=60.0, help="qcqp: solver time limit per solve "
-                    "(default 60)")
+    from .cli_prune import add_arguments
+    add_arguments(sp)
     sp.add_argument("--importance", default="l1", choices=["l1", "l2"])
     sp.add_argument("--out", required=True, help="output folder: model.pt, plan.json, model.onnx")
     sp.set_defaults(func=cmd_prune)

@@ -301,9 +301,6 @@ class Problem:
         shared = {k: v for k, v in self._shared.items() if k != "objective"}
         return Problem(self.space, options, self.scores, self.constraints, self.evaluators, shared)
 
-    def without_latency(self) -> "Problem":
-        return self.with_latency({})
-
     @property
     def objective(self) -> ActiveImportance:
         obj = self._shared.get("objective")

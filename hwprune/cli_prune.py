@@ -1,0 +1,72 @@
+"""``hwprune prune``'s bounds on the command line: latency budgets on one or
+more devices, FLOPs, parameters, memory, floors and ceilings, the selector."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return v
+
+
+def budget(text: str) -> tuple[str | None, float]:
+    """``MS`` or ``DEVICE=MS``."""
+    device, _, ms = text.rpartition("=")
+    return (device or None, _number(ms))
+
+
+def amount(text: str) -> float:
+    """A positive count, optionally with a k/M/G suffix (``300M``, ``1.2G``)."""
+    scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:], 1.0)
+    return _number(text[:-1] if scale != 1.0 else text) * scale
+
+
+def fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
+    return v
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--device", help="device the plain --budget-ms is for and the result is reported on "
+                    "(default: the first DEVICE=MS budget)")
+    sp.add_argument("--budget-ms", type=budget, action="append", default=[], metavar="[DEVICE=]MS",
+                    help="latency budget in milliseconds on --device, or DEVICE=MS; repeat for several devices")
+    sp.add_argument("--max-flops", type=amount, help="FLOPs bound (2 x multiply-accumulates of the conv and "
+                    "linear layers), e.g. 40M or 4.1e7")
+    sp.add_argument("--max-params", type=amount, help="parameter count bound, e.g. 500k")
+    sp.add_argument("--max-memory-mb", type=_number, help="peak activation memory bound in MB: the largest "
+                    "input + output of one conv/linear layer, fp32")
+    sp.add_argument("--min-ratio", type=fraction, default=0.1, help="every group keeps at least this share "
+                    "of its channels, and at least one device step (default 0.1)")
+    sp.add_argument("--max-ratio", type=fraction, help="every group keeps at most this share of its channels")
+    sp.add_argument("--selector", choices=["greedy", "knapsack", "qcqp"], default="greedy",
+                    help="greedy (default), knapsack (HALP) or qcqp (exact MILP of Jeong et al. with HiGHS)")
+    sp.add_argument("--time-limit-s", type=_number, default=60.0, help="qcqp: solver time limit per solve "
+                    "(default 60)")
+
+
+def constraints_from_args(args):
+    """(the plain --budget-ms for --device or None, Constraints)."""
+    from .constraints import Constraints
+    from .errors import UserError
+    plain = [ms for dev, ms in args.budget_ms if dev is None]
+    if plain and not args.device:
+        raise UserError(f"--budget-ms {plain[0]:g} needs --device D (or write --budget-ms DEVICE={plain[0]:g})")
+    if len(plain) > 1:
+        raise UserError("--budget-ms given twice for --device; give one plain budget, others as DEVICE=MS")
+    named = tuple((dev, ms) for dev, ms in args.budget_ms if dev is not None)
+    cons = Constraints(latency_ms=named, max_flops=args.max_flops, max_params=args.max_params,
+                       max_memory_mb=args.max_memory_mb, min_ratio=args.min_ratio, max_ratio=args.max_ratio)
+    return (plain[0] if plain else None), cons
