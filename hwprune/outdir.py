@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
+from profilers.atomic import new_file_mode
+
 from .errors import UserError
 
 
@@ -54,12 +56,6 @@ def check_outputs(targets: Sequence[Path], force: bool = False) -> None:
             raise UserError(f"output {t} already exists; pass --force to replace it")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_files(targets: Sequence[Path], force: bool = False):
     """Yield one temporary path per target (``targets[0]`` is the main file, the
@@ -75,7 +71,7 @@ def atomic_files(targets: Sequence[Path], force: bool = False):
             t.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent)
             os.close(fd)
-            os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; give a new file's usual mode
+            os.chmod(name, new_file_mode())  # mkstemp makes 0600; give a new file's usual mode
             temps.append(Path(name))
         yield list(temps)
         for tmp in temps:

@@ -13,48 +13,14 @@ the closed-loop rounds, as :class:`hwprune.engine.Round` objects or dicts with
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from profilers.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 ROW_FIELDS = (("measured_ms", "measured ms"), ("predicted_ms", "predicted ms"), ("params", "params"),
               ("flops", "FLOPs"), ("accuracy", "test accuracy"))
 ROUND_HEADERS = ("round", "target ms", "predicted ms", "measured ms", "measured / budget")
-
-
-# ---------------------------------------------------------------- atomic files
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the usual mode of a new file
-                os.fchmod(fh.fileno(), 0o666 & ~_umask())
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------- tables

@@ -33,3 +33,17 @@ def feeds(example_inputs) -> dict[str, np.ndarray]:
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     return {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(example_inputs)}
+
+
+class OnnxModuleMeasurer:
+    """For runtimes that run ONNX: torch modules are exported and measured with
+    the runtime's ``measure_onnx`` / ``measure_onnx_interleaved``."""
+
+    def measure_module(self, model, example_inputs, protocol=None):
+        kw = {} if protocol is None else {"protocol": protocol}
+        return self.measure_onnx(to_onnx_bytes(model, example_inputs), feeds(example_inputs), **kw)
+
+    def measure_modules_interleaved(self, models, example_inputs, protocol=None):
+        kw = {} if protocol is None else {"protocol": protocol}
+        f = feeds(example_inputs)
+        return self.measure_onnx_interleaved([(to_onnx_bytes(m, example_inputs), f) for m in models], **kw)

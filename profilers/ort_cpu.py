@@ -11,7 +11,7 @@ import platform
 
 import numpy as np
 
-from .onnx_export import feeds, to_onnx_bytes
+from .onnx_export import OnnxModuleMeasurer
 from .onnx_layers import layer_model, random_inputs
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Timing
@@ -28,7 +28,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-class OrtCpuRuntime:
+class OrtCpuRuntime(OnnxModuleMeasurer):
     """Measures ONNX models on ONNX Runtime's CPU provider, fp32."""
 
     kind = "ort-cpu"
@@ -64,15 +64,6 @@ class OrtCpuRuntime:
         """Several ONNX models measured alternately (see ``measure_interleaved``)."""
         sessions = [(self.session(b), f if f is not None else random_inputs(b)) for b, f in models]
         return measure_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in sessions], protocol)
-
-    def measure_module(self, model, example_inputs, protocol: Protocol = MODEL_PROTOCOL) -> Timing:
-        """A torch module, exported to ONNX and run here."""
-        return self.measure_onnx(to_onnx_bytes(model, example_inputs), feeds(example_inputs), protocol)
-
-    def measure_modules_interleaved(self, models, example_inputs,
-                                    protocol: Protocol = MODEL_PROTOCOL) -> list[Timing]:
-        f = feeds(example_inputs)
-        return self.measure_onnx_interleaved([(to_onnx_bytes(m, example_inputs), f) for m in models], protocol)
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
         return self.measure_onnx(layer_model(spec), protocol=protocol)

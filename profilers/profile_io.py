@@ -21,10 +21,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .specs import LayerSpec, Timing
 from .store import MeasurementStore, fingerprint_key
 
@@ -46,24 +45,7 @@ def _line(spec_key: str, t: Timing) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file next to ``path``, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text)
 
 
 def export_profile(store: MeasurementStore, device_key: str, path: str | Path,

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import RuntimeUnavailable
 from .agent import AGENT_VERSION, INPUTS_HEADER
+from .onnx_export import OnnxModuleMeasurer
 from .onnx_layers import layer_model
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol
 from .specs import LayerSpec, Timing
@@ -41,7 +42,7 @@ def _timing(d) -> Timing:
                   ci_rel=float(d["ci_rel"]), stable=bool(d["stable"]))
 
 
-class RemoteRuntime:
+class RemoteRuntime(OnnxModuleMeasurer):
     """A board running ``hwprune agent``, measured over HTTP.
 
     ``threads`` (intra-op threads on the board) defaults to the agent's own
@@ -177,16 +178,6 @@ class RemoteRuntime:
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
         return self.measure_onnx(layer_model(spec), protocol=protocol, kind="layer")
-
-    def measure_module(self, model, example_inputs, protocol: Protocol = MODEL_PROTOCOL) -> Timing:
-        from .onnx_export import feeds, to_onnx_bytes
-        return self.measure_onnx(to_onnx_bytes(model, example_inputs), feeds(example_inputs), protocol)
-
-    def measure_modules_interleaved(self, models, example_inputs,
-                                    protocol: Protocol = MODEL_PROTOCOL) -> list[Timing]:
-        from .onnx_export import feeds, to_onnx_bytes
-        f = feeds(example_inputs)
-        return self.measure_onnx_interleaved([(to_onnx_bytes(m, example_inputs), f) for m in models], protocol)
 
 
 __all__ = ["RemoteRuntime", "RemoteError"]

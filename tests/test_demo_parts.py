@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from profilers import atomic
 from hwprune import report
 from hwprune.data import digits_loaders
 from hwprune.train import evaluate, kd_loss, train
@@ -133,7 +134,7 @@ def test_report_writes_both_files_atomically(tmp_path, monkeypatch):
         replaced.append((os.path.dirname(os.fspath(src)), os.fspath(dst)))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(report.os, "replace", spy)
+    monkeypatch.setattr(atomic.os, "replace", spy)
     out = tmp_path / "out"
     md, png = report.write_demo_report(out, ROWS, ROUNDS, "ort-cpu-1t", "test box", budget_ms=0.617)
     assert md == out / "report.md" and png == out / "latency.png"
@@ -158,7 +159,7 @@ def test_report_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError):
         report.atomic_write_text(tmp_path / "report.md", "x")
     assert list(tmp_path.iterdir()) == []
