@@ -15,10 +15,21 @@ class SurgeryError(RuntimeError):
     pass
 
 
+def _one_sample(inputs: tuple) -> tuple:
+    """The first sample of each batched tensor: channel dependencies do not
+    depend on the batch, and tracing a batch of 64 large images costs seconds."""
+    return tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 1 else t for t in inputs)
+
+
 def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
     """Return a pruned deep copy of ``space.model`` keeping ``kept[gid]`` root indices."""
     model = copy.deepcopy(space.model).eval()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=space.example_inputs)
+    inputs = _one_sample(space.example_inputs)
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+    except Exception:  # a model whose forward needs the full batch
+        model, inputs = copy.deepcopy(space.model).eval(), space.example_inputs
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
     for g in space.groups:
         keep = set(int(i) for i in kept.get(g.gid, range(g.size)))
         if not keep:
@@ -28,7 +39,7 @@ def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
             root = model.get_submodule(g.root)
             dg.get_pruning_group(root, root_handler(root), idxs=drop).prune()
     with torch.no_grad():
-        model(*space.example_inputs)
+        model(*inputs)
     return model
 
 

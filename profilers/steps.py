@@ -114,20 +114,21 @@ def fit_step(widths: Sequence[int], samples_ms: Sequence[Sequence[float]], probe
 
 
 def sweep_specs(height: int = 56, width: int = 56, n_in: int = 64, max_out: int = 64,
-                probe: int = 4) -> list[LayerSpec]:
-    base = LayerSpec("conv", n_in, probe, (3, 3), (1, 1), (1, 1), (1, 1), 1, height, width)
+                probe: int = 4, batch: int = 1) -> list[LayerSpec]:
+    base = LayerSpec("conv", n_in, probe, (3, 3), (1, 1), (1, 1), (1, 1), 1, height, width, batch)
     return [replace(base, out_channels=n) for n in range(probe, max_out + 1, probe)]
 
 
 def detect_step(runtime, height: int = 56, width: int = 56, n_in: int = 64, max_out: int = 64,
                 probe: int = 4, passes: int = 3,
-                progress: Callable[..., Iterable] | None = None) -> StepResult:
+                progress: Callable[..., Iterable] | None = None, batch: int = 1) -> StepResult:
     """Sweep a 3x3 conv (``n_in`` -> ``probe, 2 probe, .. max_out`` channels on a
-    ``height`` x ``width`` input) with ``runtime.measure_spec`` and pick its step."""
+    ``batch`` x ``height`` x ``width`` input) with ``runtime.measure_spec`` and
+    pick its step."""
     if probe <= 0 or max_out < 2 * probe or passes < 1:
         raise ValueError(f"need probe > 0, max_out >= 2 probe and passes >= 1 "
                          f"(got probe={probe}, max_out={max_out}, passes={passes})")
-    specs = sweep_specs(height, width, n_in, max_out, probe)
+    specs = sweep_specs(height, width, n_in, max_out, probe, batch)
     order = [(p, i) for p in range(passes)
              for i in (range(len(specs)) if p % 2 == 0 else reversed(range(len(specs))))]
     samples = np.zeros((passes, len(specs)))
