@@ -335,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")
     common(sp, model=False)
     sp.set_defaults(func=cmd_devices)
+    from .cli_compare import register as register_compare
+    register_compare(sub, common)
     sp = sub.add_parser("agent", help="run on a board: measure ONNX models sent by hwprune on another "
                         "machine (device remote:HOST:PORT)")
     sp.add_argument("--json", action="store_true", help="print the address and token as JSON")

@@ -1,0 +1,302 @@
+"""hwprune compare: device sides, the cross matrix, predicted-only devices,
+the profile reader, JSON and report files, bad input.
+
+Fast tests use two simulated runtimes with deterministic latencies (one
+FLOP-bound, one bound by activation traffic, each flat within blocks of
+channels), so the whole pipeline (profiling, closed loop, interleaved
+cross matrix) runs in seconds and its numbers can be checked exactly. The
+slow test runs on the real CPU runtimes and compares ratios measured in one
+run only.
+"""
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import archs
+import profilers
+from hwprune import UserError, zoo
+from hwprune.cli import main
+from hwprune.compare import run_compare
+from hwprune.graph import LAYER_TYPES, _record_inputs, _spec
+from hwprune.offline import offline_model, read_profile
+from profilers import LayerSpec, Timing
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- simulated runtimes
+
+class SimRuntime:
+    """Latency = sum of per-layer costs + 10 us; a layer's cost rises in
+    blocks of ``step`` output channels and is proportional to its FLOPs
+    (``bound="flops"``) or to the activations it reads and writes
+    (``bound="memory"``)."""
+
+    def __init__(self, bound: str = "flops", step: int = 8):
+        self.bound, self.step = bound, int(step)
+
+    def fingerprint(self) -> dict:
+        return {"runtime": "sim", "bound": self.bound, "step": self.step}
+
+    def spec_ms(self, spec: LayerSpec) -> float:
+        out = math.ceil(spec.out_channels / self.step) * self.step
+        if self.bound == "flops":
+            return 0.002 + replace(spec, out_channels=out, groups=out if spec.depthwise else spec.groups).flops / 2e8
+        oh, ow = spec.out_hw
+        return 0.002 + (spec.in_channels * spec.height * spec.width + out * oh * ow) / 5e5
+
+    def module_ms(self, model, example_inputs) -> float:
+        example_inputs = tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor) else (example_inputs,)
+        shapes = _record_inputs(model, example_inputs)
+        mods = dict(model.named_modules())
+        return 0.01 + sum(self.spec_ms(_spec(mods[n], s)) for n, s in shapes.items()
+                          if isinstance(mods[n], LAYER_TYPES))
+
+    @staticmethod
+    def _timing(ms: float) -> Timing:
+        return Timing(ms, 0.0, 40, 0.0, True)
+
+    def measure_spec(self, spec, protocol=None):
+        return self._timing(self.spec_ms(spec))
+
+    def measure_module(self, model, example_inputs, protocol=None):
+        return self._timing(self.module_ms(model, example_inputs))
+
+    def measure_modules_interleaved(self, models, example_inputs, protocol=None):
+        return [self._timing(self.module_ms(m, example_inputs)) for m in models]
+
+
+DESCRIPTOR = """name = "{name}"
+runtime = "{runtime}"
+description = "simulated"
+[options]
+{options}
+[grid]
+step_channels = 8
+min_channels = 8
+"""
+
+
+def _profile_lines(device: str, rt: SimRuntime, specs, networks=(), extra=()) -> str:
+    rows = [json.dumps({"spec": json.loads(s.key()), "median_ms": rt.spec_ms(s), "iqr_ms": 0.0, "runs": 30,
+                        "ci_rel": 0.0, "stable": True}) for s in dict.fromkeys(specs)]
+    header = {"format": "hwprune-profile", "version": 1, "device": device, "fingerprint": {"device": device},
+              "step_channels": 8, "date": "2026-01-01T00:00:00+00:00", "count": len(rows)}
+    nets = [json.dumps({"type": "network", "model": name, "median_ms": ms,
+                        "specs": [json.loads(s.key()) for s in sp]}) for name, sp, ms in networks]
+    return "\n".join([json.dumps(header)] + rows + nets + list(extra)) + "\n"
+
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch):
+    """A devices folder with sim-flops and sim-memory (run here) and sim-far
+    (its runtime cannot run here; a profile of it is on disk)."""
+    monkeypatch.setitem(profilers._RUNTIMES, "sim", (__name__, "SimRuntime"))
+    monkeypatch.setitem(profilers._RUNTIMES, "absent", ("hwprune_no_such_runtime_module", "Runtime"))
+    folder = tmp_path / "devices"
+    (folder / "profiles").mkdir(parents=True)
+    for name, runtime, options in (("sim-flops", "sim", 'bound = "flops"'),
+                                   ("sim-memory", "sim", 'bound = "memory"\nstep = 16'),
+                                   ("sim-far", "absent", "")):
+        (folder / f"{name}.toml").write_text(DESCRIPTOR.format(name=name, runtime=runtime, options=options))
+    monkeypatch.setenv("HWPRUNE_DEVICES_DIR", str(folder))
+    return folder
+
+
+def _far_profile(folder: Path, model, x, networks: bool = True) -> Path:
+    """A profile of sim-far (memory-bound) covering ``model``'s layer shapes."""
+    from hwprune.graph import PruningSpace
+    from hwprune.profiling import sample_specs
+    from hwprune.select import group_options
+    space = PruningSpace(model, (x,))
+    options = {g.gid: group_options(g, 8, 8) for g in space.groups}
+    rt = SimRuntime("memory", 16)
+    full = space.specs(space.full_choice())
+    nets = [("full", full, rt.module_ms(model, (x,)))] if networks else []
+    path = folder / "profiles" / "sim-far.jsonl"
+    path.write_text(_profile_lines("sim-far", rt, sample_specs(space, options) + full, nets,
+                                   ['{"type": "power", "watts": 300}', '[1, 2]']))
+    return path
+
+
+# ---------------------------------------------------------------- the profile reader
+
+def test_profile_reader_ignores_unknown_lines_and_fits_the_remainder(tmp_path):
+    model, x = archs.create("concat")
+    (tmp_path / "profiles").mkdir()
+    path = _far_profile(tmp_path, model, x)
+    prof = read_profile(path)
+    assert prof.device == "sim-far" and len(prof.networks) == 1
+    assert prof.ignored == {"power": 1, "unknown": 1}
+    from hwprune.graph import PruningSpace
+    space = PruningSpace(model, (x,))
+    full = space.specs(space.full_choice())
+    off = offline_model(prof, full)
+    assert "fitted to 1 whole-network" in off.note
+    assert off.model.predict(full) == pytest.approx(SimRuntime("memory", 16).module_ms(model, (x,)), rel=1e-3)
+    without = offline_model(replace(prof, networks=()), full)
+    assert "not fitted" in without.note
+    assert without.model.predict(full) == pytest.approx(without.model.layers_ms(full))
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda lines: lines[:-5] + lines[-3:], "truncated"),
+    (lambda lines: lines + ['{"type": "network", "specs": [], "median_ms": 1.0}'], "non-empty list"),
+    (lambda lines: lines + ['{"type": "layer", "median_ms": 1.0}'], "spec"),
+    (lambda lines: lines + ["{not json"], "not JSON"),
+])
+def test_profile_reader_rejects_damaged_files(tmp_path, damage, needle):
+    (tmp_path / "profiles").mkdir()
+    model, x = archs.create("concat")
+    path = _far_profile(tmp_path, model, x, networks=False)
+    path.write_text("\n".join(damage(path.read_text().splitlines()[:-2])) + "\n")
+    with pytest.raises(UserError, match=needle):
+        read_profile(path)
+
+
+def test_profile_missing_the_models_layers_is_a_user_error(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    path = _far_profile(tmp_path, *archs.create("concat"))
+    model, x = zoo.create("resnet20")
+    from hwprune.graph import PruningSpace
+    space = PruningSpace(model, (x,))
+    with pytest.raises(UserError, match="no measurements for .* layer families"):
+        offline_model(read_profile(path), space.specs(space.full_choice()))
+
+
+# ---------------------------------------------------------------- the comparison
+
+@pytest.fixture
+def compared(sim, tmp_path):
+    from profilers import MeasurementStore
+    model, x = zoo.create("resnet20")
+    _far_profile(sim, model, x)
+    res = run_compare(model, x, ["sim-flops", "sim-memory", "sim-far"], budget_frac=0.7, model_name="resnet20",
+                      store=MeasurementStore(tmp_path / "s.sqlite"), curve_layers=2, pareto_points=4, repeats=3)
+    return res, model, x
+
+
+def test_cross_matrix_shape_labels_and_values(compared):
+    res, model, x = compared
+    d, cr = res.data, res.data["cross"]
+    names = ["sim-flops", "sim-memory", "sim-far"]
+    assert cr["rows"] == names and cr["cols"] == names
+    assert [[c["source"] for c in row] for row in cr["cells"]] == [["measured", "measured", "predicted"]] * 3
+    assert {s["name"]: s["mode"] for s in d["devices"]} == {"sim-flops": "measured", "sim-memory": "measured",
+                                                            "sim-far": "predicted"}
+    for i in range(3):
+        assert cr["cells"][i][i]["vs_own"] == pytest.approx(1.0)
+    # measured cells are each plan's own latency on that device (rows not mixed up by the rotated order)
+    for j, name in enumerate(names[:2]):
+        rt = SimRuntime(*(("flops", 8) if name == "sim-flops" else ("memory", 16)))
+        base = rt.module_ms(model, (x,))
+        for i, row in enumerate(names):
+            assert cr["cells"][i][j]["ms"] == pytest.approx(rt.module_ms(res.models[row], (x,)), rel=1e-9)
+            assert cr["cells"][i][j]["ratio_to_original"] == pytest.approx(cr["cells"][i][j]["ms"] / base)
+    # each device's own plan meets its budget there; the devices disagree on what to keep
+    for p in d["plans"][:2]:
+        assert p["measured_ms"] <= p["budget_ms"] * 1.0001
+    assert len({tuple(g["widths"][n] for g in d["groups"]) for n in names}) >= 2
+
+
+def test_predicted_device_is_labelled_everywhere(compared):
+    d = compared[0].data
+    far = next(s for s in d["devices"] if s["name"] == "sim-far")
+    assert "cannot run here" in far["reason"] and far["profile"].endswith("sim-far.jsonl")
+    assert "fitted to 1 whole-network" in far["remainder"]
+    plan = next(p for p in d["plans"] if p["device"] == "sim-far")
+    assert plan["measured_ms"] is None and "predicted only" in plan["how"]
+    assert all(c["devices"]["sim-far"]["source"] == "predicted" for c in d["curves"])
+    assert any("is predicted at" in f and f.startswith("On sim-far") for f in d["findings"])
+    assert all("measures" in f for f in d["findings"] if not f.startswith("On sim-far"))
+
+
+def test_layers_curves_and_pareto(compared):
+    d = compared[0].data
+    flops = next(s for s in d["devices"] if s["name"] == "sim-flops")
+    shares = [r["devices"]["sim-flops"]["share"] for r in d["layers"]]
+    assert sum(shares) + flops["other_ms"] / flops["baseline_ms"] == pytest.approx(1.0)
+    assert flops["other_ms"] == pytest.approx(0.01, abs=1e-6)  # the simulated per-network overhead
+    assert len(d["curves"]) == 2
+    from profilers.steps import candidate_steps
+    for c in d["curves"]:  # each layer's own step: the runtime's block, where the sweep can tell
+        cands = candidate_steps(c["widths"], c["widths"][0])
+        for name, block in (("sim-flops", 8), ("sim-memory", 16)):
+            assert c["devices"][name]["step"] == max(s for s in cands if s <= block), (c["shape"], name)
+    for name, pts in d["pareto"].items():
+        pts = sorted(pts, key=lambda p: p["predicted_ms"])
+        assert pts[-1]["importance"] == pytest.approx(1.0) and pts[0]["importance"] < 1.0
+
+
+def test_cli_writes_the_report_and_json(sim, tmp_path, capsys):
+    model, x = zoo.create("resnet20")
+    _far_profile(sim, model, x)
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", "resnet20", "--devices", "sim-flops", "sim-far", "--budget", "40%",
+                 "--out", str(out), "--store", str(tmp_path / "s.sqlite"), "--curve-layers", "1",
+                 "--pareto-points", "3", "--repeats", "1", "--json"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["budget_frac"] == pytest.approx(0.4) and data["cross"]["cols"] == ["sim-flops", "sim-far"]
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["cross"] == data["cross"] and saved["plans"] == data["plans"]
+    page = (out / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 5 and "src='http" not in page
+    md = (out / "report.md").read_text()
+    assert "sim-far" in md and "predicted" in md and "(cross.png)" in md
+    assert all((out / f).stat().st_size > 1000 for f in ("cross.png", "curves.png", "pareto.png"))
+
+
+def _one_error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("devices,extra,needle", [
+    (["sim-flops"], [], "at least two devices"),
+    (["sim-flops", "sim-flops"], [], "named twice"),
+    (["sim-flops", "nope"], [], "unknown device 'nope'"),
+    (["sim-flops", "sim-memory"], ["--budget", "150%"], "strictly between"),
+    (["sim-flops", "sim-memory"], ["--budget", "half"], "not a fraction"),
+    (["sim-flops", "sim-memory"], ["--predicted", "sim-far"], "not one of --devices"),
+    (["sim-flops", "sim-far"], [], "hwprune profile --device sim-far"),
+    (["sim-flops", "sim-memory"], ["--predicted", "sim-memory"], "no profile of sim-memory"),
+])
+def test_bad_input_is_one_error_line_and_writes_nothing(sim, tmp_path, capsys, devices, extra, needle):
+    out = tmp_path / "cmp"
+    line = _one_error(capsys, ["compare", "--model", "resnet20", "--devices", *devices, "--out", str(out),
+                               "--store", str(tmp_path / "s.sqlite"), *extra])
+    assert needle in line
+    assert not out.exists() and not list(tmp_path.glob(".cmp*"))
+
+
+def test_profile_of_another_model_and_output_file_are_errors(sim, tmp_path, capsys):
+    _far_profile(sim, *archs.create("concat"))
+    args = ["compare", "--model", "resnet20", "--devices", "sim-flops", "sim-far", "--store",
+            str(tmp_path / "s.sqlite")]
+    assert "layer families" in _one_error(capsys, args + ["--out", str(tmp_path / "o")])
+    (tmp_path / "file").write_text("x")
+    assert "not a folder" in _one_error(capsys, args + ["--out", str(tmp_path / "file")])
+    assert (tmp_path / "file").read_text() == "x"
+
+
+# ---------------------------------------------------------------- real runtimes
+
+@pytest.mark.slow
+def test_real_cpu_runtimes_measure_every_cell(shared_store):
+    model, x = zoo.create("resnet20")
+    res = run_compare(model, x, ["ort-cpu-1t", "torch-cpu-1t"], budget_frac=0.5, store=shared_store,
+                      curve_layers=1, pareto_points=3, repeats=3)
+    cr = res.data["cross"]
+    assert all(c["source"] == "measured" for row in cr["cells"] for c in row)
+    for i in range(2):  # each plan, re-measured interleaved with the original on its own device
+        assert 0.38 <= cr["cells"][i][i]["ratio_to_original"] <= 0.56, cr
+        assert cr["cells"][i][i]["vs_own"] == pytest.approx(1.0)
