@@ -59,6 +59,7 @@ from .surgery import apply_kept
 log = logging.getLogger("hwprune")
 MEASURED, PREDICTED = "measured", "predicted"
 FORMAT = "hwprune-compare/1"
+SMALLEST_MARGIN = 1.1  # a budget under this x the smallest network is raised to it
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Side:
     profiler: Profiler | None = None
     meter: RelativeMeter | None = None
     predicted_full_ms: float = 0.0
+    smallest_ms: float | None = None  # measured: the smallest network the floors allow
     device_step: int | None = None
     step_source: str = ""
 
@@ -177,8 +179,8 @@ def prepare_side(side: Side, space, example_inputs, scores, store, progress) -> 
         side.profiler = Profiler(side.device, store)
         side.lat = fit_latency_model(side.profiler, space, side.options, progress)
         side.meter = RelativeMeter(side.profiler, space.model, example_inputs, initial=3)
-        calibrate(side.lat, space, side.meter.measure, side.options, scores,
-                  [(space.specs(space.full_choice()), side.meter.reference_ms)])
+        side.smallest_ms = calibrate(side.lat, space, side.meter.measure, side.options, scores,
+                                     [(space.specs(space.full_choice()), side.meter.reference_ms)])
         side.remainder = "remainder fitted to whole-model measurements here (full, smallest, quarter, half width)"
         side.device_step, side.step_source = _device_step(side.profiler, progress)
     side.ev = Evaluator(space, side.lat, scores)
@@ -197,12 +199,16 @@ def choice_of(space: PruningSpace, kept: dict) -> dict:
 def make_plans(space, example_inputs, sides, scores, frac, selector, store, progress, time_limit_s) -> list[dict]:
     plans = []
     for side in sides:
-        target = frac * side.baseline_ms
+        target, raised = frac * side.baseline_ms, ""
         if side.mode == MEASURED:
+            if side.smallest_ms and target < SMALLEST_MARGIN * side.smallest_ms:
+                target = SMALLEST_MARGIN * side.smallest_ms
+                raised = (f"{100 * frac:.0f} % is below the smallest network the floors allow "
+                          f"({side.smallest_ms:.3f} ms measured); budget raised to {target:.3f} ms")
             res = prune(space.model, example_inputs, device=side.name, budget_ms=target, selector=selector,
                         store=store, progress=progress, time_limit_s=time_limit_s)
             kept = {g["gid"]: g["kept"] for g in res.plan["groups"]}
-            module, note = res.model, res.note
+            module, note = res.model, "; ".join(n for n in (raised, res.note) if n)
             info = {"predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms,
                     "engine_baseline_ms": res.baseline_ms, "rounds": len(res.rounds),
                     "how": f"hwprune.prune ({selector}, closed loop on {side.name})"}

@@ -300,3 +300,16 @@ def test_real_cpu_runtimes_measure_every_cell(shared_store):
     for i in range(2):  # each plan, re-measured interleaved with the original on its own device
         assert 0.38 <= cr["cells"][i][i]["ratio_to_original"] <= 0.56, cr
         assert cr["cells"][i][i]["vs_own"] == pytest.approx(1.0)
+
+
+def test_budget_below_the_smallest_network_is_raised_and_said(sim, tmp_path):
+    from profilers import MeasurementStore
+    model, x = zoo.create("resnet20")
+    res = run_compare(model, x, ["sim-flops", "sim-memory"], budget_frac=0.3, store=MeasurementStore(
+        tmp_path / "s.sqlite"), curve_layers=0, pareto_points=2, repeats=1)
+    plans = {p["device"]: p for p in res.data["plans"]}
+    assert plans["sim-flops"]["note"] == "" and plans["sim-flops"]["budget_ms"] == pytest.approx(
+        0.3 * plans["sim-flops"]["baseline_ms"])
+    mem = plans["sim-memory"]
+    assert "below the smallest network" in mem["note"] and mem["budget_ms"] > 0.3 * mem["baseline_ms"]
+    assert mem["measured_ms"] <= mem["budget_ms"] * 1.0001
