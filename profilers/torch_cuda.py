@@ -16,6 +16,7 @@ import collections
 import copy
 import logging
 import platform
+import re
 from contextlib import contextmanager
 from typing import Callable
 
@@ -49,11 +50,8 @@ def nvidia_driver() -> str | None:
             first = f.readline()
     except OSError:
         return None
-    words = first.split()
-    for i, w in enumerate(words):
-        if w == "Module" and i + 1 < len(words):  # "... Kernel Module  550.54.15  ..."
-            return words[i + 1]
-    return first.strip() or None
+    found = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", first)  # "... Kernel Module for x86_64  580.159.04  ..."
+    return found.group(1) if found else (first.strip() or None)
 
 
 def gpu_fingerprint() -> dict:

@@ -1,7 +1,7 @@
 """GPU benchmark: profile the zoo on a GPU, measure its channel step, validate
 the latency model on random sub-networks, and prune resnet50 to GPU budgets.
 
-Phases (``--phases``, in this order; each writes its results into
+Phases (``--phases``, run in the order given; each writes its results into
 ``bench_gpu.json`` as soon as an item is done, so a run stopped by
 ``--deadline-s`` keeps what it finished, and a second run with the same
 ``--store`` re-measures nothing already stored):
@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prune-devices", nargs="*", default=["torch-cuda-fp16"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.7])
     p.add_argument("--selector", default="qcqp")
+    p.add_argument("--time-limit-s", type=float, default=20.0, help="selector time limit per solve")
     p.add_argument("--step-max", type=int, default=256, help="widest output of the step sweep")
     p.add_argument("--step-probe", type=int, default=4)
     p.add_argument("--deadline-s", type=float, default=540.0, help="stop starting new items after this")
@@ -101,9 +102,9 @@ def example(name: str, batch: int):
 
 
 def step_of(run: Run, device: str, batch: int) -> int:
+    """The device's grid (its descriptor): what the engine selects on."""
     from hwprune import devices
-    found = run.data.get("steps", {}).get(f"{device}:b{batch}")
-    return int(found["step_channels"]) if found and found.get("reliable") else devices.get(device).step_channels
+    return devices.get(device).step_channels
 
 
 def space_and_options(run: Run, name: str, device: str, batch: int):
@@ -259,7 +260,7 @@ def phase_prune(run: Run) -> None:
             base = statistics.median(prof.measure_module(model, x).median_ms for _ in range(3))
             try:
                 res = prune(model, x, device=device, budget_ms=frac * base, selector=run.args.selector,
-                            store=run.store, time_limit_s=60.0)
+                            store=run.store, time_limit_s=run.args.time_limit_s)
             except UserError as exc:
                 pr[key] = {"model": name, "device": device, "batch": batch, "fraction": frac, "error": str(exc)}
                 run.log(f"prune {key}: error: {exc}")
@@ -338,10 +339,9 @@ def main(argv=None) -> int:
     phases = {"env": phase_env, "steps": phase_steps, "profile": phase_profile,
               "validate": phase_validate, "prune": phase_prune}
     try:
-        for name in ALL_PHASES:
-            if name in args.phases:
-                run.log(f"phase {name} ({run.left_s():.0f} s left)")
-                phases[name](run)
+        for name in args.phases:  # in the order given
+            run.log(f"phase {name} ({run.left_s():.0f} s left)")
+            phases[name](run)
     finally:
         run.save()
         write_markdown(run)
