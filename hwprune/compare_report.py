@@ -131,8 +131,10 @@ def plot_pareto(data) -> bytes:
         pts = sorted(pts, key=lambda p: p["predicted_ms"])
         ax.plot([p["predicted_ms"] / full[name] for p in pts], [p["importance"] for p in pts], "o-", ms=3,
                 color=col[name], label=f"{name} (predicted, full = {full[name]:.3f} ms)")
-    for p in data["plans"]:
-        x = (p["measured_ms"] / p["baseline_ms"]) if p["measured_ms"] else p["predicted_ms"] / full[p["device"]]
+    cr = data["cross"]
+    for i, p in enumerate(data["plans"]):
+        own = cr["cells"][i][cr["cols"].index(p["device"])]
+        x = own["ratio_to_original"] if own["source"] == "measured" else p["predicted_ms"] / full[p["device"]]
         ax.plot([x], [p["importance"]], "*", ms=12, color=col[p["device"]])
     ax.set_xlabel("whole-model latency / full network's (each device's own)")
     ax.set_ylabel("kept L1 channel importance (fraction)")
@@ -146,6 +148,12 @@ PLOTS = (("layers.png", plot_layers), ("curves.png", plot_curves), ("widths.png"
 
 
 # ---------------------------------------------------------------- content
+
+def _own_ratio(data, i: int) -> str:
+    cr = data["cross"]
+    c = cr["cells"][i][cr["cols"].index(cr["rows"][i])]
+    return f"{c['ratio_to_original']:.3f}" + ("" if c["source"] == "measured" else PREDICTED_MARK)
+
 
 def blocks(data) -> list[tuple]:
     """The report as blocks: ("h", text), ("p", text), ("ul", items),
@@ -184,11 +192,14 @@ def blocks(data) -> list[tuple]:
                   "the latency model's prediction."), ("img", "cross.png")]
     plans = data["plans"]
     out += [("h2", f"Plans at {_pct(data['budget_frac'])}"),
-            ("table", ["device", "how", "budget ms", "predicted ms", "measured ms", "FLOPs", "params",
-                       "kept L1 importance", "kept active-weight importance", "note"],
+            ("table", ["device", "how", "budget ms", "predicted ms", "measured ms", "x full (cross matrix)",
+                       "FLOPs", "params", "kept L1 importance", "kept active-weight importance", "note"],
              [[p["device"], p["how"], _ms(p["budget_ms"]), _ms(p["predicted_ms"]), _ms(p["measured_ms"]),
-               f"{p['flops'] / 1e6:.2f}M", f"{p['params']:,}", f"{p['importance']:.3f}",
-               f"{p['active_importance']:.3f}", p["note"] or "-"] for p in plans]),
+               _own_ratio(data, i), f"{p['flops'] / 1e6:.2f}M", f"{p['params']:,}", f"{p['importance']:.3f}",
+               f"{p['active_importance']:.3f}", p["note"] or "-"] for i, p in enumerate(plans)]),
+            ("p", "predicted / measured ms: the engine's, at the end of its closed loop; 'x full': the plan on its "
+                  "own device relative to the full network, from the cross matrix (measured interleaved; "
+                  f"{PREDICTED_MARK} predicted)."),
             ("table", ["group", "root", "width"] + [p["device"] for p in plans],
              [[g["gid"], g["root"], g["size"]] + [g["widths"][p["device"]] for p in plans]
               for g in data["groups"]]), ("img", "widths.png")]

@@ -14,7 +14,8 @@ Lines the reader understands, after the header:
 * a **whole-network measurement**: ``{"type": "network", "specs": [LayerSpec
   objects of every conv/linear layer at the widths measured], "median_ms": ...}``
   with optional ``"model"`` (a name, for the report), ``"iqr_ms"`` and anything
-  else. It feeds the remainder fit (``c0 + c1 x activations + c2 x weights``).
+  else; a spec may also be given as its key string (``LayerSpec.key()``). It
+  feeds the remainder fit (``c0 + c1 x activations + c2 x weights``).
 
 Every other line (another ``"type"``, an object without ``"spec"``, a JSON
 value that is not an object) is **ignored** and counted by type in
@@ -79,12 +80,12 @@ def _bad(path: Path, line_no: int, why: str) -> UserError:
 def _network_row(path: Path, line_no: int, row: dict) -> NetworkRow:
     specs = row.get("specs")
     ms = row.get("median_ms")
-    if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) for s in specs):
+    if not isinstance(specs, list) or not specs or not all(isinstance(s, (dict, str)) for s in specs):
         raise _bad(path, line_no, "a network line needs 'specs', a non-empty list of layer spec objects")
     if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 < ms < math.inf:
         raise _bad(path, line_no, "a network line needs 'median_ms' > 0")
     try:
-        parsed = tuple(LayerSpec.from_key(json.dumps(s)) for s in specs)
+        parsed = tuple(LayerSpec.from_key(s if isinstance(s, str) else json.dumps(s)) for s in specs)
     except (TypeError, KeyError, ValueError) as exc:
         raise _bad(path, line_no, f"a network spec is not a layer spec ({exc})") from None
     return NetworkRow(parsed, float(ms), str(row.get("model", "")))
