@@ -4,7 +4,9 @@ A device profile (``devices/profiles/*.jsonl``, see :mod:`profilers.profile_io`)
 measured elsewhere (an H200 GPU profile read on a CPU machine, a board) is
 enough to predict a network's latency there: the layer lines fit the
 per-family quadratics of :class:`latency_models.NetworkLatencyModel`, and
-whole-network lines, if the file has any, fit its remainder.
+whole-network lines, if the file has any, fit its remainder: those of the
+same architecture (the same layer sequence at other widths) where there are
+at least two, else all of them.
 
 Lines the reader understands, after the header:
 
@@ -148,6 +150,12 @@ def find_profile(device: str, folder: str | Path) -> Path | None:
     return best[1] if best else None
 
 
+def _architecture(specs: Sequence[LayerSpec]) -> tuple:
+    """The layer sequence without widths: networks that differ only in widths
+    share it (and the ops between their layers, which the remainder covers)."""
+    return tuple(s.family() for s in specs)
+
+
 @dataclass(frozen=True)
 class OfflineModel:
     model: NetworkLatencyModel
@@ -169,16 +177,20 @@ def offline_model(profile: ProfileData, specs: Sequence[LayerSpec]) -> OfflineMo
                         f"families (e.g. {example['kind']} {example['kernel'][0]}x{example['kernel'][1]} stride "
                         f"{example['stride'][0]} on {example['height']}x{example['width']}); profile the model "
                         f"on {profile.device} with 'hwprune profile --export'")
-    rows = [(list(n.specs), n.median_ms) for n in profile.networks if not lat.missing(n.specs)]
-    if rows:
-        lat.fit_remainder(rows)
-        names = sorted({n.model for n in profile.networks if n.model})
-        note = (f"remainder fitted to {len(rows)} whole-network measurements in the profile"
+    usable = [n for n in profile.networks if not lat.missing(n.specs)]
+    same = [n for n in usable if _architecture(n.specs) == _architecture(specs)]
+    chosen = same if len(same) >= 2 else usable
+    if chosen:
+        lat.fit_remainder([(list(n.specs), n.median_ms) for n in chosen])
+        names = sorted({n.model for n in chosen if n.model})
+        note = (f"remainder fitted to {len(chosen)} whole-network measurements in the profile"
+                + (" of this architecture" if all(n in same for n in chosen) else
+                   f" ({len([n for n in chosen if n in same])} of this architecture)")
                 + (f" ({', '.join(names)})" if names else ""))
     else:
         note = ("remainder not fitted: the profile has no whole-network measurements, so predictions are "
                 "the sum of isolated layer latencies")
-    return OfflineModel(lat, note, len(rows))
+    return OfflineModel(lat, note, len(chosen))
 
 
 __all__ = ["NetworkRow", "ProfileData", "OfflineModel", "read_profile", "find_profile", "offline_model"]

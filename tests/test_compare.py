@@ -107,19 +107,22 @@ def sim(tmp_path, monkeypatch):
     return folder
 
 
-def _far_profile(folder: Path, model, x, networks: bool = True) -> Path:
-    """A profile of sim-far (memory-bound) covering ``model``'s layer shapes."""
+def _far_profile(folder: Path, model, x, networks: bool = True, also=()) -> Path:
+    """A profile of sim-far (memory-bound) covering the layer shapes of
+    ``model`` (and of the ``also`` models, (model, input) pairs)."""
     from hwprune.graph import PruningSpace
     from hwprune.profiling import sample_specs
     from hwprune.select import group_options
-    space = PruningSpace(model, (x,))
-    options = {g.gid: group_options(g, 8, 8) for g in space.groups}
     rt = SimRuntime("memory", 16)
-    full = space.specs(space.full_choice())
-    nets = [("full", full, rt.module_ms(model, (x,)))] if networks else []
+    specs = []
+    for m, inp in [(model, x), *also]:
+        space = PruningSpace(m, (inp,))
+        options = {g.gid: group_options(g, 8, 8) for g in space.groups}
+        specs += sample_specs(space, options) + space.specs(space.full_choice())
+    space = PruningSpace(model, (x,))
+    nets = [("full", space.specs(space.full_choice()), rt.module_ms(model, (x,)))] if networks else []
     path = folder / "profiles" / "sim-far.jsonl"
-    path.write_text(_profile_lines("sim-far", rt, sample_specs(space, options) + full, nets,
-                                   ['{"type": "power", "watts": 300}', '[1, 2]']))
+    path.write_text(_profile_lines("sim-far", rt, specs, nets, ['{"type": "power", "watts": 300}', '[1, 2]']))
     return path
 
 
@@ -136,11 +139,37 @@ def test_profile_reader_ignores_unknown_lines_and_fits_the_remainder(tmp_path):
     space = PruningSpace(model, (x,))
     full = space.specs(space.full_choice())
     off = offline_model(prof, full)
-    assert "fitted to 1 whole-network" in off.note
+    assert "fitted to 1 whole-network" in off.note and "of this architecture" in off.note
     assert off.model.predict(full) == pytest.approx(SimRuntime("memory", 16).module_ms(model, (x,)), rel=1e-3)
     without = offline_model(replace(prof, networks=()), full)
     assert "not fitted" in without.note
     assert without.model.predict(full) == pytest.approx(without.model.layers_ms(full))
+
+
+def test_remainder_prefers_networks_of_the_same_architecture(tmp_path):
+    """Two measured widths of this architecture fit its remainder; another
+    network's measurement (with another overhead) is left out."""
+    from hwprune.graph import PruningSpace
+    from hwprune.subnets import build
+    (tmp_path / "profiles").mkdir()
+    model, x = archs.create("concat")
+    other, ox = archs.create("invres")
+    path = _far_profile(tmp_path, model, x, networks=False, also=[(other, ox)])
+    space, ospace = PruningSpace(model, (x,)), PruningSpace(other, (ox,))
+    half = {g.gid: tuple(max(1, k // 2) for k in ks) for g, ks in zip(space.groups, space.full_choice().values())}
+    rt = SimRuntime("memory", 16)
+    nets = [("full", space.specs(space.full_choice()), rt.module_ms(model, (x,)) + 0.5),
+            ("half", space.specs(half), rt.module_ms(build(space, half), (x,)) + 0.5),
+            ("other", ospace.specs(ospace.full_choice()), 5.0)]
+    lines = path.read_text().splitlines()
+    extra = _profile_lines("sim-far", rt, [], nets).splitlines()[1:]
+    path.write_text("\n".join(lines + extra) + "\n")
+    prof = read_profile(path)
+    assert len(prof.networks) == 3 and not offline_model(prof, ospace.specs(ospace.full_choice())).model.missing(
+        nets[2][1])  # the other network is usable, but not chosen
+    off = offline_model(prof, space.specs(space.full_choice()))
+    assert "fitted to 2 whole-network measurements in the profile of this architecture (full, half)" in off.note
+    assert off.model.predict(space.specs(half)) == pytest.approx(nets[1][2], rel=0.02)
 
 
 @pytest.mark.parametrize("damage,needle", [
