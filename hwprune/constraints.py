@@ -35,9 +35,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .active import ActiveImportance, channel_maps, extra_params_per_channel, layer_importances
+from .active import ActiveImportance, channel_maps, extra_params_per_channel
 from .errors import UserError
 from .graph import PruningSpace
+from .importance import weight_tables
 from .select import Choice, Evaluator, Limit, Selection
 
 
@@ -307,7 +308,7 @@ class Problem:
         if obj is None:
             if "maps" not in self._shared:
                 self._shared["maps"] = channel_maps(self.space)
-                self._shared["imps"] = layer_importances(self.space)
+                self._shared["imps"] = weight_tables(self.space, self.scores)
             obj = self._shared["objective"] = ActiveImportance(self.space, self.options, self.ev.order,
                                                                self._shared["maps"], self._shared["imps"])
         return obj

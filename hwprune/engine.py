@@ -130,11 +130,13 @@ def _budgets(device: str | None, budget_ms, constraints: Constraints) -> tuple[s
 
 def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms: float | None = None, *,
           selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
-          store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = 0.965,
+          data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = 0.965,
           accept_low: float = 0.93, time_limit_s: float = 60.0, progress: Progress | None = None) -> PruneResult:
     """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
     bound in ``constraints`` (latency on other devices, FLOPs, parameters,
-    memory, floors). ``selector``: greedy, knapsack or qcqp."""
+    memory, floors). ``selector``: greedy, knapsack or qcqp. ``importance_name``:
+    a criterion of :mod:`hwprune.importance`; ``data`` (``(inputs, labels)``
+    batches, e.g. a DataLoader) for the criteria that need it."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if selector not in SELECTORS:
@@ -148,7 +150,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     grid = devs[primary]
     options = floor_options(space, {g.gid: group_options(g, grid.step_channels, grid.min_channels)
                                     for g in space.groups}, grid.step_channels, cons)
-    scores = importance.compute(importance_name, space)
+    scores = importance.compute(importance_name, space, data)
     exact = Problem(space, options, scores, replace(cons, latency_ms=()))
     bad = exact.violated(exact.smallest())
     if bad:
