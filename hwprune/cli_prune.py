@@ -55,6 +55,17 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="greedy (default), knapsack (HALP) or qcqp (exact MILP of Jeong et al. with HiGHS)")
     sp.add_argument("--time-limit-s", type=_number, default=60.0, help="qcqp: solver time limit per solve "
                     "(default 60)")
+    from .cli_finetune import add_training_arguments
+    from .importance import list_importances
+    sp.add_argument("--importance", default="l1", choices=list_importances(),
+                    help="channel criterion: l1 (default), l2, bn-scale, cpmc; with --data also taylor, ccp, "
+                    "dcp")
+    sp.add_argument("--data", metavar="D", help="data for taylor/ccp/dcp and fine-tuning: digits, a .npz file "
+                    "with x [N,C,H,W] float and y [N] integer labels, or module:function returning "
+                    "(train_loader, val_loader)")
+    sp.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model this many "
+                    "epochs on --data, distilling from the original (default 0: no fine-tuning)")
+    add_training_arguments(sp)
 
 
 def constraints_from_args(args):

@@ -86,10 +86,14 @@ def train(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, teacher
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode) over ``loader``."""
+    """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode) over ``loader``,
+    on the device of the model's parameters."""
     model.eval()
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
     correct, count = 0, 0
     for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
         correct += int((model(x).argmax(dim=1) == y).sum())
         count += len(y)
     if count == 0:
