@@ -168,14 +168,15 @@ def cmd_prune(args) -> int:
     from .cli_prune import constraints_from_args
     budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
+    from .cli_finetune import after_prune, data_for_importance, text_of
     res = prune(lm.model, (lm.example_input,), device=args.device, budget_ms=budget_ms, constraints=cons,
-                selector=args.selector, time_limit_s=args.time_limit_s,
-                importance_name=args.importance, store=_store(args), progress=_progress())
+                selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
+                data=data_for_importance(args, lm), store=_store(args), progress=_progress())
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
             "devices": res.devices, "constraints": res.plan.get("constraints"),
-            "selector": args.selector, "solve": {k: res.selection.get(k) for k in
+            "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
                                                  ("status", "mip_gap", "solve_s", "objective")}}
     with atomic_dir(Path(args.out), force=True) as tmp:
         onnx_bytes = to_onnx_bytes(res.model, (lm.example_input,))
@@ -202,7 +203,12 @@ def cmd_prune(args) -> int:
                  f"active-weight importance kept {100 * solve['objective']:.1f} %")
     if res.note:
         text += f"\nnote: {res.note}"
-    _emit(args, data, text + f"\nwrote {args.out}/model.pt, plan.json, model.onnx")
+    text += f"\nwrote {args.out}/model.pt, plan.json, model.onnx"
+    ft = after_prune(args, lm, res)
+    if ft:
+        data["finetune"] = ft
+        text += "\n" + text_of(ft)
+    _emit(args, data, text)
     return 0
 
 
@@ -314,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     from .cli_prune import add_arguments
     add_arguments(sp)
-    sp.add_argument("--importance", default="l1", choices=["l1", "l2"])
     sp.add_argument("--out", required=True, help="output folder: model.pt, plan.json, model.onnx")
     sp.set_defaults(func=cmd_prune)
+    from .cli_finetune import add_parser as add_finetune_parser
+    add_finetune_parser(sub, common)
     sp = sub.add_parser("export", help="export a (pruned) model to ONNX or TensorRT")
     common(sp)
     sp.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
