@@ -126,7 +126,10 @@ def cudnn_benchmark(enabled: bool):
 
 
 def capture_graph(run: Callable[[], object], warmup_runs: int = 3) -> Callable[[], object]:
-    """Capture ``run`` (static inputs and outputs) into a CUDA graph; return its replay."""
+    """Capture ``run`` (static inputs and outputs) into a CUDA graph; return its
+    replay. The replay holds on to ``run`` (and through it the module's weights
+    and the inputs) and to the outputs: a graph reads and writes those
+    addresses, and freed memory handed to another model makes replays fault."""
     import torch
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -136,9 +139,14 @@ def capture_graph(run: Callable[[], object], warmup_runs: int = 3) -> Callable[[
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
-        run()
+        out = run()
     torch.cuda.synchronize()
-    return graph.replay
+
+    def replay():
+        graph.replay()
+
+    replay.keep_alive = (run, out, graph)
+    return replay
 
 
 class TorchCudaRuntime:
