@@ -321,6 +321,10 @@ def findings(data: dict) -> list[str]:
     plans = {p["device"]: p for p in data["plans"]}
     for j, col in enumerate(cols):
         own = rows.index(col)
+        c = cells[own][j]
+        out.append(f"On {col}, the network pruned for it {'measures' if c['source'] == MEASURED else 'is predicted at'}"
+                   f" {c['ms']:.3f} ms, {c['ratio_to_original']:.2f}x the full network"
+                   f" (budget {data['budget_frac']:.2f}x{'; ' + plans[col]['note'] if plans[col]['note'] else ''}).")
         for i, row in enumerate(rows):
             c = cells[i][j]
             if i == own or c.get("vs_own") is None:

@@ -240,7 +240,8 @@ def test_predicted_device_is_labelled_everywhere(compared):
     plan = next(p for p in d["plans"] if p["device"] == "sim-far")
     assert plan["measured_ms"] is None and "predicted only" in plan["how"]
     assert all(c["devices"]["sim-far"]["source"] == "predicted" for c in d["curves"])
-    assert any("is predicted at" in f and f.startswith("On sim-far") for f in d["findings"])
+    assert any("is predicted at" in f and f.startswith("On sim-far, the network pruned for sim-flops")
+               for f in d["findings"])
     assert all("measures" in f for f in d["findings"] if not f.startswith("On sim-far"))
 
 
