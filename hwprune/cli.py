@@ -133,7 +133,8 @@ def cmd_profile(args) -> int:
     baseline = prof.measure_module(lm.model, (lm.example_input,))
     data = {"device": dev.name, "model": lm.source, "groups": len(space.groups), "layers": len(space.layers),
             "families": len(lat.families_), "shapes_measured": prof.measured, "shapes_reused": prof.reused,
-            "step_channels": step.get("step_channels"), "step_detected_now": step_new,
+            "step_channels": step.get("step_channels"), "align_channels": step.get("align_channels"),
+            "step_detected_now": step_new,
             "step_reliable": step.get("reliable", True),
             "grid_step_channels": dev.step_channels,
             "baseline_ms": baseline.median_ms, "baseline_iqr_ms": baseline.iqr_ms,
@@ -141,7 +142,9 @@ def cmd_profile(args) -> int:
     text = (f"{dev.name}: {lm.source}: {data['layers']} layers, {data['groups']} channel groups, "
             f"{data['families']} layer families\nmeasured {prof.measured} shapes, reused "
             f"{prof.reused} from {prof.store.path}\nchannel step {step.get('step_channels')} "
-            f"({'detected now' if step_new else 'stored'}; the device grid uses {dev.step_channels})"
+            + (f", widths off multiples of {step['align_channels']} run slower"
+               if (step.get("align_channels") or 0) > (step.get("step_channels") or 0) else "")
+            + f" ({'detected now' if step_new else 'stored'}; the device grid uses {dev.step_channels})"
             + ("" if step.get("reliable", True) else f"; noisy ({100 * step.get('noise_rel', 0):.0f} % run to "
                f"run, is the machine busy?), detected again next time")
             + f"\nbaseline {baseline.median_ms:.3f} ms (IQR {baseline.iqr_ms:.3f})")

@@ -23,6 +23,15 @@ The rule, on ``log`` latencies (so noise and errors are relative):
    block smaller than that do not matter for pruning). The step is the
    largest ``s`` that fits; if none does, the finest.
 
+4. Alignment: some runtimes run a width that is not a multiple of ``a`` slower
+   than the next multiple of ``a`` (GPU tensor cores in fp16 want multiples of
+   8: on an H200, 68 output channels took 64 % longer than 72). For ``a`` =
+   2 ``probe``, 4 ``probe``, ... the widths that are odd multiples of ``a/2``
+   are compared with the width ``a/2`` above them; ``a`` is an alignment when
+   the median of ``log`` (narrower / wider) exceeds the same allowance as in
+   3. The alignment is the largest such ``a`` reached without a gap (else
+   ``probe``), and the grid a selector should use is ``max(step, alignment)``.
+
 With one pass the noise cannot be estimated and is taken as 0, so only
 ``tol_rel`` absorbs it; use ``passes >= 2`` on real devices. A result whose
 noise exceeds ``MAX_NOISE_REL`` (5 %, a busy machine) is marked not
@@ -52,13 +61,20 @@ class StepResult:
     medians_ms: tuple[float, ...]
     noise_rel: float = 0.0                            # noise of one width's latency, relative
     fit_rms_rel: tuple[tuple[int, float], ...] = ()   # (candidate step, rms(s)) per candidate
+    align_channels: int = 0                           # widths off this multiple run slower (0: not tested)
+
+    @property
+    def grid_channels(self) -> int:
+        """The width grid a selector should use: block step and alignment."""
+        return max(self.step_channels, self.align_channels)
 
     @property
     def reliable(self) -> bool:
         return self.noise_rel <= MAX_NOISE_REL
 
     def to_json(self) -> dict:
-        return {"step_channels": self.step_channels, "reliable": self.reliable, "widths": list(self.widths),
+        return {"step_channels": self.step_channels, "align_channels": self.align_channels,
+                "grid_channels": self.grid_channels, "reliable": self.reliable, "widths": list(self.widths),
                 "medians_ms": [round(m, 6) for m in self.medians_ms], "noise_rel": round(self.noise_rel, 6),
                 "fit_rms_rel": {str(s): round(e, 6) for s, e in self.fit_rms_rel}}
 
@@ -108,9 +124,26 @@ def fit_step(widths: Sequence[int], samples_ms: Sequence[Sequence[float]], probe
         fits.append((s, rms))
         if rms <= NOISE_FACTOR * noise + tol_rel:
             best = s
+    align = fit_alignment(widths, per_width, probe, NOISE_FACTOR * noise * math.sqrt(2) + tol_rel)
     return StepResult(step_channels=best, widths=tuple(widths),
                       medians_ms=tuple(float(v) for v in np.exp(per_width)), noise_rel=noise,
-                      fit_rms_rel=tuple(fits))
+                      fit_rms_rel=tuple(fits), align_channels=align)
+
+
+def fit_alignment(widths: Sequence[int], log_ms: np.ndarray, probe: int, allowance: float) -> int:
+    """The largest ``a = probe * 2**k`` such that widths at odd multiples of
+    ``a/2`` are slower than the width ``a/2`` above them, by a median ``log``
+    ratio above ``allowance``, for every candidate up to ``a`` (rule 4)."""
+    by_width = dict(zip((int(w) for w in widths), (float(v) for v in log_ms)))
+    best, a = probe, 2 * probe
+    while a <= max(by_width) // 2:
+        half = a // 2
+        diffs = [by_width[n] - by_width[n + half] for n in by_width
+                 if n % a == half and n + half in by_width]
+        if len(diffs) < 3 or float(np.median(diffs)) <= allowance:
+            break
+        best, a = a, 2 * a
+    return best
 
 
 def sweep_specs(height: int = 56, width: int = 56, n_in: int = 64, max_out: int = 64,
@@ -138,4 +171,4 @@ def detect_step(runtime, height: int = 56, width: int = 56, n_in: int = 64, max_
     return fit_step([s.out_channels for s in specs], samples, probe)
 
 
-__all__ = ["StepResult", "detect_step", "fit_step", "block_rms", "candidate_steps", "sweep_specs"]
+__all__ = ["StepResult", "detect_step", "fit_step", "fit_alignment", "block_rms", "candidate_steps", "sweep_specs"]

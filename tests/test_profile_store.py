@@ -69,6 +69,24 @@ def test_detector_gives_the_finest_step_on_a_linear_curve(noise):
         assert detect_step(FakeRuntime(linear, noise, seed), passes=3).step_channels == 4
 
 
+def misaligned(align):
+    """Linear in width, but widths off a multiple of ``align`` run 50 % slower
+    (fp16 tensor-core kernels on a GPU)."""
+    return lambda n: linear(n) * (1.0 if n % align == 0 else 1.5)
+
+
+@pytest.mark.parametrize("align", [8, 16])
+def test_detector_finds_the_alignment_and_grid(align):
+    for seed in range(3):
+        res = detect_step(FakeRuntime(misaligned(align), 0.02, seed), passes=3)
+        assert res.align_channels == align and res.grid_channels == max(res.step_channels, align)
+        assert res.to_json()["grid_channels"] == res.grid_channels
+    # a curve without a penalty has no alignment beyond the probe; a stepped one keeps its step as grid
+    assert detect_step(FakeRuntime(linear, 0.02, 0), passes=3).align_channels == 4
+    res = detect_step(FakeRuntime(stepped(16), 0.02, 0), passes=3)
+    assert res.align_channels == 4 and res.grid_channels == 16
+
+
 def test_step_rule_on_exact_data_and_bad_input():
     exact = [[stepped(16)(n) for n in WIDTHS]]
     assert fit_step(WIDTHS, exact, 4).step_channels == 16      # one pass: tolerance only
