@@ -45,7 +45,10 @@ def _spread(values: Iterable[int], k: int) -> list[int]:
     return sorted(picks)
 
 
-def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]) -> list[LayerSpec]:
+def family_widths(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]
+                  ) -> dict[str, tuple[LayerSpec, set[int], set[int]]]:
+    """Per layer family: a spec of it and the input and output widths its
+    layers can take on the grid (the cells of a full lookup table)."""
     full = space.full_choice()
     fam_in: dict[str, set[int]] = defaultdict(set)
     fam_out: dict[str, set[int]] = defaultdict(set)
@@ -69,14 +72,18 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
         for gid in out_g:
             for opt in options[gid]:
                 fam_out[fam].add(space.layer_widths(layer, {**full, gid: opt})[1])
+    return {fam: (b, fam_in[fam], fam_out[fam]) for fam, b in base.items()}
+
+
+def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]) -> list[LayerSpec]:
     specs = []
-    for fam, b in base.items():
+    for fam, (b, ins, outs) in family_widths(space, options).items():
         if b.depthwise:
-            for n in _spread(fam_out[fam], 12):
+            for n in _spread(outs, 12):
                 specs.append(replace(b, in_channels=n, out_channels=n, groups=n))
         else:
-            for n_in in _spread(fam_in[fam], 6):
-                for n_out in _spread(fam_out[fam], 6):
+            for n_in in _spread(ins, 6):
+                for n_out in _spread(outs, 6):
                     specs.append(replace(b, in_channels=n_in, out_channels=n_out))
     return specs
 
@@ -156,10 +163,12 @@ class RelativeMeter:
 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
-                      progress: Progress | None = None) -> NetworkLatencyModel:
+                      progress: Progress | None = None, layer_model="step-quadratic") -> NetworkLatencyModel:
+    """Measure (or reuse) the sampled layer shapes and fit a network model whose
+    layers are ``layer_model`` (a registered name), at the device's step."""
     specs = sample_specs(space, options) + space.specs(space.full_choice())
     ms = profiler.measure_specs(specs, progress)
-    return NetworkLatencyModel().fit(ms)
+    return NetworkLatencyModel(layer_model, step_channels=profiler.device.step_channels).fit(ms)
 
 
 def measure_latency(model: torch.nn.Module, example_inputs, device: Device) -> float:
@@ -167,4 +176,4 @@ def measure_latency(model: torch.nn.Module, example_inputs, device: Device) -> f
     return device.open().measure_module(model, example_inputs).median_ms
 
 
-__all__ = ["Profiler", "fit_latency_model", "sample_specs", "measure_latency", "profilers"]
+__all__ = ["Profiler", "fit_latency_model", "sample_specs", "family_widths", "measure_latency", "profilers"]

@@ -139,13 +139,7 @@ class Evaluator:
             flat = [self.layer_ms(i, a, b) for a, b in zip(n_in.ravel().tolist(), n_out.ravel().tolist())]
             return np.array(flat, dtype=float).reshape(n_in.shape)
         spec = self.space.layers[i].spec
-        fam = spec.family()
-        if fam not in model.families_:
-            raise KeyError(f"no measurements for layer family {fam}")
-        v = np.asarray(model.families_[fam].predict(n_in, n_out), dtype=float).reshape(n_in.shape)
-        if model.use_table:
-            for (a, b), ms in model.table_.get(fam, {}).items():
-                v[(n_in == a) & (n_out == b)] = ms
+        v = model.layer_widths_ms(spec, n_in, n_out)
         _, c1, c2 = self._remainder()
         groups = n_in if spec.depthwise else spec.groups
         weights = n_out * (n_in // groups) * spec.kernel[0] * spec.kernel[1]

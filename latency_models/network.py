@@ -1,23 +1,27 @@
 """Network latency = sum of per-layer predictions + a fitted remainder.
 
-Layers are grouped into families (same op, kernel, stride, input size: only the
-channel counts differ); one quadratic model per family. The remainder covers
-what is not a conv or linear layer (adds, pools, concats, session overhead,
-and the per-call overhead counted once per isolated layer measurement) and the
-cost of streaming weights that do not stay in cache in a whole network; it is
-``c0 + c1 * activation_elements + c2 * weight_elements`` (c1, c2 >= 0) fitted
-from a few whole-model measurements.
+The layers are predicted by any registered layer model (``layer_model``: a
+name from ``latency_models.list_models()`` or an unfitted instance; default
+the step-aware quadratic). The remainder covers what is not a conv or linear
+layer (adds, pools, concats, BatchNorm where the runtime does not fuse it,
+session overhead), minus the per-call overhead counted once per isolated
+layer measurement, plus the cost of streaming weights that do not stay in
+cache in a whole network. It is ``c0 + c1 * activation_elements + c2 *
+weight_elements`` (c1, c2 >= 0), fitted from a few whole-model measurements
+(:meth:`NetworkLatencyModel.fit_remainder`); both sums run over the layers,
+so every layer's share of the remainder is known (``layer_cost_ms``) and the
+selector's per-layer tables add up to :meth:`NetworkLatencyModel.predict`.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from profilers import LayerSpec, Measurement
 
-from .quadratic import NotFittedError, QuadraticLayerModel
+from .base import LayerModel, NotFittedError, create, family_groups, model_from_dict
+from .quadratic import QuadraticLayerModel, QuadraticModel
 
 
 def weight_elements(specs: Iterable[LayerSpec]) -> int:
@@ -36,88 +40,153 @@ def activation_elements(specs: Iterable[LayerSpec]) -> int:
     return total
 
 
-class NetworkLatencyModel:
-    """``use_table``: a measured (family, n_in, n_out) is used as measured (a
-    lookup table); the family's quadratic covers widths not measured. Off by
-    default: isolated small layers on a CPU measure non-monotonically (kernel
-    choices, per-call overhead), and a table that says a narrower layer is
-    slower stalls a selector; the least-squares quadratic smooths that out."""
+def _fresh(model: LayerModel) -> LayerModel:
+    return type(model)(**model.get_params())
 
-    def __init__(self, form: str = "M6", use_table: bool = False):
-        self.form = form
+
+class NetworkLatencyModel:
+    """``layer_model``: registered name or unfitted :class:`LayerModel`;
+    ``step_channels``: the device step, passed to the layer model (the
+    step-aware quadratic rounds widths up to it).
+
+    ``use_table``: a measured (family, n_in, n_out) is answered as measured;
+    the layer model covers widths not measured. Off by default: isolated small
+    layers on a CPU measure non-monotonically (kernel choices, per-call
+    overhead), and a table that says a narrower layer is slower stalls a
+    selector; the least-squares quadratic smooths that out."""
+
+    def __init__(self, layer_model: str | LayerModel = "step-quadratic", use_table: bool = False,
+                 step_channels: int | None = None):
+        self.layer_model = layer_model
         self.use_table = use_table
+        self.step_channels = step_channels
+
+    def _new_layer_model(self) -> LayerModel:
+        if isinstance(self.layer_model, LayerModel):
+            return _fresh(self.layer_model)
+        extra = {} if self.step_channels is None else {"step_channels": self.step_channels}
+        return create(self.layer_model, **extra)
 
     def fit(self, measurements: Sequence[Measurement]) -> "NetworkLatencyModel":
-        by_family: dict[str, list[Measurement]] = defaultdict(list)
-        for m in measurements:
-            by_family[m.spec.family()].append(m)
-        self.families_ = {}
-        self.table_ = {}
-        for fam, ms in by_family.items():
-            self.table_[fam] = {(m.spec.in_channels, m.spec.out_channels): m.timing.median_ms for m in ms}
-            n_in = [m.spec.in_channels for m in ms]
-            n_out = [m.spec.out_channels for m in ms]
-            y = [m.timing.median_ms for m in ms]
-            self.families_[fam] = QuadraticLayerModel(self.form).fit(n_in, n_out, y)
+        measurements = list(measurements)
+        self.layers_ = self._new_layer_model().fit(measurements)
+        self.table_ = {fam: {(m.spec.in_channels, m.spec.out_channels): m.timing.median_ms for m in ms}
+                       for fam, ms in family_groups(measurements).items()}
         self.remainder_ = (0.0, 0.0, 0.0)
         return self
 
+    # ---- the per-family quadratics of a quadratic layer model -------------
+    @property
+    def families_(self) -> dict[str, QuadraticLayerModel]:
+        """Per-family quadratics (empty for other layer models)."""
+        return getattr(self.layers_, "families_", {})
+
+    @families_.setter
+    def families_(self, families: dict[str, QuadraticLayerModel]) -> None:
+        q = QuadraticModel("M6")
+        q.families_, q.n_measurements_ = dict(families), sum(f.n_samples_ for f in families.values()
+                                                            if hasattr(f, "n_samples_"))
+        self.layers_ = q
+        self.__dict__.setdefault("table_", {})
+
     def _check(self) -> None:
-        if not hasattr(self, "families_"):
+        if not hasattr(self, "layers_"):
             raise NotFittedError("NetworkLatencyModel is not fitted; call fit first")
+
+    @property
+    def n_measurements_(self) -> int:
+        """Layer measurements the layer model was fitted on."""
+        self._check()
+        return self.layers_.n_measurements_
 
     def missing(self, specs: Iterable[LayerSpec]) -> list[LayerSpec]:
         self._check()
-        return [s for s in specs if s.family() not in self.families_]
+        return self.layers_.missing(specs)
 
+    # ---- layers ------------------------------------------------------------
     def layer_ms(self, spec: LayerSpec) -> float:
         self._check()
-        fam = spec.family()
-        model = self.families_.get(fam)
-        if model is None:
-            raise KeyError(f"no measurements for layer family {fam}")
-        measured = self.table_.get(fam, {}).get((spec.in_channels, spec.out_channels))
-        if measured is not None and self.use_table:
-            return measured
-        return float(model.predict(spec.in_channels, spec.out_channels))
+        if self.use_table:
+            measured = self.table_.get(spec.family(), {}).get((spec.in_channels, spec.out_channels))
+            if measured is not None:
+                return measured
+        return float(self.layers_.predict_widths(spec, spec.in_channels, spec.out_channels))
+
+    def layer_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
+        """:meth:`layer_ms` of ``spec``'s family over arrays of widths (broadcast)."""
+        self._check()
+        n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
+        v = np.asarray(self.layers_.predict_widths(spec, n_in, n_out), dtype=float).reshape(n_in.shape).copy()
+        if self.use_table:
+            for (a, b), ms in self.table_.get(spec.family(), {}).items():
+                v[(n_in == a) & (n_out == b)] = ms
+        return v
 
     def layers_ms(self, specs: Sequence[LayerSpec]) -> float:
         return float(sum(self.layer_ms(s) for s in specs))
 
+    # ---- remainder -----------------------------------------------------------
+    def _coef(self) -> tuple[float, float, float]:
+        c = tuple(getattr(self, "remainder_", ())) + (0.0, 0.0, 0.0)
+        return float(c[0]), float(c[1]), float(c[2])
+
     def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
-        c0, c1, c2 = (tuple(self.remainder_) + (0.0, 0.0, 0.0))[:3]
+        c0, c1, c2 = self._coef()
         return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs)
+
+    def layer_cost_ms(self, spec: LayerSpec) -> float:
+        """The layer's prediction plus its share of the remainder (all but ``c0``)."""
+        _, c1, c2 = self._coef()
+        return self.layer_ms(spec) + c1 * activation_elements([spec]) + c2 * weight_elements([spec])
+
+    def const_ms(self) -> float:
+        """The part of the remainder no layer owns (``c0``)."""
+        return self._coef()[0]
 
     def predict(self, specs: Sequence[LayerSpec]) -> float:
         return self.layers_ms(specs) + self.remainder_ms(specs)
 
     def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> "NetworkLatencyModel":
         """Fit ``c0 + c1*activations + c2*weights`` (c1, c2 >= 0) to ``measured -
-        sum(layers)`` over whole-model measurements ``rows = [(specs, ms), ...]``;
+        sum(layers)`` over whole-model measurements ``rows = [(specs, ms), ...]``,
+        by least squares on the relative error (each row weighted by 1/ms, so a
+        narrow network's few tenths of a ms count as much as a wide one's);
         with fewer rows than terms, the later terms are left at 0."""
         from scipy.optimize import lsq_linear
         self._check()
-        resid = np.array([ms - self.layers_ms(specs) for specs, ms in rows])
+        rows = list(rows)
+        if not rows:
+            self.remainder_ = (0.0, 0.0, 0.0)
+            return self
+        measured = np.array([ms for _, ms in rows], dtype=float)
+        resid = measured - np.array([self.layers_ms(specs) for specs, _ in rows])
         feats = np.array([[1.0, activation_elements(specs), weight_elements(specs)] for specs, _ in rows])
         k = min(3, len(rows))
-        X = feats[:, :k] / np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)  # scaled columns
+        scale = np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)
+        w = 1.0 / np.maximum(measured, 1e-9)
         lower = [-np.inf] + [0.0] * (k - 1)
-        sol = lsq_linear(X, resid, bounds=(lower, [np.inf] * k)).x if len(rows) else np.zeros(1)
-        coef = [float(c) for c in sol / np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)] if len(rows) else [0.0]
+        sol = lsq_linear(feats[:, :k] / scale * w[:, None], resid * w, bounds=(lower, [np.inf] * k)).x
+        coef = [float(c) for c in sol / scale]
         self.remainder_ = tuple(coef + [0.0] * (3 - len(coef)))
         return self
 
+    # ---- serialisation -----------------------------------------------------
     def to_dict(self) -> dict:
         self._check()
-        return {"type": "network", "form": self.form, "use_table": self.use_table,
-                "remainder": list(self.remainder_),
-                "families": {k: v.to_dict() for k, v in self.families_.items()},
+        return {"type": "network", "use_table": self.use_table, "step_channels": self.step_channels,
+                "layer_model": self.layer_model if isinstance(self.layer_model, str) else None,
+                "remainder": list(self.remainder_), "layers": self.layers_.to_dict(),
                 "table": {k: [[a, b, ms] for (a, b), ms in t.items()] for k, t in self.table_.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkLatencyModel":
-        m = cls(form=d.get("form", "M6"), use_table=d.get("use_table", False))
-        m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
+        layers = model_from_dict(d["layers"]) if "layers" in d else None
+        m = cls(layer_model=d.get("layer_model") or (_fresh(layers) if layers else "quadratic-m6"),
+                use_table=d.get("use_table", False), step_channels=d.get("step_channels"))
+        if layers is not None:
+            m.layers_ = layers
+        else:  # the earlier format: one quadratic per family
+            m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
         m.table_ = {k: {(a, b): ms for a, b, ms in rows} for k, rows in d.get("table", {}).items()}
         m.remainder_ = tuple(d.get("remainder", (0.0, 0.0, 0.0)))
         return m

@@ -1,0 +1,212 @@
+"""The latency model family: one conformance test over every registered model,
+then what each model promises on synthetic measurements (no timing here)."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import latency_models
+from latency_models import NetworkLatencyModel, NotFittedError, create, list_models, model_from_dict
+from latency_models.lookup import full_grid_size
+from latency_models.metrics import accuracy
+from profilers import LayerSpec, Measurement, Timing
+
+CONV = LayerSpec("conv", 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, 16, 16)
+PW = LayerSpec("conv", 16, 16, (1, 1), (1, 1), (0, 0), (1, 1), 1, 8, 8)
+DW = LayerSpec("conv", 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 16, 16, 16)
+FC = LayerSpec("linear", 64, 10)
+WIDTHS = (8, 16, 32, 48, 64)
+
+
+def law(s: LayerSpec) -> float:
+    """A synthetic device: per-call overhead plus FLOPs at two speeds."""
+    return 0.02 + s.flops / (2e9 if s.depthwise else 2e10)
+
+
+def meas(spec, ms=None):
+    return Measurement("synthetic", spec, Timing(law(spec) if ms is None else ms, 0.0, 40, 0.01, True))
+
+
+def samples():
+    out = []
+    for base in (CONV, PW):
+        out += [meas(replace(base, in_channels=a, out_channels=b)) for a in WIDTHS for b in WIDTHS]
+    out += [meas(replace(DW, in_channels=n, out_channels=n, groups=n)) for n in WIDTHS]
+    out += [meas(replace(FC, in_channels=n)) for n in WIDTHS]
+    return out
+
+
+def network(w1, w2):
+    return [replace(CONV, in_channels=3, out_channels=w1), replace(CONV, in_channels=w1, out_channels=w2),
+            replace(DW, in_channels=w2, out_channels=w2, groups=w2), replace(PW, in_channels=w2, out_channels=w1),
+            replace(FC, in_channels=w1)]
+
+
+@pytest.fixture(scope="module")
+def fitted_samples():
+    ms = samples()
+    ms += [meas(replace(CONV, in_channels=3, out_channels=n)) for n in WIDTHS]   # the stem family
+    return ms
+
+
+# ---------------------------------------------------------------- conformance
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_follows_the_estimator_api(name, fitted_samples):
+    model = create(name)
+    before = set(vars(model))
+    assert model.get_params() == {k: getattr(model, k) for k in model.get_params()}   # constructor stores
+    with pytest.raises(NotFittedError):
+        model.predict([CONV])
+    with pytest.raises(NotFittedError):
+        model.to_dict()
+    assert model.fit(fitted_samples) is model
+    learned = set(vars(model)) - before
+    assert learned and all(k.endswith("_") for k in learned), learned
+    assert model.n_measurements_ == len(fitted_samples)
+
+    specs = [replace(CONV, in_channels=24, out_channels=40), replace(PW, in_channels=64, out_channels=8),
+             replace(DW, in_channels=40, out_channels=40, groups=40), replace(FC, in_channels=40)]
+    pred = model.predict(specs)
+    assert pred.shape == (4,) and np.all(np.isfinite(pred)) and np.all(pred > 0)
+    # every model learns that a wider layer of a family costs more
+    assert model.predict_one(replace(CONV, in_channels=64, out_channels=64)) > \
+        model.predict_one(replace(CONV, in_channels=8, out_channels=8))
+    # vectorised widths agree with single specs (what the selector's tables read)
+    grid = model.predict_widths(CONV, np.array([[8], [24]]), np.array([[16, 40]]))
+    assert grid.shape == (2, 2)
+    assert grid[1, 1] == pytest.approx(model.predict_one(replace(CONV, in_channels=24, out_channels=40)))
+
+    again = model_from_dict(json.loads(json.dumps(model.to_dict())))
+    assert type(again) is type(model) and again.get_params() == model.get_params()
+    assert np.allclose(again.predict(specs), pred, rtol=1e-9)
+
+    other = replace(CONV, kernel=(5, 5), padding=(2, 2))   # a family never measured
+    if model.per_family:
+        assert model.missing([other, CONV]) == [other]
+        with pytest.raises(KeyError, match="no measurements"):
+            model.predict([other])
+    else:
+        assert model.missing([other]) == [] and model.predict([other])[0] > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_works_inside_the_network_model(name, fitted_samples):
+    net = NetworkLatencyModel(name, step_channels=8).fit(fitted_samples)
+    rows = [(network(a, b), sum(law(s) for s in network(a, b)) + 0.05) for a, b in ((8, 8), (32, 16), (64, 64))]
+    net.fit_remainder(rows)
+    specs = network(48, 32)
+    total = net.predict(specs)
+    assert np.isfinite(total) and total > 0
+    assert total == pytest.approx(net.const_ms() + sum(net.layer_cost_ms(s) for s in specs), rel=1e-9)
+    assert NetworkLatencyModel.from_dict(json.loads(json.dumps(net.to_dict()))).predict(specs) == \
+        pytest.approx(total, rel=1e-9)
+    assert net.layer_widths_ms(CONV, [8, 24], [16, 40])[1] == \
+        pytest.approx(net.layer_ms(replace(CONV, in_channels=24, out_channels=40)))
+
+
+def test_registry_lists_creates_and_refuses_unknown_names():
+    assert {"lookup", "quadratic-m6", "quadratic-m5", "step-quadratic", "flops", "params", "forest"} <= \
+        set(list_models())
+    assert list_models("quadratic-*") == ["quadratic-m6", "quadratic-m5"]
+    assert create("step-quadratic", step_channels=16).step_channels == 16
+    assert create("flops", step_channels=16).get_params() == {}   # arguments a model does not take are ignored
+    with pytest.raises(KeyError, match="unknown latency model"):
+        create("nope")
+    assert latency_models.describe("lookup")
+
+
+# ---------------------------------------------------------------- each model
+
+def test_lookup_answers_measured_widths_and_interpolates_bilinearly():
+    def bilinear(a, b):
+        return 0.1 + 0.002 * a + 0.001 * b + 3e-5 * a * b
+    ms = [meas(replace(CONV, in_channels=a, out_channels=b), bilinear(a, b)) for a in WIDTHS for b in WIDTHS]
+    noisy = replace(CONV, in_channels=32, out_channels=32)
+    ms = [m if m.spec != noisy else meas(noisy, 2.0) for m in ms]   # a width the device handles badly
+    lut = create("lookup").fit(ms)
+    assert lut.predict_one(noisy) == 2.0
+    assert lut.predict_one(replace(CONV, in_channels=12, out_channels=56)) == pytest.approx(bilinear(12, 56))
+    # beyond the widest width: extrapolated linearly from the last two
+    assert lut.predict_one(replace(CONV, in_channels=80, out_channels=8)) == pytest.approx(bilinear(80, 8))
+    # a cell not measured is filled by the family's quadratic before interpolating
+    holed = create("lookup").fit([m for m in ms if m.spec != noisy])
+    assert holed.predict_one(noisy) == pytest.approx(bilinear(32, 32), rel=1e-6)
+
+
+def test_lookup_depthwise_family_interpolates_along_its_one_width():
+    ms = [meas(replace(DW, in_channels=n, out_channels=n, groups=n), 0.01 * n) for n in (8, 32, 64)]
+    lut = create("lookup").fit(ms)
+    assert lut.predict_one(replace(DW, in_channels=16, out_channels=16, groups=16)) == pytest.approx(0.16)
+
+
+def test_full_lookup_grid_counts_every_width_pair():
+    assert full_grid_size({"a": ([8, 16, 24], [8, 16], False), "dw": ([8, 16], [8, 16], True)}) == 3 * 2 + 2
+
+
+def test_step_aware_quadratic_rounds_widths_up_to_the_device_step():
+    ms = [meas(replace(CONV, in_channels=a, out_channels=b)) for a in (3,) for b in (8, 16, 24, 32, 40)]
+    ms += [meas(replace(PW, in_channels=a, out_channels=b)) for a in (8, 16, 32, 40) for b in (8, 16, 32, 40)]
+    step = create("step-quadratic", step_channels=8).fit(ms)
+    plain = create("quadratic-m6").fit(ms)
+
+    def pw(a, b):
+        return replace(PW, in_channels=a, out_channels=b)
+    assert step.predict_one(pw(12, 17)) == pytest.approx(step.predict_one(pw(16, 24)))
+    assert step.predict_one(pw(9, 9)) == pytest.approx(plain.predict_one(pw(16, 16)))
+    assert step.predict_one(pw(5, 16)) == pytest.approx(plain.predict_one(pw(5, 16)))   # below one step
+    assert plain.predict_one(pw(12, 17)) < plain.predict_one(pw(16, 24))
+    assert step.predict_one(pw(16, 24)) == pytest.approx(plain.predict_one(pw(16, 24)))   # on the grid: equal
+    # never rounded past the widest measured width; 3 input channels stay 3
+    assert step.predict_one(pw(38, 8)) == pytest.approx(plain.predict_one(pw(40, 8)))
+    assert step.predict_one(pw(44, 8)) == pytest.approx(plain.predict_one(pw(44, 8)))
+    stem = replace(CONV, in_channels=3, out_channels=20)
+    assert step.predict_one(stem) == pytest.approx(plain.predict_one(replace(stem, out_channels=24)))
+
+
+def test_flops_and_params_baselines_recover_their_laws():
+    ms = [meas(replace(CONV, in_channels=a, out_channels=b), 0.05 + 0.5 * replace(
+        CONV, in_channels=a, out_channels=b).flops / 1e9) for a in WIDTHS for b in WIDTHS]
+    f = create("flops").fit(ms)
+    assert f.ms_per_gflop_ == pytest.approx(0.5, rel=1e-6) and f.overhead_ms_ == pytest.approx(0.05, rel=1e-6)
+    p = create("params").fit(ms)   # within one family, weights are proportional to FLOPs
+    s = replace(CONV, in_channels=40, out_channels=24)
+    assert p.predict_one(s) == pytest.approx(f.predict_one(s), rel=1e-6)
+
+
+def test_forest_fits_its_training_points_and_refits_identically():
+    ms = samples()
+    forest = create("forest").fit(ms)
+    pred = forest.predict([m.spec for m in ms])
+    truth = np.array([m.timing.median_ms for m in ms])
+    assert np.max(np.abs(pred / truth - 1)) < 0.15
+    assert np.array_equal(model_from_dict(forest.to_dict()).predict([m.spec for m in ms]), pred)
+
+
+def test_remainder_is_fitted_on_relative_error():
+    """A narrow network's 0.1 ms counts as much as a wide one's 10 ms: with a
+    constant that cannot fit both, the relative misses come out balanced."""
+    ms = samples()
+    net = NetworkLatencyModel("quadratic-m6").fit(ms)
+    narrow, wide = network(8, 8), network(64, 64)
+    layers_n, layers_w = net.layers_ms(narrow), net.layers_ms(wide)
+    net.fit_remainder([(narrow, layers_n * 0.8), (wide, layers_w * 1.2)])   # one row: only c0 is fitted
+    assert net.remainder_[1:] == (0.0, 0.0) or len(net.remainder_) == 3
+    err_n = net.predict(narrow) / (layers_n * 0.8) - 1
+    err_w = net.predict(wide) / (layers_w * 1.2) - 1
+    assert abs(err_n) < 0.5 and abs(err_w) < 0.5
+
+
+def test_accuracy_metrics():
+    acc = accuracy([1.0, 2.2, 2.9, 4.0], [1.0, 2.0, 3.0, 5.0])
+    e = np.array([0.0, 0.1, -1 / 30, -0.2])
+    assert acc.count == 4
+    assert acc.rmspe_pct == pytest.approx(100 * np.sqrt(np.mean(e ** 2)))
+    assert acc.max_error_pct == pytest.approx(20.0)
+    assert acc.mean_error_pct == pytest.approx(100 * e.mean())
+    assert acc.within_5_pct == 50.0 and acc.within_10_pct == 75.0
+    with pytest.raises(ValueError):
+        accuracy([1.0], [0.0])
+    with pytest.raises(ValueError):
+        accuracy([1.0, 2.0], [1.0])
