@@ -55,9 +55,10 @@ def export_profile(store: MeasurementStore, device_key: str, path: str | Path,
     fp = json.loads(device_key)
     step = store.get_meta(device_key, "step")
     items = store.items(device_key)
+    measured = isinstance(step, dict) and step.get("reliable", True)
     header = {"format": FORMAT, "version": VERSION, "device": fp.get("device"), "fingerprint": fp,
-              "step_channels": step.get("step_channels") if isinstance(step, dict)
-              and step.get("reliable", True) else None,
+              "step_channels": step.get("step_channels") if measured else None,
+              **({"grid_channels": step["grid_channels"]} if measured and step.get("grid_channels") else {}),
               "date": date or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "count": len(items)}
     lines = [json.dumps(header, sort_keys=True)] + [_line(k, t) for k, t in sorted(items, key=lambda kt: kt[0])]
