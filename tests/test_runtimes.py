@@ -168,6 +168,26 @@ def test_torch_cuda_graphs_and_interleaving():
     assert rt.measure_module(small_net(), torch.randn(1, 3, 16, 16), FAST).median_ms > 0
 
 
+@needs_cuda
+def test_torch_cuda_graph_replay_survives_freed_memory():
+    """The graph reads the module's weights and inputs: the replay must keep them
+    alive after ``prepare`` returns, or reused memory makes replays fault."""
+    import gc
+    rt = create_runtime("torch-cuda", dtype="fp32", cuda_graphs=True)
+    net, x = small_net(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = net(x)
+    replay = rt.prepare(net, x)
+    gc.collect()
+    torch.cuda.empty_cache()
+    clobber = torch.full((64, 1 << 20), float("nan"), device="cuda")  # takes any freed block
+    replay()
+    torch.cuda.synchronize()
+    got = replay.keep_alive[1].float().cpu()
+    del clobber
+    assert torch.allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
 # -- tensorrt ----------------------------------------------------------------------------
 
 def test_tensorrt_missing_names_the_package(monkeypatch):
