@@ -343,3 +343,31 @@ def test_torchrun_two_cpu_processes(tmp_path, npz, pickled):
     state = load_checkpoint(out / "finetune-state.pt")
     assert state["config"]["world_size"] == 2 and state["epoch"] == 2
     assert state["scheduler"]["last_epoch"] == 2 * 3
+
+
+def test_prune_finetune_needs_data(capsys):
+    rc, _, err = _run(["prune", "--model", "resnet20", "--device", "ort-cpu-1t", "--budget-ms", "0.5",
+                       "--finetune-epochs", "2", "--out", "unused"], capsys)
+    assert rc == 2 and err.strip() == ("error: --finetune-epochs needs --data (digits, a .npz file or "
+                                        "module:function)")
+
+
+@pytest.mark.slow
+def test_prune_with_data_driven_importance_then_finetune(tmp_path, npz, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1),
+                          nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+    path = tmp_path / "wide.pt"
+    torch.save(model, path)
+    out = tmp_path / "pruned"
+    rc, text, err = _run(["prune", "--model", str(path), "--trust-pickle", "--input-shape", "1,3,8,8",
+                          "--device", "ort-cpu-1t", "--max-flops", "150k", "--importance", "taylor",
+                          "--data", str(npz), "--finetune-epochs", "2", "--batch-size", "16",
+                          "--store", str(tmp_path / "s.sqlite"), "--out", str(out), "--json"], capsys)
+    assert rc == 0, err
+    data = json.loads(text)
+    assert data["importance"] == "taylor" and data["flops_after"] <= 150e3
+    ft = data["finetune"]
+    assert ft["kd"] and len(ft["history"]) == 2 and ft["resumed_from_epoch"] == 0
+    assert json.loads((out / "finetune.json").read_text())["accuracy"] == ft["accuracy"]
+    assert (out / "plan.json").exists() and (out / "finetune-state.pt").exists()
