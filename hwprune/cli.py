@@ -172,7 +172,8 @@ def cmd_prune(args) -> int:
     budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     from .cli_finetune import after_prune, data_for_importance, text_of
-    res = prune(lm.model, (lm.example_input,), device=args.device, budget_ms=budget_ms, constraints=cons,
+    from .cli_prune import budget_kwargs
+    res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
                 data=data_for_importance(args, lm), store=_store(args), progress=_progress())
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,

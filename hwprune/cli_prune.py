@@ -16,10 +16,23 @@ def _number(text: str) -> float:
     return v
 
 
+class Fraction(float):
+    """A budget given as a share of the measured baseline (``50%``)."""
+
+
 def budget(text: str) -> tuple[str | None, float]:
-    """``MS`` or ``DEVICE=MS``."""
+    """``MS``, ``DEVICE=MS`` or ``PERCENT%`` (of the measured baseline)."""
     device, _, ms = text.rpartition("=")
+    if ms.endswith("%"):
+        return (device or None, Fraction(_number(ms[:-1]) / 100.0))
     return (device or None, _number(ms))
+
+
+def budget_kwargs(budget) -> dict:
+    """``prune`` keyword arguments for the plain budget."""
+    if isinstance(budget, Fraction):
+        return {"budget_ms": None, "budget_fraction": float(budget)}
+    return {"budget_ms": budget}
 
 
 def amount(text: str) -> float:
@@ -42,7 +55,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--device", help="device the plain --budget-ms is for and the result is reported on "
                     "(default: the first DEVICE=MS budget)")
     sp.add_argument("--budget-ms", type=budget, action="append", default=[], metavar="[DEVICE=]MS",
-                    help="latency budget in milliseconds on --device, or DEVICE=MS; repeat for several devices")
+                    help="latency budget in milliseconds on --device, or DEVICE=MS; repeat for several devices. "
+                    "On --device also PERCENT%% of the measured baseline (e.g. 50%%), which follows the "
+                    "host's drift")
     sp.add_argument("--max-flops", type=amount, help="FLOPs bound (2 x multiply-accumulates of the conv and "
                     "linear layers), e.g. 40M or 4.1e7")
     sp.add_argument("--max-params", type=amount, help="parameter count bound, e.g. 500k")
@@ -74,10 +89,14 @@ def constraints_from_args(args):
     from .errors import UserError
     plain = [ms for dev, ms in args.budget_ms if dev is None]
     if plain and not args.device:
-        raise UserError(f"--budget-ms {plain[0]:g} needs --device D (or write --budget-ms DEVICE={plain[0]:g})")
+        shown = f"{plain[0] * 100:g}%" if isinstance(plain[0], Fraction) else f"{plain[0]:g}"
+        raise UserError(f"--budget-ms {shown} needs --device D (or write --budget-ms DEVICE={shown})")
     if len(plain) > 1:
         raise UserError("--budget-ms given twice for --device; give one plain budget, others as DEVICE=MS")
     named = tuple((dev, ms) for dev, ms in args.budget_ms if dev is not None)
+    if any(isinstance(ms, Fraction) for _, ms in named):
+        raise UserError("a budget in % applies to --device only (--device D --budget-ms 50%); "
+                        "give the other devices' budgets in ms")
     cons = Constraints(latency_ms=named, max_flops=args.max_flops, max_params=args.max_params,
                        max_memory_mb=args.max_memory_mb, min_ratio=args.min_ratio, max_ratio=args.max_ratio)
     return (plain[0] if plain else None), cons

@@ -131,17 +131,29 @@ def _budgets(device: str | None, budget_ms, constraints: Constraints) -> tuple[s
 def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms: float | None = None, *,
           selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
           data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = 0.965,
-          accept_low: float = 0.93, time_limit_s: float = 60.0, progress: Progress | None = None) -> PruneResult:
+          accept_low: float = 0.93, time_limit_s: float = 60.0, progress: Progress | None = None,
+          budget_fraction: float | None = None) -> PruneResult:
     """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
     bound in ``constraints`` (latency on other devices, FLOPs, parameters,
     memory, floors). ``selector``: greedy, knapsack or qcqp. ``importance_name``:
     a criterion of :mod:`hwprune.importance`; ``data`` (``(inputs, labels)``
-    batches, e.g. a DataLoader) for the criteria that need it."""
+    batches, e.g. a DataLoader) for the criteria that need it.
+
+    ``budget_fraction`` (instead of ``budget_ms``): the budget on ``device`` is
+    that share of the original model's latency there, as the engine measures
+    it interleaved with every candidate; it follows the host's drift, which an
+    absolute budget measured earlier cannot."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if selector not in SELECTORS:
         raise UserError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
     cons = constraints or Constraints()
+    if budget_fraction is not None:
+        if budget_ms is not None:
+            raise UserError("give a budget in ms or as a fraction of the baseline, not both")
+        if not 0.0 < budget_fraction < float("inf"):
+            raise UserError(f"budget fraction {budget_fraction} is not positive; give e.g. 50%")
+        budget_ms = 1.0  # placeholder until the baseline is measured
     primary, budgets = _budgets(device, budget_ms, cons)
     devs = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets])}
     t_start = time.perf_counter()
@@ -157,8 +169,14 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
         raise UserError(exact.infeasible_message(bad))
     profs = {d: Profiler(dev, store) for d, dev in devs.items()}
     meters = {d: RelativeMeter(profs[d], model, example_inputs, initial=2) for d in devs}
+
+    def follow_baseline() -> None:
+        if budget_fraction is not None:
+            budgets[primary] = budget_fraction * meters[primary].reference_ms
+    follow_baseline()
     full_kept = {g.gid: list(range(g.size)) for g in space.groups}
-    extra = {"selector": selector, "constraints": replace(cons, latency_ms=tuple(budgets.items())).to_json()}
+    extra = {"selector": selector, "constraints": replace(cons, latency_ms=tuple(budgets.items())).to_json(),
+             **({"budget_fraction": budget_fraction} if budget_fraction is not None else {})}
 
     def unchanged() -> PruneResult:
         base = meters[primary].reference_ms
@@ -179,6 +197,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
         smallest_ms[d] = calibrate(lat, space, meters[d].measure, options, scores,
                                    [(space.specs(space.full_choice()), meters[d].reference_ms)])
         evs[d] = Evaluator(space, lat, scores)
+    follow_baseline()
     if full_ok and all(b >= meters[d].reference_ms for d, b in budgets.items()):
         return unchanged()
     t_profile = time.perf_counter() - t_start
@@ -194,18 +213,30 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     def used(ratios: dict) -> float:
         return max((ratios[d] * refs[d]() / b for d, b in budgets.items()), default=0.0)
 
-    for _ in range(max_rounds):
+    nudges = 0
+    while len(rounds) < max_rounds:
         sel = select(selector, problem.with_latency(targets), start=start, swap=start is None,
                      infeasible="smallest", time_limit_s=time_limit_s)
         if any(sel.choice == t[0].choice for t in tried):
-            break  # nothing new to measure: another bound holds the plan
+            # a plan already measured: the corrected target moved less than one
+            # grid step, or another bound holds the plan. Move the target further
+            # in the direction the measurement asks for, a few times at most.
+            nudges += 1
+            u = used(anchor[2]) if budgets else 1.0
+            if nudges > 4 or accept_low <= u <= 1.0:
+                break
+            scale = (1.0 + 0.02 * nudges) if u < accept_low else 1.0 / (1.0 + 0.02 * nudges)
+            targets = {d: t * scale for d, t in targets.items()}
+            continue
         pruned = apply_kept(space, sel.kept)
         check_widths(space, pruned, sel.choice)
-        ratios, per_dev = {}, {}
+        ratios, timings, per_dev = {}, {}, {}
         for d in devs:
-            ratios[d], timing = meters[d].ratio(pruned)
+            ratios[d], timings[d] = meters[d].ratio(pruned)
+        follow_baseline()
+        for d in devs:
             per_dev[d] = {"target_ms": targets.get(d), "predicted_ms": sel.usage[f"latency_ms[{d}]"],
-                          "measured_ms": ratios[d] * refs[d](), "iqr_ms": timing.iqr_ms}
+                          "measured_ms": ratios[d] * refs[d](), "iqr_ms": timings[d].iqr_ms}
         tried.append((sel, pruned, ratios))
         p = per_dev[primary]
         rounds.append(Round(p["target_ms"], p["predicted_ms"], p["measured_ms"], p["iqr_ms"],

@@ -49,6 +49,21 @@ def test_budget_must_be_a_positive_number(capsys, budget):
     assert_one_error_line(err)
 
 
+def test_budget_in_percent_is_a_fraction_of_the_baseline(capsys, tmp_path, monkeypatch):
+    from hwprune.cli_prune import Fraction, budget, budget_kwargs
+    assert budget("50%") == (None, 0.5) and isinstance(budget("50%")[1], Fraction)
+    assert budget_kwargs(budget("50%")[1]) == {"budget_ms": None, "budget_fraction": 0.5}
+    assert budget_kwargs(budget("2.5")[1]) == {"budget_ms": 2.5}
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "prune", "--device", "ort-cpu-1t", "--model", "resnet20",
+                         "--budget-ms", "torch-cpu-1t=50%", "--out", "o")
+    assert code == 2 and "--device only" in err
+    assert_one_error_line(err)
+    code, err = fail(capsys, "prune", "--device", "ort-cpu-1t", "--model", "resnet20", "--budget-ms", "-5%",
+                     "--out", "o")
+    assert code == 2 and "budget" in err
+
+
 def test_non_model_file_is_an_error(capsys, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")

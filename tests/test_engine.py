@@ -67,3 +67,15 @@ def test_bad_budget_and_device_are_user_errors(shared_store):
             hwprune.prune(model, x, budget_ms=bad, store=shared_store)
     with pytest.raises(hwprune.UserError, match="unknown device .*ort-cpu-1t"):
         hwprune.prune(model, x, device="nope", budget_ms=1.0, store=shared_store)
+
+
+def test_relative_budget_follows_the_measured_baseline(shared_store):
+    model, x = archs.create("concat")
+    res = hwprune.prune(model, x, device="ort-cpu-1t", budget_fraction=0.6, store=shared_store)
+    assert res.budget_ms == pytest.approx(0.6 * res.baseline_ms, rel=1e-9)
+    assert res.plan["budget_fraction"] == 0.6
+    _check(res, model, x)
+    with pytest.raises(hwprune.UserError, match="not both"):
+        hwprune.prune(model, x, device="ort-cpu-1t", budget_ms=1.0, budget_fraction=0.5, store=shared_store)
+    with pytest.raises(hwprune.UserError, match="fraction"):
+        hwprune.prune(model, x, device="ort-cpu-1t", budget_fraction=-0.5, store=shared_store)
