@@ -3,7 +3,10 @@ measured independently of the engine?
 
 For each zoo model: measure the dense baseline 5 times (each a full protocol
 measurement, fresh session), prune it to ``frac x baseline`` for every budget
-fraction (one shared measurement store, empty at the start unless ``--store``
+fraction (by default as ``prune(budget_fraction=frac)``: the budget is that
+share of the baseline the engine measures interleaved with its candidates;
+``--absolute`` passes ``frac x`` this script's baseline in ms instead, which
+inherits the host's drift between the two measurements; one shared measurement store, empty at the start unless ``--store``
 names an existing one, so the first prune of a model pays the profiling and
 later ones reuse it), then re-measure the baseline and every pruned model
 interleaved run by run (5 times, median per model) and check that
@@ -41,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="budgets as fractions of the measured baseline latency "
                         f"(default: {' '.join(map(str, DEFAULT_BUDGETS))})")
     p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
+    p.add_argument("--absolute", dest="relative", action="store_false",
+                   help="give the engine the budget in ms of this script's baseline measurement instead of as a "
+                        "fraction of the baseline the engine measures itself (default: fraction)")
     p.add_argument("--store", default=None,
                    help="measurement store path (default: a fresh temp file, so profiling starts empty)")
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
@@ -85,7 +91,8 @@ def bench_model(name: str, args, store, dev, log) -> list[dict]:
                "baseline_min_ms": base["min_ms"], "baseline_max_ms": base["max_ms"], "error": None}
         t0 = time.perf_counter()
         try:
-            res = prune(model, x, device=args.device, budget_ms=budget, store=store)
+            res = (prune(model, x, device=args.device, budget_fraction=frac, store=store) if args.relative
+                   else prune(model, x, device=args.device, budget_ms=budget, store=store))
         except UserError as exc:
             row["error"] = str(exc)
             row["prune_wall_s"] = time.perf_counter() - t0
@@ -96,7 +103,8 @@ def bench_model(name: str, args, store, dev, log) -> list[dict]:
         row.update({
             "prune_wall_s": time.perf_counter() - t0, "engine_baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "engine_measured_ms": res.measured_ms,
-            "engine_ratio": res.measured_ms / budget, "unchanged": res.unchanged, "note": res.note,
+            "engine_budget_ms": res.budget_ms, "engine_ratio": res.measured_ms / res.budget_ms,
+            "unchanged": res.unchanged, "note": res.note,
             "rounds": [{"target_ms": r.target_ms, "predicted_ms": r.predicted_ms,
                         "measured_ms": r.measured_ms, "iqr_ms": r.iqr_ms} for r in res.rounds],
             "n_rounds": len(res.rounds), "profile_s": st.get("profile_s"), "total_s": st.get("total_s"),
@@ -171,6 +179,7 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
               f"{header['store_rows_at_start']})",
               f"- baseline: median of {REPEATS} protocol measurements; re-measurement: {REPEATS} "
               f"measurements of baseline + pruned models interleaved run by run, median per model",
+              f"- budget given to the engine as: {header.get('budget_given_as', 'ms')}",
               "- ratio = (re-measured pruned / baseline re-measured with it) / budget fraction: the "
               "budget is a fraction of the baseline, and measuring both together cancels the host's "
               "drift; abs ratio = re-measured ms / budget ms (inherits the drift between the two times)",
@@ -203,6 +212,7 @@ def main(argv=None) -> int:
         return 2
     header = {**common.machine_header(), "device": dev.name, "store": store_path,
               "store_rows_at_start": store.count(), "models": args.models, "budgets": args.budgets,
+              "budget_given_as": "fraction of the engine's baseline" if args.relative else "ms",
               "band": list(BAND), "repeats": REPEATS}
     log(f"bench_budget: {header['cpu']}, {header['cores']} cores; device {dev.name}; store {store_path}")
     rows = []
