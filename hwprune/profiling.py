@@ -116,12 +116,14 @@ class Profiler:
             out.append(Measurement(self.device.name, s, t))
         return out
 
-    def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3) -> Timing:
+    def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3,
+                       protocol: profilers.Protocol | None = None) -> Timing:
         """Whole-model latency; an unstable measurement (the machine was busy) is
         repeated, and the attempt with the tightest interval is kept."""
         best = None
+        kw = {} if protocol is None else {"protocol": protocol}
         for _ in range(attempts):
-            t = self.runtime.measure_module(model, example_inputs)
+            t = self.runtime.measure_module(model, example_inputs, **kw)
             if best is None or t.ci_rel < best.ci_rel:
                 best = t
             if t.stable:
@@ -140,11 +142,15 @@ class RelativeMeter:
     to +-10 % on shared machines); a ratio measured interleaved does not.
     ``reference_ms`` is the median of every reference measurement so far (three
     at the start, one more per candidate), so it averages over the drift too.
+    ``protocol``: the measuring protocol (default the runtime's), e.g. one
+    timing thread CPU time.
     """
 
-    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs, initial: int = 3):
+    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs, initial: int = 3,
+                 protocol: profilers.Protocol | None = None):
         self.profiler, self.example_inputs, self.reference = profiler, example_inputs, reference
-        self.reference_medians = [profiler.measure_module(reference, example_inputs).median_ms
+        self._kw = {} if protocol is None else {"protocol": protocol}
+        self.reference_medians = [profiler.measure_module(reference, example_inputs, protocol=protocol).median_ms
                                   for _ in range(initial)]
 
     @property
@@ -154,7 +160,7 @@ class RelativeMeter:
     def ratio(self, model: torch.nn.Module) -> tuple[float, Timing]:
         """Candidate / reference latency, measured interleaved."""
         cand, ref = self.profiler.runtime.measure_modules_interleaved([model, self.reference],
-                                                                      self.example_inputs)
+                                                                      self.example_inputs, **self._kw)
         self.reference_medians.append(ref.median_ms)
         return cand.median_ms / ref.median_ms, cand
 
