@@ -244,6 +244,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .cli_validate import run
+    data, text = run(args, _progress(), _store(args))
+    _emit(args, data, text)
+    return 0
+
+
 def cmd_agent(args) -> int:
     import os
     from profilers.agent import serve
@@ -343,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", metavar="D", help="real inputs to check against PyTorch (and calibrate INT8): "
                     "'digits' or a .npz file with x [N,C,H,W] float and optional y [N] labels")
     sp.set_defaults(func=cmd_export)
+    sp = sub.add_parser("validate", help="measure random sub-networks and score every latency model on them")
+    common(sp)
+    from .cli_validate import add_arguments as add_validate_arguments
+    add_validate_arguments(sp)
+    sp.set_defaults(func=cmd_validate)
     sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")
     common(sp, model=False)
     sp.set_defaults(func=cmd_devices)

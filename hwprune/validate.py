@@ -1,0 +1,241 @@
+"""``hwprune validate``: how well each latency model predicts measured latency.
+
+1. The model's layer shapes are profiled on the device (the same samples the
+   engine fits on: :func:`hwprune.profiling.sample_specs`), reusing the store.
+2. Calibration: the smallest, one-third and two-thirds uniform sub-networks,
+   the full network and ``calibration`` random sub-networks (their own seed)
+   are measured end to end; every model's remainder is fitted on them
+   (:meth:`NetworkLatencyModel.fit_remainder`).
+3. Validation: ``samples`` other random sub-networks
+   (:func:`hwprune.subnets.random_choices`, seed ``seed``) are measured end to
+   end and predicted by every model; none of them was used to fit anything.
+
+Measuring: every sub-network runs interleaved with the full network (run by
+run) and is reported as ``ratio x reference``, the reference being the median
+of every full-network median of the run (:class:`RelativeMeter`), so the
+host's drift cancels. Other processes on the machine distort even interleaved
+ratios: a long run is cut by a time slice far more often than a short one.
+So on runtimes that compute on the calling thread only (ONNX Runtime and
+PyTorch CPU at one thread) each run is timed by the thread's CPU time
+(``clock="auto"``; the same as wall-clock on an idle machine, see
+:mod:`profilers.protocol`), and a measurement whose reference median lies
+more than ``tolerance`` from the pooled one is repeated (up to ``attempts``
+times), keeping the attempt whose reference was closest. Scores:
+:func:`latency_models.metrics.accuracy`.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+import latency_models
+from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
+from latency_models.metrics import Accuracy, accuracy
+from profilers import MODEL_PROTOCOL, LayerSpec, MeasurementStore, Protocol, Timing
+
+from . import devices
+from .errors import UserError
+from .graph import PruningSpace
+from .profiling import Profiler, Progress, RelativeMeter, family_widths, sample_specs
+from .select import Choice, group_options
+from .subnets import build, random_choices
+
+log = logging.getLogger("hwprune")
+UNIFORM = (0.0, 1 / 3, 2 / 3)
+
+
+@dataclass(frozen=True)
+class SubnetRow:
+    """One measured sub-network; ``measured_ms`` = ``ratio`` x the final reference."""
+    role: str              # "calibration" or "validation"
+    widths: dict
+    ratio: float
+    measured_ms: float
+    iqr_ms: float
+    attempts: int
+    flops: int
+    weights: int
+    predicted_ms: dict = field(default_factory=dict)   # model name -> ms
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    device: str
+    model: str
+    samples: int
+    seed: int
+    reference_ms: float
+    reference_spread_pct: float           # IQR of the reference medians over their median
+    scores: dict[str, Accuracy]
+    layer_measurements: int               # layer shapes every model was fitted on
+    whole_model_measurements: int         # calibration sub-networks (full network included)
+    full_grid_measurements: int           # a full lookup table of every grid width pair
+    shapes_measured: int                  # measured now (the rest came from the store)
+    rows: tuple[SubnetRow, ...]
+    elapsed_s: float
+    clock: str = "wall"                   # how each run was timed: wall-clock or the thread's CPU time
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("device", "model", "samples", "seed", "reference_ms",
+                                           "reference_spread_pct", "layer_measurements",
+                                           "whole_model_measurements", "full_grid_measurements",
+                                           "shapes_measured", "elapsed_s", "clock")}
+        d["scores"] = {k: v.to_dict() for k, v in self.scores.items()}
+        d["rows"] = [r.__dict__ for r in self.rows]
+        return d
+
+
+def measure_ratio(meter: RelativeMeter, model: torch.nn.Module, tolerance: float = 0.06,
+                  attempts: int = 3) -> tuple[float, Timing, int]:
+    """``model`` / reference latency measured interleaved, repeated while the
+    reference's median strays more than ``tolerance`` from the pooled one."""
+    best = None
+    for attempt in range(1, attempts + 1):
+        pooled = meter.reference_ms
+        ratio, timing = meter.ratio(model)
+        stray = abs(meter.reference_medians[-1] / pooled - 1.0)
+        if best is None or stray < best[0]:
+            best = (stray, ratio, timing)
+        if stray <= tolerance:
+            break
+    return best[1], best[2], attempt
+
+
+CLOCKS = ("auto", "thread", "wall")
+
+
+def model_protocol(runtime, clock: str = "auto") -> Protocol:
+    """The whole-model protocol with ``clock``: ``auto`` is the thread's CPU
+    time for a runtime that computes on the calling thread only (ONNX Runtime
+    or PyTorch on the CPU at one thread), else wall-clock."""
+    if clock not in CLOCKS:
+        raise UserError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
+    one_thread = getattr(runtime, "kind", "") in ("ort-cpu", "torch-cpu") and getattr(runtime, "threads", 0) == 1
+    if clock == "thread" and not one_thread:
+        raise UserError("the thread clock only times runtimes that compute on the calling thread "
+                        "(ort-cpu-1t, torch-cpu-1t); use --clock wall")
+    return replace(MODEL_PROTOCOL, clock="thread" if clock == "thread" or (clock == "auto" and one_thread)
+                   else "wall")
+
+
+def _uniform(options, frac: float) -> Choice:
+    return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
+
+
+def check_models(names) -> list[str]:
+    known = latency_models.list_models()
+    names = list(names) if names else known
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UserError(f"unknown latency model(s) {', '.join(bad)}; known: {', '.join(known)}")
+    return names
+
+
+def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, *, models=None,
+             calibration: int = 6, seed: int = 0, store: MeasurementStore | None = None,
+             source: str = "model", progress: Progress | None = None,
+             tolerance: float = 0.06, clock: str = "auto") -> ValidationResult:
+    """Measure ``samples`` random sub-networks of ``model`` on ``device`` and
+    score every latency model in ``models`` (default: every registered one)."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(samples, int) or samples < 1:
+        raise UserError(f"samples {samples!r} is not a positive integer")
+    names = check_models(models)
+    t0 = time.perf_counter()
+    dev = devices.get(device)
+    model = model.eval()
+    space = PruningSpace(model, example_inputs)
+    if not space.groups:
+        raise UserError(f"{source} has no prunable channel groups: it has no sub-networks to validate on")
+    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    prof = Profiler(dev, store)
+    full = space.full_choice()
+    measurements = prof.measure_specs(sample_specs(space, options) + space.specs(full), progress)
+    fams = family_widths(space, options)
+    grid = full_grid_size({f: (ins, outs, b.depthwise) for f, (b, ins, outs) in fams.items()})
+
+    protocol = model_protocol(prof.runtime, clock)
+    meter = RelativeMeter(prof, model, example_inputs, initial=3, protocol=protocol)
+    plan = ([("calibration", _uniform(options, f)) for f in UNIFORM]
+            + [("calibration", c) for c in random_choices(options, calibration, seed=seed + 7919)]
+            + [("validation", c) for c in random_choices(options, samples, seed=seed)])
+    it = progress(plan, desc=f"measuring sub-networks on {dev.name}", unit="net") if progress else plan
+    raw = []
+    for role, choice in it:
+        ratio, timing, attempts = measure_ratio(meter, build(space, choice), tolerance)
+        raw.append((role, choice, ratio, timing, attempts))
+    ref = meter.reference_ms
+    q1, q3 = np.percentile(meter.reference_medians, [25, 75])
+
+    def specs_of(choice) -> list[LayerSpec]:
+        return space.specs(choice)
+
+    cal = [(space.specs(full), ref)] + [(specs_of(c), r * ref) for role, c, r, _, _ in raw if role == "calibration"]
+    fitted = {}
+    for name in names:
+        net = NetworkLatencyModel(name, step_channels=dev.step_channels).fit(measurements)
+        fitted[name] = net.fit_remainder(cal)
+    rows = []
+    for role, choice, ratio, timing, attempts in raw:
+        specs = specs_of(choice)
+        pred = {n: float(m.predict(specs)) for n, m in fitted.items()}
+        rows.append(SubnetRow(role, {str(g): list(k) for g, k in choice.items()}, ratio, ratio * ref,
+                              timing.iqr_ms / timing.median_ms * ratio * ref,
+                              attempts, sum(s.flops for s in specs), weight_elements(specs), pred))
+    val = [r for r in rows if r.role == "validation"]
+    scores = {n: accuracy([r.predicted_ms[n] for r in val], [r.measured_ms for r in val]) for n in names}
+    return ValidationResult(dev.name, source, samples, seed, ref, float(100 * (q3 - q1) / ref), scores,
+                            len(measurements), len(cal), grid, prof.measured, tuple(rows),
+                            time.perf_counter() - t0, protocol.clock)
+
+
+def scatter_png(result: ValidationResult, models=None) -> bytes:
+    """Predicted vs measured ms of the validation sub-networks, one marker per
+    model, with the +-5 % and +-10 % bands."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    val = [r for r in result.rows if r.role == "validation"]
+    names = list(models or result.scores)
+    meas = np.array([r.measured_ms for r in val])
+    fig = Figure(figsize=(6.4, 6.0), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    preds = [np.array([r.predicted_ms[n] for r in val]) for n in names]
+    lo = 0.8 * min([meas.min()] + [p.min() for p in preds])
+    hi = 1.25 * max([meas.max()] + [p.max() for p in preds])
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, xs, color="black", lw=1)
+    for f, style in ((0.05, ":"), (0.10, "--")):
+        ax.plot(xs, xs * (1 + f), color="grey", lw=0.8, ls=style)
+        ax.plot(xs, xs * (1 - f), color="grey", lw=0.8, ls=style, label=f"+-{100 * f:.0f} %")
+    markers = "os^vD<>xP*"
+    for i, (name, p) in enumerate(zip(names, preds)):
+        s = result.scores[name]
+        ax.scatter(meas, p, s=14, marker=markers[i % len(markers)], alpha=0.75,
+                   label=f"{name}: RMSPE {s.rmspe_pct:.1f} %, {s.within_10_pct:.0f} % within +-10 %")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter() if hi / lo < 4 else matplotlib.ticker.NullFormatter())
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured ms (interleaved with the full network)")
+    ax.set_ylabel("predicted ms")
+    ax.set_title(f"{result.model} on {result.device}: {len(val)} random sub-networks", fontsize=10)
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+__all__ = ["validate", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow", "check_models"]
