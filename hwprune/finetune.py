@@ -205,7 +205,8 @@ def finetune(model: nn.Module, train_loader, val_loader=None, config: FinetuneCo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
     state = _resume_state(path, cfg_json, arch, restart)
     start, history = 0, []
     if state is not None:
@@ -245,8 +246,10 @@ def finetune(model: nn.Module, train_loader, val_loader=None, config: FinetuneCo
                                  dtype=torch.float64)
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}")
-        if distributed:
-            dist.all_reduce(sums)
+        if distributed:  # NCCL reduces device tensors only
+            reduced = sums.to(device)
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
         if not math.isfinite(float(sums[0])):
             raise FloatingPointError(f"fine-tuning diverged at epoch {epoch + 1} (loss is not finite); "
                                      f"lower the learning rate")
