@@ -23,6 +23,11 @@ Phases (``--phases``, run in the order given; each writes its results into
    device, then baseline and pruned network re-measured interleaved 5 times;
    the drift-free ratio ``(pruned / baseline) / fraction`` should lie in
    [0.90, 1.03].
+6. ``rescore`` (no GPU needed): every registered latency model of
+   :mod:`latency_models`, fitted on the stored layer measurements (the store,
+   or the committed ``devices/profiles/*-h200.jsonl`` when the store lacks
+   them) and the stored whole-network rows, scored on the stored validation
+   sub-networks.
 
 Writes ``bench_gpu.json`` and ``bench_gpu.md`` into ``--out``; the store
 (``--store``) holds every layer measurement for exporting device profiles.
@@ -43,7 +48,7 @@ common.use_repo_packages()
 
 BAND = (0.90, 1.03)
 FRACS = (0.0, 0.25, 0.5, 0.75, 1.0)
-ALL_PHASES = ("env", "steps", "profile", "validate", "prune")
+ALL_PHASES = ("env", "steps", "profile", "validate", "prune", "rescore")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -241,6 +246,47 @@ def phase_validate(run: Run) -> None:
             run.save()
 
 
+def layer_measurements(run: Run, device: str) -> list:
+    """The device's stored layer measurements; from the committed profiles when
+    the store has none (scoring on a machine without the GPU)."""
+    import json as _json
+
+    from hwprune import devices
+    from profilers import LayerSpec, Measurement
+    from profilers.profile_io import load_profile, profile_files
+    keys = [k for k in run.store.devices() if _json.loads(k).get("device") == device]
+    if keys:
+        return [Measurement(device, LayerSpec.from_key(k), t) for key in keys for k, t in run.store.items(key)]
+    out = []
+    for path in profile_files(devices.devices_dir() / "profiles"):
+        header, rows = load_profile(path)
+        if header["device"] == device and header["fingerprint"].get("gpu") == run.data.get("env", {}).get("gpu"):
+            out += [Measurement(device, LayerSpec.from_key(k), t) for k, t in rows]
+    return out
+
+
+def phase_rescore(run: Run) -> None:
+    from latency_models import NetworkLatencyModel, list_models
+    from profilers import LayerSpec
+    scores = run.data["rescore"] = {}
+    for key, v in run.data.get("validate", {}).items():
+        ms = layer_measurements(run, v["device"])
+        nets = [[LayerSpec.from_key(k) for k in r["specs"]] for r in v["rows"]]
+        families = {s.family() for net in nets for s in net}
+        ms = [m for m in ms if m.spec.family() in families]
+        measured = [r["measured_ms"] for r in v["rows"]]
+        rows = network_rows(run.data["profile"][key])
+        scores[key] = {}
+        for name in list_models():
+            lat = NetworkLatencyModel(name, step_channels=v["step"]).fit(ms).fit_remainder(rows)
+            scores[key][name] = {**errors_summary([lat.predict(n) for n in nets], measured),
+                                 "layer_measurements": len(ms)}
+        best = min(scores[key].items(), key=lambda kv: kv[1]["rmspe"])
+        run.log(f"rescore {key}: best {best[0]} RMSPE {best[1]['rmspe']:.2%}, within 5 % "
+                f"{best[1]['within_5']:.0%}; step-quadratic RMSPE {scores[key]['step-quadratic']['rmspe']:.2%}")
+    run.save()
+
+
 def phase_prune(run: Run) -> None:
     from hwprune import devices
     from hwprune.engine import count_params, prune
@@ -319,6 +365,13 @@ def write_markdown(run: Run) -> None:
               f"{v['summary']['rmspe']:.2%}", f"{v['summary']['max_abs_err']:.1%}", f"{v['reference_ms']:.3f}"]
              for k, v in d["validate"].items()]))
         lines.append("")
+    if d.get("rescore"):
+        names = list(next(iter(d["rescore"].values())))
+        lines += ["## Every latency model on the same sub-networks (RMSPE / share within 5 %)", ""]
+        lines.append(common.md_table(["model:device:batch"] + names, [
+            [k] + [f"{v[n]['rmspe']:.1%} / {v[n]['within_5']:.0%}" for n in names]
+            for k, v in d["rescore"].items()]))
+        lines.append("")
     if d.get("prune"):
         lines += ["## Pruning to a GPU budget", ""]
         lines.append(common.md_table(
@@ -337,7 +390,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     run = Run(args)
     phases = {"env": phase_env, "steps": phase_steps, "profile": phase_profile,
-              "validate": phase_validate, "prune": phase_prune}
+              "validate": phase_validate, "prune": phase_prune, "rescore": phase_rescore}
     try:
         for name in args.phases:  # in the order given
             run.log(f"phase {name} ({run.left_s():.0f} s left)")
