@@ -1,0 +1,298 @@
+"""Accuracy at equal measured latency: hwprune's criteria against Torch-Pruning.
+
+For every seed: resnet20 is trained on the digits (:mod:`hwprune.data`) and its
+latency measured on the device. For every budget fraction (of that measured
+latency) it is pruned by
+
+- hwprune with each importance criterion (``prune(..., budget_ms=frac x
+  baseline, importance_name=c, data=training batches)``, the closed loop);
+- Torch-Pruning's ``MagnitudePruner`` (L1, uniform ratio, ``round_to`` = the
+  device's channel step, the classifier ignored): ratios 0.05..0.95 are
+  measured on the device and the smallest ratio whose measured latency meets
+  the budget is taken (its best use: swept and measured, not a guessed ratio);
+- hwprune with a FLOPs bound instead of a latency budget (the selection
+  ``hwprune prune --max-flops F`` makes: the same selector, grid and floors,
+  ``l1``): the bound is bisected until the largest one whose network meets the
+  budget when measured.
+
+Every pruned network gets the same fine-tuning (distillation from the trained
+model, ``--finetune-epochs``, cosine schedule) and is evaluated on the held-out
+split after its last epoch (no selection on the test split). Latency: every
+pruned network of a (seed, fraction) and the original are re-measured together,
+interleaved run by run (``REPEATS`` times); ms = median of (pruned / original)
+x the original's median. Writes ``bench_accuracy.json`` and ``bench_accuracy.md``
+into ``--out``; the exit code is 0 whatever the comparison shows.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import _bench_common as common
+
+common.use_repo_packages()
+
+REPEATS = 3
+CRITERIA = ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]
+TP_RATIOS = [round(0.05 * i, 2) for i in range(1, 20)]
+MODEL = "resnet20"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.3],
+                   help="budgets as fractions of the measured latency (default 0.5 0.3)")
+    p.add_argument("--criteria", nargs="+", default=CRITERIA, choices=CRITERIA)
+    p.add_argument("--train-epochs", type=int, default=4, help="training of the original (default 4)")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning of every pruned network (default 2)")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--selector", default="greedy", choices=["greedy", "knapsack", "qcqp"])
+    p.add_argument("--no-baselines", action="store_true", help="skip Torch-Pruning and the FLOPs bound")
+    p.add_argument("--device", default="ort-cpu-1t")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
+    p.add_argument("--store", help="measurement store (default: $HWPRUNE_STORE or ~/.cache/hwprune)")
+    p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"))
+    args = p.parse_args(argv)
+    if any(not 0 < f < 1 for f in args.fractions):
+        p.error("fractions must lie in (0, 1)")
+    if args.train_epochs < 1 or args.finetune_epochs < 1:
+        p.error("epochs must be at least 1")
+    return args
+
+
+def size_of(model, x) -> tuple[int, int]:
+    """(FLOPs as hwprune counts them: 2 x MACs of conv/linear layers, parameters)."""
+    from hwprune.engine import count_params
+    from hwprune.graph import PruningSpace
+    space = PruningSpace(copy.deepcopy(model).eval(), (x,))
+    return int(sum(s.flops for s in space.specs(space.full_choice()))), count_params(model)
+
+
+def tp_prune(model, x, ratio: float, round_to: int):
+    import torch_pruning as tp
+    m = copy.deepcopy(model).eval()
+    pruner = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                       pruning_ratio=ratio, ignored_layers=[m.fc], round_to=round_to)
+    pruner.step()
+    return m.eval()
+
+
+def flops_selection(model, x, dev, max_flops: float):
+    """The network ``hwprune prune --max-flops`` selects (greedy, l1, the device grid and floors)."""
+    from hwprune import importance
+    from hwprune.constraints import Constraints, Problem, floor_options
+    from hwprune.graph import PruningSpace
+    from hwprune.select import group_options, select
+    from hwprune.surgery import apply_kept
+    space = PruningSpace(model, (x,))
+    cons = Constraints(max_flops=max_flops)
+    options = floor_options(space, {g.gid: group_options(g, dev.step_channels, dev.min_channels)
+                                    for g in space.groups}, dev.step_channels, cons)
+    scores = importance.compute("l1", space)
+    problem = Problem(space, options, scores, cons)
+    if problem.violated(problem.smallest()):
+        return None
+    return apply_kept(space, select("greedy", problem).kept).eval()
+
+
+def search_flops(model, x, dev, meter, frac, log):
+    """Bisect the FLOPs bound for the largest network whose measured ratio meets ``frac``."""
+    full, _ = size_of(model, x)
+    lo, hi, best, probes = 0.0, float(full), None, []
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        net = flops_selection(model, x, dev, mid)
+        if net is None:
+            lo = mid
+            continue
+        ratio = meter.ratio(net)[0]
+        probes.append({"max_flops": mid, "ratio": ratio})
+        if ratio <= frac:
+            lo, best = mid, (mid, net, ratio)
+        else:
+            hi = mid
+    log(f"    flops bound: {len(probes)} probes, best {best[0] / full if best else float('nan'):.3f} of FLOPs")
+    return best, probes
+
+
+def finetuned_accuracy(student, teacher, tr, te, args, seed) -> tuple[float, float]:
+    from hwprune.finetune import FinetuneConfig, finetune
+    t = time.perf_counter()
+    res = finetune(student, tr, te, FinetuneConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed),
+                   teacher=teacher)
+    return res.val_accuracy, time.perf_counter() - t
+
+
+def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
+    import torch
+    from hwprune import zoo
+    from hwprune.data import digits_loaders
+    from hwprune.engine import prune
+    from hwprune.errors import UserError
+    from hwprune.profiling import Profiler, RelativeMeter
+    from hwprune.train import evaluate, train
+    tr, te = digits_loaders(batch_size=64, seed=seed)
+    model, x = zoo.create(MODEL, num_classes=10, seed=seed)
+    t = time.perf_counter()
+    train(model, tr, args.train_epochs, lr=0.05, seed=seed)
+    base = {"seed": seed, "accuracy": evaluate(model, te), "train_s": time.perf_counter() - t}
+    base["flops"], base["params"] = size_of(model, x)
+    meter = RelativeMeter(Profiler(dev, store), model, (x,), initial=3)
+    base["ms"] = meter.reference_ms
+    log(f"[seed {seed}] trained {args.train_epochs} epochs in {base['train_s']:.0f} s: accuracy "
+        f"{base['accuracy']:.4f}, {base['ms']:.3f} ms")
+    tp_sweep = []
+    if not args.no_baselines:
+        for r in TP_RATIOS:
+            net = tp_prune(model, x, r, dev.step_channels)
+            tp_sweep.append((r, net, meter.ratio(net)[0]))
+        log(f"[seed {seed}] Torch-Pruning sweep: " + ", ".join(f"{r:.2f}->{q:.2f}" for r, _, q in tp_sweep))
+    rows = []
+    for frac in args.fractions:
+        budget = frac * base["ms"]
+        cands = []  # (method, detail, model)
+        for crit in args.criteria:
+            t = time.perf_counter()
+            try:
+                res = prune(model, x, args.device, budget_ms=budget, selector=args.selector, importance_name=crit,
+                            data=tr, store=store)
+            except UserError as exc:
+                log(f"  [{frac:.2f} {crit}] error: {exc}")
+                continue
+            log(f"  [{frac:.2f} {crit}] engine measured {res.measured_ms:.3f} ms (budget {budget:.3f}) in "
+                f"{time.perf_counter() - t:.0f} s")
+            cands.append((f"hwprune {crit}", {"engine_ms": res.measured_ms, "prune_s": time.perf_counter() - t},
+                          res.model))
+        if tp_sweep:
+            meeting = [s for s in tp_sweep if s[2] <= frac]
+            r, net, q = min(meeting, key=lambda s: s[0]) if meeting else min(tp_sweep, key=lambda s: s[2])
+            cands.append(("Torch-Pruning", {"pruning_ratio": r, "sweep_ratio": q, "met_in_sweep": bool(meeting)},
+                          copy.deepcopy(net)))
+            best, probes = search_flops(model, x, dev, meter, frac, log)
+            if best is not None:
+                cands.append(("hwprune FLOPs bound (l1)", {"max_flops": best[0], "flops_frac": best[0] / base["flops"],
+                                                          "probes": probes}, best[1]))
+        runtime = dev.open()
+        ratios = [[] for _ in cands]
+        for _ in range(REPEATS):
+            timings = runtime.measure_modules_interleaved([c[2] for c in cands] + [model], (x,))
+            for i, tm in enumerate(timings[:-1]):
+                ratios[i].append(tm.median_ms / timings[-1].median_ms)
+        for (method, detail, net), rs in zip(cands, ratios):
+            flops, params = size_of(net, x)
+            acc, ft_s = finetuned_accuracy(net, model, tr, te, args, seed)
+            ratio = statistics.median(rs)
+            row = {"seed": seed, "fraction": frac, "method": method, "ratio": ratio, "ms": ratio * base["ms"],
+                   "budget_ms": budget, "meets": ratio <= frac, "accuracy": acc, "flops": flops, "params": params,
+                   "finetune_s": ft_s, **detail}
+            rows.append(row)
+            log(f"  [{frac:.2f} {method}] {row['ms']:.3f} ms ({ratio:.3f} x), accuracy {acc:.4f}, "
+                f"{params} params, fine-tuned in {ft_s:.0f} s")
+    return base, rows
+
+
+def _ms(vals):
+    return f"{statistics.mean(vals):.3f}"
+
+
+def _pm(vals, scale=100.0, fmt=".2f"):
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{scale * statistics.mean(vals):{fmt}} +- {scale * sd:{fmt}}"
+
+
+def aggregate(bases, rows, fractions) -> tuple[list[dict], list[str]]:
+    table, summary = [], []
+    for frac in fractions:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["fraction"] == frac))
+        per = {}
+        for m in methods:
+            rs = [r for r in rows if r["fraction"] == frac and r["method"] == m]
+            per[m] = {"fraction": frac, "method": m, "n": len(rs), "ms": [r["ms"] for r in rs],
+                      "ratio": [r["ratio"] for r in rs], "accuracy": [r["accuracy"] for r in rs],
+                      "params": [r["params"] for r in rs], "flops": [r["flops"] for r in rs],
+                      "all_meet": all(r["meets"] for r in rs),
+                      "accuracy_mean": statistics.mean(r["accuracy"] for r in rs)}
+            table.append(per[m])
+        ours = [v for k, v in per.items() if k.startswith("hwprune ") and "FLOPs" not in k]
+        tp = per.get("Torch-Pruning")
+        if ours and tp:
+            best = max(ours, key=lambda v: v["accuracy_mean"])
+            ok = best["accuracy_mean"] >= tp["accuracy_mean"]
+            r_best, r_tp = statistics.mean(best["ratio"]), statistics.mean(tp["ratio"])
+            within = "both within the budget" if best["all_meet"] and tp["all_meet"] else (
+                "hwprune within the budget, Torch-Pruning NOT" if best["all_meet"] else
+                "hwprune NOT within the budget" + ("" if not tp["all_meet"] else ", Torch-Pruning within"))
+            summary.append(
+                f"{100 * frac:.0f} % of the latency: best hwprune criterion {best['method'][8:]} "
+                f"{_pm(best['accuracy'])} % at {r_best:.3f} x the original ({_ms(best['ms'])} ms); "
+                f"Torch-Pruning {_pm(tp['accuracy'])} % at {r_tp:.3f} x ({_ms(tp['ms'])} ms); {within}; "
+                f"hwprune is {'at least as' if ok else 'LESS'} accurate, at "
+                f"{'equal or lower' if r_best <= r_tp else 'higher'} measured latency than Torch-Pruning")
+    return table, summary
+
+
+def render_md(header, args, bases, table, summary) -> str:
+    base_ms = [b["ms"] for b in bases]
+    rows = [["-", "original", _ms(base_ms), "1.000", _pm([b["accuracy"] for b in bases]),
+             f"{statistics.mean(b['params'] for b in bases):.0f}",
+             f"{statistics.mean(b['flops'] for b in bases) / 1e6:.1f}M", "-"]]
+    for t in table:
+        rows.append([f"{100 * t['fraction']:.0f} %", t["method"], _ms(t["ms"]), f"{statistics.mean(t['ratio']):.3f}",
+                     _pm(t["accuracy"]), f"{statistics.mean(t['params']):.0f}",
+                     f"{statistics.mean(t['flops']) / 1e6:.1f}M", "yes" if t["all_meet"] else "**no**"])
+    lines = ["# Accuracy at equal measured latency (resnet20 on digits)", ""] + common.header_lines(header)
+    lines += [f"- device {args.device}; seeds {' '.join(map(str, args.seeds))}; training {args.train_epochs} "
+              f"epochs; every pruned network fine-tuned {args.finetune_epochs} epochs with distillation "
+              f"(lr {args.finetune_lr}, cosine); selector {args.selector}",
+              f"- ms: mean over seeds of (pruned / original, re-measured together, median of {REPEATS} interleaved "
+              f"runs) x the original's ms; ratio = pruned / original; accuracy on the held-out 20 % (360 "
+              f"images) after the last epoch, mean +- standard deviation over seeds, in %",
+              "- Torch-Pruning: MagnitudePruner (L1, uniform ratio, round_to = device step), the smallest ratio "
+              "of 0.05..0.95 whose measured latency meets the budget; FLOPs bound: hwprune's greedy l1 "
+              "selection under the largest FLOPs bound (bisected) whose network meets the budget",
+              f"- total time {header['total_s']:.0f} s", "",
+              common.md_table(["budget", "method", "ms", "ratio", "accuracy %", "params", "FLOPs", "meets budget"],
+                              rows), ""]
+    lines += [f"**{s}**" for s in summary] + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from hwprune import devices
+    from profilers import MeasurementStore
+    torch.set_num_threads(args.threads)
+
+    def log(msg):
+        print(msg, flush=True)
+    t0 = time.perf_counter()
+    header = {**common.machine_header(), "device": args.device, "torch_threads": args.threads}
+    dev = devices.get(args.device)
+    store = MeasurementStore(args.store) if args.store else MeasurementStore()
+    bases, rows = [], []
+    for seed in args.seeds:
+        base, r = run_seed(seed, args, dev, store, log)
+        bases.append(base)
+        rows += r
+    header["total_s"] = time.perf_counter() - t0
+    table, summary = aggregate(bases, rows, args.fractions)
+    out = Path(args.out)
+    cfg = {k: getattr(args, k) for k in ("seeds", "fractions", "criteria", "train_epochs", "finetune_epochs",
+                                           "finetune_lr", "selector", "device", "threads")}
+    common.write_json(out / "bench_accuracy.json", {"header": header, "config": cfg, "originals": bases,
+                                                     "rows": [{k: v for k, v in r.items()} for r in rows],
+                                                     "table": table, "summary": summary})
+    common.write_atomic(out / "bench_accuracy.md", render_md(header, args, bases, table, summary))
+    for s in summary:
+        log(s)
+    log(f"wrote {out}/bench_accuracy.json and bench_accuracy.md ({header['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
