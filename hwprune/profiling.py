@@ -91,8 +91,11 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
 class Profiler:
     """A device's runtime plus its store: measures layer specs and whole models."""
 
-    def __init__(self, device: Device, store: MeasurementStore | None = None):
+    def __init__(self, device: Device, store: MeasurementStore | None = None,
+                 layer_protocol: profilers.Protocol | None = None):
+        """``layer_protocol``: how layer shapes are measured (default the runtime's)."""
         self.device = device
+        self.layer_kw = {} if layer_protocol is None else {"protocol": layer_protocol}
         self.runtime = device.open()
         self.store = store if store is not None else MeasurementStore()
         self.fp = fingerprint_key({"device": device.name, **self.runtime.fingerprint()})
@@ -110,7 +113,7 @@ class Profiler:
                 out.append(Measurement(self.device.name, s, t))
         it = progress(todo, desc=f"profiling {self.device.name}", unit="shape") if (progress and todo) else todo
         for s in it:
-            t = self.runtime.measure_spec(s)
+            t = self.runtime.measure_spec(s, **self.layer_kw)
             self.store.put(self.fp, s.key(), t)
             self.measured += 1
             out.append(Measurement(self.device.name, s, t))

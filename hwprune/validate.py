@@ -1,7 +1,8 @@
 """``hwprune validate``: how well each latency model predicts measured latency.
 
 1. The model's layer shapes are profiled on the device (the same samples the
-   engine fits on: :func:`hwprune.profiling.sample_specs`), reusing the store.
+   engine fits on: :func:`hwprune.profiling.sample_specs`), reusing the store;
+   shapes measured now are timed with the same clock as the networks.
 2. Calibration: the smallest, one-third and two-thirds uniform sub-networks,
    the full network and ``calibration`` random sub-networks (their own seed)
    are measured end to end; every model's remainder is fitted on them
@@ -36,7 +37,7 @@ import torch
 import latency_models
 from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
 from latency_models.metrics import Accuracy, accuracy
-from profilers import MODEL_PROTOCOL, LayerSpec, MeasurementStore, Protocol, Timing
+from profilers import LAYER_PROTOCOL, MODEL_PROTOCOL, LayerSpec, MeasurementStore, Protocol, Timing
 
 from . import devices
 from .errors import UserError
@@ -109,17 +110,18 @@ def measure_ratio(meter: RelativeMeter, model: torch.nn.Module, tolerance: float
 CLOCKS = ("auto", "thread", "wall")
 
 
-def model_protocol(runtime, clock: str = "auto") -> Protocol:
-    """The whole-model protocol with ``clock``: ``auto`` is the thread's CPU
-    time for a runtime that computes on the calling thread only (ONNX Runtime
-    or PyTorch on the CPU at one thread), else wall-clock."""
+def model_protocol(device: devices.Device, clock: str = "auto") -> Protocol:
+    """The whole-model protocol (time cap 2.5 s per model: hundreds of runs of
+    a few ms each) with ``clock``: ``auto`` is the thread's CPU time for a
+    runtime that computes on the calling thread only (ONNX Runtime or PyTorch
+    on the CPU at one thread), else wall-clock."""
     if clock not in CLOCKS:
         raise UserError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
-    one_thread = getattr(runtime, "kind", "") in ("ort-cpu", "torch-cpu") and getattr(runtime, "threads", 0) == 1
+    one_thread = device.runtime in ("ort-cpu", "torch-cpu") and int(dict(device.options).get("threads", 1)) == 1
     if clock == "thread" and not one_thread:
         raise UserError("the thread clock only times runtimes that compute on the calling thread "
                         "(ort-cpu-1t, torch-cpu-1t); use --clock wall")
-    return replace(MODEL_PROTOCOL, clock="thread" if clock == "thread" or (clock == "auto" and one_thread)
+    return replace(MODEL_PROTOCOL, max_s=2.5, clock="thread" if clock == "thread" or (clock == "auto" and one_thread)
                    else "wall")
 
 
@@ -149,18 +151,18 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     names = check_models(models)
     t0 = time.perf_counter()
     dev = devices.get(device)
+    protocol = model_protocol(dev, clock)
     model = model.eval()
     space = PruningSpace(model, example_inputs)
     if not space.groups:
         raise UserError(f"{source} has no prunable channel groups: it has no sub-networks to validate on")
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    prof = Profiler(dev, store)
+    prof = Profiler(dev, store, layer_protocol=replace(LAYER_PROTOCOL, clock=protocol.clock))
     full = space.full_choice()
     measurements = prof.measure_specs(sample_specs(space, options) + space.specs(full), progress)
     fams = family_widths(space, options)
     grid = full_grid_size({f: (ins, outs, b.depthwise) for f, (b, ins, outs) in fams.items()})
 
-    protocol = model_protocol(prof.runtime, clock)
     meter = RelativeMeter(prof, model, example_inputs, initial=3, protocol=protocol)
     plan = ([("calibration", _uniform(options, f)) for f in UNIFORM]
             + [("calibration", c) for c in random_choices(options, calibration, seed=seed + 7919)]

@@ -40,6 +40,7 @@ def one_error_line(capsys, argv):
     (["--device", "ort-cpu-1t", "--model", "resnet20", "--samples", "x"], "positive integer"),
     (["--device", "ort-cpu-1t", "--model", "resnet20", "--models", "lookup", "magic"], "unknown latency model"),
     (["--device", "ort-cpu-1t"], "--model"),
+    (["--device", "ort-cpu-2t", "--model", "resnet20", "--clock", "thread"], "thread clock"),
 ])
 def test_bad_input_is_one_error_line(capsys, tmp_path, argv, needle):
     out = tmp_path / "v"
