@@ -1,0 +1,156 @@
+"""Latency-model benchmark: every registered latency model on the same measured
+random sub-networks.
+
+For each device and zoo model this runs :func:`hwprune.validate.validate`:
+the model's layer shapes are profiled (the committed device profile is
+imported into a fresh store first, so only missing shapes are measured), the
+remainder of every latency model is fitted on the same calibration networks
+(smallest, 1/3, 2/3, full and ``--calibration`` random ones), then
+``--samples`` other random sub-networks are measured end to end, interleaved
+with the full network, and predicted by every model. Reported per model:
+RMSPE, max and mean error, the share within +-5 % and +-10 %, and the
+measurements it needed (layer shapes and whole networks; for the lookup table
+also the size of a full table of every grid width pair, and the ratio of that
+to what the step-aware quadratic used).
+
+Writes ``bench_latency_models.json`` and ``bench_latency_models.md`` into
+``--out`` (after every network, atomically). Bad arguments exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _bench_common as common
+
+common.use_repo_packages()
+
+DEFAULT_DEVICES = ["ort-cpu-1t", "torch-cpu-1t"]
+DEFAULT_MODELS = ["resnet56", "mobilenetv2", "vgg16"]
+TARGET = {"model": "step-quadratic", "within_10_pct": 95.0, "within_5_pct": 80.0, "rmspe_pct": 5.0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from hwprune import zoo
+    from latency_models import list_models
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", nargs="+", default=DEFAULT_DEVICES)
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="zoo model names")
+    p.add_argument("--latency-models", nargs="+", default=list_models(), choices=list_models())
+    p.add_argument("--samples", type=int, default=50, help="validation sub-networks per network (default 50)")
+    p.add_argument("--calibration", type=int, default=6, help="random calibration sub-networks (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", default=None, help="measurement store (default: a fresh temp file)")
+    p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
+                   help="output folder (default: scripts/results/)")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.models if m not in zoo.list_models()]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; known: {' '.join(zoo.list_models())}")
+    if args.samples < 1 or args.calibration < 0:
+        p.error("--samples must be >= 1 and --calibration >= 0")
+    return args
+
+
+def _pct(v) -> str:
+    return f"{v:.1f}"
+
+
+def meets(score: dict) -> bool:
+    return (score["within_10_pct"] >= TARGET["within_10_pct"] and score["within_5_pct"] >= TARGET["within_5_pct"]
+            and score["rmspe_pct"] <= TARGET["rmspe_pct"])
+
+
+def render_md(header: dict, runs: list[dict]) -> str:
+    lines = ["# Latency models: predicted vs measured on random sub-networks", ""]
+    lines += common.header_lines(header)
+    lines += [f"- {header['samples']} validation sub-networks per network (seed {header['seed']}), measured end to "
+              f"end interleaved with the full network (ms = ratio x the median of every full-network median); "
+              f"every model's remainder fitted on the same {header['calibration']} random + smallest, 1/3, 2/3 "
+              f"and full networks (never validated on)",
+              f"- target for `{TARGET['model']}`: >= {TARGET['within_10_pct']:.0f} % within +-10 %, >= "
+              f"{TARGET['within_5_pct']:.0f} % within +-5 %, RMSPE <= {TARGET['rmspe_pct']:.0f} %",
+              "- layer measurements: layer shapes the model was fitted on (all models share one profile); "
+              "a full lookup table would measure every grid width pair of every layer family",
+              "- this host's speed drifts and other processes share its 2 cores: the reference spread is the IQR of "
+              "the full network's medians over the run, relative", ""]
+    for r in runs:
+        lines.append(f"- {r['device']} / {r['model']}: full network {r['reference_ms']:.3f} ms (spread "
+                     f"{r['reference_spread_pct']:.1f} %), {r['layer_measurements']} layer shapes "
+                     f"({r['shapes_measured']} measured in this run), full lookup table "
+                     f"{r['full_grid_measurements']} = {r['full_grid_measurements'] / r['layer_measurements']:.1f}x "
+                     f"the step-aware quadratic's; {r['elapsed_s'] / 60:.1f} min")
+    cols = ["device", "network", "latency model", "RMSPE %", "max err %", "mean err %", "within +-5 %",
+            "within +-10 %", "layer meas.", "whole nets"]
+    body = []
+    for r in runs:
+        for name, s in r["scores"].items():
+            n = str(r["layer_measurements"])
+            if name == "lookup":
+                n += f" (full: {r['full_grid_measurements']})"
+            label = f"**{name}**" if name == TARGET["model"] else name
+            body.append([r["device"], r["model"], label, _pct(s["rmspe_pct"]), _pct(s["max_error_pct"]),
+                         f"{s['mean_error_pct']:+.1f}", f"{s['within_5_pct']:.0f} %", f"{s['within_10_pct']:.0f} %",
+                         n, str(r["whole_model_measurements"])])
+    lines += ["", common.md_table(cols, body), ""]
+    target = [r for r in runs if TARGET["model"] in r["scores"]]
+    if target:
+        ok = sum(meets(r["scores"][TARGET["model"]]) for r in target)
+        lines += [f"`{TARGET['model']}` meets the target on {ok} of {len(target)} device/network pairs.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from hwprune import devices, zoo
+    from hwprune.validate import validate
+    from profilers import MeasurementStore
+    from profilers.profile_io import import_profile
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    tmpdir = None
+    if args.store is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="hwprune-bench-")
+        store_path = str(Path(tmpdir.name) / "store.sqlite")
+    else:
+        store_path = args.store
+    try:
+        store = MeasurementStore(store_path)
+        for name in args.devices:
+            committed = devices.devices_dir() / "profiles" / f"{devices.get(name).name}.jsonl"
+            if committed.exists():
+                log(f"imported {import_profile(committed, store)} measurements from {committed}")
+        header = {**common.machine_header(), "devices": args.devices, "models": args.models,
+                  "samples": args.samples, "calibration": args.calibration, "seed": args.seed,
+                  "latency_models": args.latency_models, "store": store_path}
+        out = Path(args.out)
+        runs = []
+        for dev in args.devices:
+            for name in args.models:
+                t0 = time.perf_counter()
+                model, x = zoo.create(name)
+                res = validate(model, (x,), dev, args.samples, models=args.latency_models,
+                               calibration=args.calibration, seed=args.seed, store=store, source=name)
+                runs.append(res.to_dict())
+                best = min(res.scores.items(), key=lambda kv: kv[1].rmspe_pct)
+                s = res.scores.get(TARGET["model"])
+                log(f"[{dev} {name}] {time.perf_counter() - t0:.0f} s; "
+                    + (f"{TARGET['model']}: RMSPE {s.rmspe_pct:.1f} %, {s.within_5_pct:.0f} % within 5 %, "
+                       f"{s.within_10_pct:.0f} % within 10 %; " if s else "")
+                    + f"best {best[0]} (RMSPE {best[1].rmspe_pct:.1f} %)")
+                common.write_json(out / "bench_latency_models.json", {"header": header, "runs": runs})
+                common.write_atomic(out / "bench_latency_models.md", render_md(header, runs))
+        log(f"wrote {out / 'bench_latency_models.json'} and {out / 'bench_latency_models.md'}")
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
