@@ -13,7 +13,7 @@ from . import devices, importance
 from .engine import calibrate
 from .errors import UserError
 from .graph import PruningSpace
-from .profiling import Profiler, Progress, fit_latency_model
+from .profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
 from .profiling import measure_latency as _measure
 from .select import Evaluator, group_options
 
@@ -87,7 +87,9 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     shapes missing from the store are profiled on demand, and the prediction
     is the sum of the per-layer step-aware quadratics plus a remainder fitted
     on whole-model measurements of *other* networks: the model's smallest,
-    quarter- and half-width sub-networks. Otherwise (``profile=False``, or
+    quarter- and half-width sub-networks (on single-thread CPU runtimes timed
+    by the thread's CPU time, which other processes' load does not inflate;
+    see :func:`hwprune.profiling.device_clock`). Otherwise (``profile=False``, or
     the runtime cannot run here) it is the sum of the layer predictions from
     stored measurements (the store, or a profile file in
     ``devices/profiles/``), and missing layer shapes are an error naming them.
@@ -97,7 +99,7 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     if profile is False:
         return predict_stored(model, example_inputs, device, store, "profile=False")
     try:
-        prof = Profiler(dev, store)
+        prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     except UserError as exc:
         if profile:
             raise
@@ -106,7 +108,9 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, progress)
     scores = importance.compute("l1", space)
-    calibrate(lat, space, lambda m: prof.measure_module(m, example_inputs).median_ms, options, scores)
+    protocol = model_protocol(dev)
+    calibrate(lat, space, lambda m: prof.measure_module(m, example_inputs, protocol=protocol).median_ms, options,
+              scores)
     return Evaluator(space, lat, scores).latency_ms(space.full_choice())
 
 

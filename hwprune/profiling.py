@@ -22,6 +22,7 @@ from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key
 
 from .devices import Device
+from .errors import UserError
 from .graph import PruningSpace
 
 log = logging.getLogger("hwprune")
@@ -171,6 +172,34 @@ class RelativeMeter:
         return self.ratio(model)[0] * self.reference_ms
 
 
+CLOCKS = ("auto", "thread", "wall")
+
+
+def device_clock(device: Device, clock: str = "auto") -> str:
+    """How runs are timed on ``device``: ``"thread"`` (the calling thread's CPU
+    time, immune to other processes taking the core; see
+    :mod:`profilers.protocol`) or ``"wall"``. ``auto``: the thread clock where
+    the runtime computes on the calling thread only (ONNX Runtime or PyTorch on
+    the CPU at one thread), else wall-clock."""
+    if clock not in CLOCKS:
+        raise UserError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
+    one_thread = device.runtime in ("ort-cpu", "torch-cpu") and int(dict(device.options).get("threads", 1)) == 1
+    if clock == "thread" and not one_thread:
+        raise UserError(f"the thread clock only times runtimes that compute on the calling thread "
+                        f"(ort-cpu-1t, torch-cpu-1t), not {device.name}; use --clock wall")
+    return "thread" if clock == "thread" or (clock == "auto" and one_thread) else "wall"
+
+
+def model_protocol(device: Device, clock: str = "auto") -> profilers.Protocol:
+    """The whole-model protocol on ``clock``, capped at 2.5 s per model
+    (hundreds of runs of a few ms each)."""
+    return replace(profilers.MODEL_PROTOCOL, max_s=2.5, clock=device_clock(device, clock))
+
+
+def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol:
+    return replace(profilers.LAYER_PROTOCOL, clock=device_clock(device, clock))
+
+
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
                       progress: Progress | None = None, layer_model="step-quadratic") -> NetworkLatencyModel:
     """Measure (or reuse) the sampled layer shapes and fit a network model whose
@@ -185,4 +214,5 @@ def measure_latency(model: torch.nn.Module, example_inputs, device: Device) -> f
     return device.open().measure_module(model, example_inputs).median_ms
 
 
-__all__ = ["Profiler", "fit_latency_model", "sample_specs", "family_widths", "measure_latency", "profilers"]
+__all__ = ["Profiler", "fit_latency_model", "model_protocol", "layer_protocol", "device_clock", "sample_specs",
+           "family_widths", "measure_latency", "profilers"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,12 +37,13 @@ import torch
 import latency_models
 from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
 from latency_models.metrics import Accuracy, accuracy
-from profilers import LAYER_PROTOCOL, MODEL_PROTOCOL, LayerSpec, MeasurementStore, Protocol, Timing
+from profilers import LayerSpec, MeasurementStore, Timing
 
 from . import devices
 from .errors import UserError
 from .graph import PruningSpace
-from .profiling import Profiler, Progress, RelativeMeter, family_widths, sample_specs
+from .profiling import (Profiler, Progress, RelativeMeter, family_widths, layer_protocol, model_protocol,
+                        sample_specs)
 from .select import Choice, group_options
 from .subnets import build, random_choices
 
@@ -107,24 +108,6 @@ def measure_ratio(meter: RelativeMeter, model: torch.nn.Module, tolerance: float
     return best[1], best[2], attempt
 
 
-CLOCKS = ("auto", "thread", "wall")
-
-
-def model_protocol(device: devices.Device, clock: str = "auto") -> Protocol:
-    """The whole-model protocol (time cap 2.5 s per model: hundreds of runs of
-    a few ms each) with ``clock``: ``auto`` is the thread's CPU time for a
-    runtime that computes on the calling thread only (ONNX Runtime or PyTorch
-    on the CPU at one thread), else wall-clock."""
-    if clock not in CLOCKS:
-        raise UserError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
-    one_thread = device.runtime in ("ort-cpu", "torch-cpu") and int(dict(device.options).get("threads", 1)) == 1
-    if clock == "thread" and not one_thread:
-        raise UserError("the thread clock only times runtimes that compute on the calling thread "
-                        "(ort-cpu-1t, torch-cpu-1t); use --clock wall")
-    return replace(MODEL_PROTOCOL, max_s=2.5, clock="thread" if clock == "thread" or (clock == "auto" and one_thread)
-                   else "wall")
-
-
 def _uniform(options, frac: float) -> Choice:
     return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
 
@@ -157,7 +140,7 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     if not space.groups:
         raise UserError(f"{source} has no prunable channel groups: it has no sub-networks to validate on")
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    prof = Profiler(dev, store, layer_protocol=replace(LAYER_PROTOCOL, clock=protocol.clock))
+    prof = Profiler(dev, store, layer_protocol=layer_protocol(dev, clock))
     full = space.full_choice()
     measurements = prof.measure_specs(sample_specs(space, options) + space.specs(full), progress)
     fams = family_widths(space, options)
