@@ -37,7 +37,7 @@ import torch
 import latency_models
 from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
 from latency_models.metrics import Accuracy, accuracy
-from profilers import LayerSpec, MeasurementStore, Timing
+from profilers import Measurement, MeasurementStore, Timing
 
 from . import devices
 from .errors import UserError
@@ -151,33 +151,67 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
             + [("calibration", c) for c in random_choices(options, calibration, seed=seed + 7919)]
             + [("validation", c) for c in random_choices(options, samples, seed=seed)])
     it = progress(plan, desc=f"measuring sub-networks on {dev.name}", unit="net") if progress else plan
-    raw = []
+    raw = []   # (role, choice, ratio to the reference, relative IQR, attempts)
     for role, choice in it:
         ratio, timing, attempts = measure_ratio(meter, build(space, choice), tolerance)
-        raw.append((role, choice, ratio, timing, attempts))
+        raw.append((role, choice, ratio, timing.iqr_ms / timing.median_ms, attempts))
     ref = meter.reference_ms
     q1, q3 = np.percentile(meter.reference_medians, [25, 75])
-
-    def specs_of(choice) -> list[LayerSpec]:
-        return space.specs(choice)
-
-    cal = [(space.specs(full), ref)] + [(specs_of(c), r * ref) for role, c, r, _, _ in raw if role == "calibration"]
-    fitted = {}
-    for name in names:
-        net = NetworkLatencyModel(name, step_channels=dev.step_channels).fit(measurements)
-        fitted[name] = net.fit_remainder(cal)
-    rows = []
-    for role, choice, ratio, timing, attempts in raw:
-        specs = specs_of(choice)
-        pred = {n: float(m.predict(specs)) for n, m in fitted.items()}
-        rows.append(SubnetRow(role, {str(g): list(k) for g, k in choice.items()}, ratio, ratio * ref,
-                              timing.iqr_ms / timing.median_ms * ratio * ref,
-                              attempts, sum(s.flops for s in specs), weight_elements(specs), pred))
-    val = [r for r in rows if r.role == "validation"]
-    scores = {n: accuracy([r.predicted_ms[n] for r in val], [r.measured_ms for r in val]) for n in names}
+    rows, scores = score(space, measurements, raw, ref, names, dev.step_channels)
     return ValidationResult(dev.name, source, samples, seed, ref, float(100 * (q3 - q1) / ref), scores,
-                            len(measurements), len(cal), grid, prof.measured, tuple(rows),
-                            time.perf_counter() - t0, protocol.clock)
+                            len(measurements), sum(r.role == "calibration" for r in rows) + 1, grid,
+                            prof.measured, tuple(rows), time.perf_counter() - t0, protocol.clock)
+
+
+def score(space: PruningSpace, measurements, raw, reference_ms: float, names, step_channels: int
+          ) -> tuple[list[SubnetRow], dict[str, Accuracy]]:
+    """Fit every model in ``names`` on the layer ``measurements`` and the
+    calibration rows of ``raw`` (role, choice, ratio, relative IQR, attempts;
+    the full network at ``reference_ms`` included), predict every row, score
+    the validation rows."""
+    full = space.full_choice()
+    cal = [(space.specs(full), reference_ms)] + [(space.specs(c), r * reference_ms)
+                                                 for role, c, r, _, _ in raw if role == "calibration"]
+    fitted = {n: NetworkLatencyModel(n, step_channels=step_channels).fit(measurements).fit_remainder(cal)
+              for n in names}
+    rows = []
+    for role, choice, ratio, iqr_rel, attempts in raw:
+        specs = space.specs(choice)
+        pred = {n: float(m.predict(specs)) for n, m in fitted.items()}
+        rows.append(SubnetRow(role, {str(g): list(k) for g, k in choice.items()}, ratio, ratio * reference_ms,
+                              iqr_rel * ratio * reference_ms, attempts, sum(sp.flops for sp in specs),
+                              weight_elements(specs), pred))
+    val = [r for r in rows if r.role == "validation"]
+    return rows, {n: accuracy([r.predicted_ms[n] for r in val], [r.measured_ms for r in val]) for n in names}
+
+
+def rescore(result: dict, model: torch.nn.Module, example_inputs, store: MeasurementStore, models=None
+            ) -> ValidationResult:
+    """``result`` (a :meth:`ValidationResult.to_dict`) scored again with the
+    current latency models: the same measured sub-networks and the layer
+    measurements of the run (from ``store``); nothing is measured."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    names = check_models(models or list(result["scores"]))
+    t0 = time.perf_counter()
+    dev = devices.get(result["device"])
+    space = PruningSpace(model.eval(), example_inputs)
+    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    prof = Profiler(dev, store)
+    specs = list(dict.fromkeys(sample_specs(space, options) + space.specs(space.full_choice())))
+    timings = [prof.store.get(prof.fp, sp.key()) for sp in specs]
+    if any(t is None for t in timings):
+        raise UserError(f"{sum(t is None for t in timings)} layer shapes of this run are not in {store.path}")
+    measurements = [Measurement(dev.name, sp, t) for sp, t in zip(specs, timings)]
+    ref = float(result["reference_ms"])
+    raw = [(r["role"], {int(g): tuple(k) for g, k in r["widths"].items()}, float(r["ratio"]),
+            float(r["iqr_ms"]) / float(r["measured_ms"]), int(r["attempts"])) for r in result["rows"]]
+    rows, scores = score(space, measurements, raw, ref, names, dev.step_channels)
+    return ValidationResult(dev.name, result["model"], result["samples"], result["seed"], ref,
+                            result["reference_spread_pct"], scores, len(measurements),
+                            result["whole_model_measurements"], result["full_grid_measurements"],
+                            result["shapes_measured"], tuple(rows), result["elapsed_s"] + time.perf_counter() - t0,
+                            result.get("clock", "wall"))
 
 
 def scatter_png(result: ValidationResult, models=None) -> bytes:
@@ -223,4 +257,4 @@ def scatter_png(result: ValidationResult, models=None) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["validate", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow", "check_models"]
+__all__ = ["validate", "rescore", "score", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow", "check_models"]

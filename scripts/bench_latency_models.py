@@ -14,7 +14,10 @@ also the size of a full table of every grid width pair, and the ratio of that
 to what the step-aware quadratic used).
 
 Writes ``bench_latency_models.json`` and ``bench_latency_models.md`` into
-``--out`` (after every network, atomically). Bad arguments exit 2.
+``--out`` (after every network, atomically). ``--rescore FILE`` measures
+nothing: it fits and scores the current latency models again on the
+sub-networks and layer measurements of an earlier run (its JSON, and its
+``--store``, which must then be kept). Bad arguments exit 2.
 """
 from __future__ import annotations
 
@@ -46,7 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--store", default=None, help="measurement store (default: a fresh temp file)")
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
                    help="output folder (default: scripts/results/)")
+    p.add_argument("--rescore", metavar="JSON", help="score the current models on an earlier run's measurements "
+                   "(needs that run's --store)")
     args = p.parse_args(argv)
+    if args.rescore and not Path(args.rescore).is_file():
+        p.error(f"--rescore {args.rescore}: no such file")
     unknown = [m for m in args.models if m not in zoo.list_models()]
     if unknown:
         p.error(f"unknown model(s) {unknown}; known: {' '.join(zoo.list_models())}")
@@ -67,6 +74,9 @@ def meets(score: dict) -> bool:
 def render_md(header: dict, runs: list[dict]) -> str:
     lines = ["# Latency models: predicted vs measured on random sub-networks", ""]
     lines += common.header_lines(header)
+    if header.get("rescored_at"):
+        lines.append(f"- rescored at {header['rescored_at']} with the latency models of that time, on the "
+                     f"sub-networks and layer measurements of the run above (nothing measured again)")
     lines += [f"- {header['samples']} validation sub-networks per network (seed {header['seed']}), measured end to "
               f"end interleaved with the full network (ms = ratio x the median of every full-network median); "
               f"every model's remainder fitted on the same {header['calibration']} random + smallest, 1/3, 2/3 "
@@ -82,7 +92,8 @@ def render_md(header: dict, runs: list[dict]) -> str:
                      f"{r['reference_spread_pct']:.1f} %), {r['layer_measurements']} layer shapes "
                      f"({r['shapes_measured']} measured in this run), full lookup table "
                      f"{r['full_grid_measurements']} = {r['full_grid_measurements'] / r['layer_measurements']:.1f}x "
-                     f"the step-aware quadratic's; {r['elapsed_s'] / 60:.1f} min")
+                     f"the step-aware quadratic's; timed by "
+                     f"{'thread CPU time' if r.get('clock') == 'thread' else 'wall-clock'}; {r['elapsed_s'] / 60:.1f} min")
     cols = ["device", "network", "latency model", "RMSPE %", "max err %", "mean err %", "within +-5 %",
             "within +-10 %", "layer meas.", "whole nets"]
     body = []
@@ -103,6 +114,34 @@ def render_md(header: dict, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rescore_file(args, log) -> int:
+    import datetime
+    import json
+    from hwprune import zoo
+    from hwprune.validate import rescore
+    from profilers import MeasurementStore
+    data = json.loads(Path(args.rescore).read_text())
+    header = {**data["header"], "rescored_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    store_path = Path(args.store or header["store"])
+    if not store_path.is_file():
+        print(f"error: the store of that run, {store_path}, is gone; pass --store with a copy of it", file=sys.stderr)
+        return 2
+    store = MeasurementStore(store_path)
+    runs = []
+    for run in data["runs"]:
+        model, x = zoo.create(run["model"])
+        res = rescore(run, model, (x,), store, args.latency_models)
+        runs.append(res.to_dict())
+        s = res.scores.get(TARGET["model"])
+        log(f"[{res.device} {res.model}] " + (f"{TARGET['model']}: RMSPE {s.rmspe_pct:.1f} %, {s.within_5_pct:.0f} "
+                                                f"% within 5 %, {s.within_10_pct:.0f} % within 10 %" if s else ""))
+    out = Path(args.out)
+    common.write_json(out / "bench_latency_models.json", {"header": header, "runs": runs})
+    common.write_atomic(out / "bench_latency_models.md", render_md(header, runs))
+    log(f"wrote {out / 'bench_latency_models.json'} and {out / 'bench_latency_models.md'}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hwprune import devices, zoo
@@ -113,6 +152,13 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if args.rescore:
+        from hwprune.errors import UserError
+        try:
+            return rescore_file(args, log)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     tmpdir = None
     if args.store is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="hwprune-bench-")
