@@ -257,4 +257,5 @@ def scatter_png(result: ValidationResult, models=None) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["validate", "rescore", "score", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow", "check_models"]
+__all__ = ["validate", "rescore", "score", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow",
+           "check_models"]

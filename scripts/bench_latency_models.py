@@ -93,7 +93,8 @@ def render_md(header: dict, runs: list[dict]) -> str:
                      f"({r['shapes_measured']} measured in this run), full lookup table "
                      f"{r['full_grid_measurements']} = {r['full_grid_measurements'] / r['layer_measurements']:.1f}x "
                      f"the step-aware quadratic's; timed by "
-                     f"{'thread CPU time' if r.get('clock') == 'thread' else 'wall-clock'}; {r['elapsed_s'] / 60:.1f} min")
+                     f"{'thread CPU time' if r.get('clock') == 'thread' else 'wall-clock'}; "
+                     f"{r['elapsed_s'] / 60:.1f} min")
     cols = ["device", "network", "latency model", "RMSPE %", "max err %", "mean err %", "within +-5 %",
             "within +-10 %", "layer meas.", "whole nets"]
     body = []
