@@ -179,3 +179,20 @@ def test_validate_end_to_end_on_ort_cpu(capsys, tmp_path, shared_store):
     assert step["count"] == 6 and step["rmspe_pct"] < 25   # a ratio of latencies measured in this run
     assert (out / "scatter.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "validation.json").read_text())["samples"] == 6
+
+
+@pytest.mark.slow
+def test_validate_takes_a_model_file(capsys, tmp_path, shared_store):
+    """A model outside the zoo, from a file (a pickled module, so --trust-pickle)."""
+    model, x = archs.create("concat", size=16)
+    path = tmp_path / "concat.pt"
+    torch.save(model, path)
+    out = tmp_path / "v"
+    code = main(["validate", "--device", "ort-cpu-1t", "--model", str(path), "--trust-pickle",
+                 "--input-shape", "1,3,16,16", "--samples", "3",
+                 "--calibration", "1", "--models", "step-quadratic", "flops", "--json", "--out", str(out),
+                 "--store", str(shared_store.path)])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["scores"]) == {"step-quadratic", "flops"} and data["model"] == str(path)
+    assert all(r["measured_ms"] > 0 for r in data["rows"])
