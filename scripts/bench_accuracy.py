@@ -4,8 +4,8 @@ For every seed: resnet20 is trained on the digits (:mod:`hwprune.data`) and its
 latency measured on the device. For every budget fraction (of that measured
 latency) it is pruned by
 
-- hwprune with each importance criterion (``prune(..., budget_ms=frac x
-  baseline, importance_name=c, data=training batches)``, the closed loop);
+- hwprune with each importance criterion (``prune(..., budget_fraction=frac,
+  importance_name=c, data=training batches)``, the closed loop);
 - Torch-Pruning's ``MagnitudePruner`` (L1, uniform ratio, ``round_to`` = the
   device's channel step, the classifier ignored): ratios 0.05..0.80 are
   measured on the device and the smallest ratio whose measured latency meets
@@ -17,10 +17,9 @@ latency) it is pruned by
 
 Budgets are fractions of the original's latency measured interleaved with
 each network (a ratio), since this host's absolute speed drifts by up to
-+-10 % within minutes: the engine gets ``frac x`` the original's latency
-measured at the start of the seed, and when its own measurement (interleaved
-with the original) puts the result outside ``[0.93, 1.0] x frac`` of the
-original, it prunes again with ``frac x`` its own baseline.
++-10 % within minutes: the engine gets ``budget_fraction`` (its budget follows
+its own measurements of the original), and the baselines are chosen on ratios
+measured the same way.
 
 Every pruned network gets the same fine-tuning (distillation from the trained
 model, ``--finetune-epochs``, cosine schedule) and is evaluated on the held-out
@@ -46,7 +45,6 @@ common.use_repo_packages()
 REPEATS = 3
 CRITERIA = ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]
 TP_RATIOS = [round(0.05 * i, 2) for i in range(1, 17)]
-ACCEPT_LOW = 0.93  # the engine's own acceptance band: [0.93, 1.0] x budget
 MODEL = "resnet20"
 
 
@@ -167,14 +165,8 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
         for crit in args.criteria:
             t = time.perf_counter()
             try:
-                res = prune(model, x, args.device, budget_ms=budget, selector=args.selector, importance_name=crit,
-                            data=tr, store=store)
-                used = res.measured_ms / res.baseline_ms / frac
-                if not ACCEPT_LOW <= used <= 1.0:  # the seed's baseline and the engine's disagree (drift)
-                    log(f"  [{frac:.2f} {crit}] {used:.3f} x the budget by the engine's own baseline "
-                        f"{res.baseline_ms:.3f} ms; pruning again to {frac:.2f} x that")
-                    res = prune(model, x, args.device, budget_ms=frac * res.baseline_ms, selector=args.selector,
-                                importance_name=crit, data=tr, store=store)
+                res = prune(model, x, args.device, budget_fraction=frac, selector=args.selector,
+                            importance_name=crit, data=tr, store=store)
             except UserError as exc:
                 log(f"  [{frac:.2f} {crit}] error: {exc}")
                 continue
