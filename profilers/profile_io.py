@@ -133,8 +133,20 @@ def _parse_row(path: Path, line_no: int, text: str) -> tuple[str, Timing]:
                        ci_rel=float(row["ci_rel"]), stable=row["stable"])
 
 
+def _other_type(line: str) -> bool:
+    """A line of another type than a layer measurement (``{"type": "network",
+    ...}``: a whole network measured on the device, read by
+    :mod:`hwprune.offline`); the header's count is of layer lines."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("type", "layer") != "layer"
+
+
 def load_profile(path: str | Path) -> tuple[dict, list[tuple[str, Timing]]]:
-    """Parse and validate a whole profile file: ``(header, [(spec key, Timing)])``."""
+    """Parse and validate a whole profile file: ``(header, [(spec key, Timing)])``;
+    lines of other types than layer measurements are skipped."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -147,7 +159,8 @@ def load_profile(path: str | Path) -> tuple[dict, list[tuple[str, Timing]]]:
         header = _check_header(path, json.loads(lines[0]))
     except json.JSONDecodeError as exc:
         raise _bad(path, 1, f"not JSON ({exc.msg})") from None
-    rows = [_parse_row(path, i, line) for i, line in enumerate(lines[1:], start=2) if line.strip()]
+    rows = [_parse_row(path, i, line) for i, line in enumerate(lines[1:], start=2)
+            if line.strip() and not _other_type(line)]
     if isinstance(header.get("count"), int) and header["count"] != len(rows):
         raise _bad(path, len(lines), f"header says {header['count']} measurements, file has {len(rows)} "
                                      f"(truncated?)")

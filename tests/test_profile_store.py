@@ -176,6 +176,20 @@ def test_profile_export_import_round_trip(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_profile_skips_whole_network_lines(tmp_path):
+    """Whole-network lines (read by hwprune.offline) do not count as layer lines
+    and do not break importing the layers."""
+    src, key = _filled_store(tmp_path / "a.sqlite")
+    f = tmp_path / "p.jsonl"
+    export_profile(src, key, f)
+    spec = json.loads(f.read_text().splitlines()[1])["spec"]
+    with open(f, "a") as out:
+        out.write(json.dumps({"type": "network", "specs": [spec], "median_ms": 1.5}) + "\n")
+    header, rows = load_profile(f)
+    assert header["count"] == len(rows) == 12
+    assert import_profile(f, MeasurementStore(tmp_path / "b.sqlite")) == 12
+
+
 @pytest.mark.parametrize("line_no,bad", [(1, "not json"), (3, '{"spec": {"kind": "conv"}}'),
                                          (4, '{"spec": 3, "median_ms": 1}'), (5, None)])
 def test_corrupt_profile_names_file_and_line(tmp_path, line_no, bad):
