@@ -147,7 +147,7 @@ def resolve_sides(names, space: PruningSpace, predicted_only=(), profiles=(),
                                 f"('hwprune profile --device {name} --model M --export FILE') and pass "
                                 f"--profile FILE")
             prof = read_profile(path)
-        off = offline_model(prof, full_specs)
+        off = offline_model(prof, full_specs, dev.step_channels)
         side = Side(name, dev, PREDICTED, reason, prof.path, off.model, off.note)
         side.device_step, side.step_source = prof.step_channels, "profile header" if prof.step_channels else ""
         sides.append(side)

@@ -163,13 +163,16 @@ class OfflineModel:
     networks_used: int
 
 
-def offline_model(profile: ProfileData, specs: Sequence[LayerSpec]) -> OfflineModel:
+def offline_model(profile: ProfileData, specs: Sequence[LayerSpec],
+                  step_channels: int | None = None) -> OfflineModel:
     """A fitted latency model for the network whose full-width layers are
-    ``specs``, from ``profile`` alone. Raises :class:`UserError` when the profile
-    lacks a layer family the network has."""
+    ``specs``, from ``profile`` alone: the same layer model a measured device
+    gets (:func:`hwprune.profiling.fit_latency_model`), at ``step_channels``
+    (the device grid's). Raises :class:`UserError` when the profile lacks a
+    layer family the network has."""
     if not profile.layers:
         raise UserError(f"profile {profile.path} has no layer measurements")
-    lat = NetworkLatencyModel().fit(list(profile.layers))
+    lat = NetworkLatencyModel(step_channels=step_channels).fit(list(profile.layers))
     missing = {s.family() for s in lat.missing(specs)}
     if missing:
         example = json.loads(next(iter(sorted(missing))))
