@@ -343,3 +343,40 @@ def test_budget_below_the_smallest_network_is_raised_and_said(sim, tmp_path):
     mem = plans["sim-memory"]
     assert "below the smallest network" in mem["note"] and mem["budget_ms"] > 0.3 * mem["baseline_ms"]
     assert mem["measured_ms"] <= mem["budget_ms"] * 1.0001
+
+
+# ---------------------------------------------------------------- several ORT sessions in one process
+
+def _resnet56_and_half():
+    from hwprune.graph import PruningSpace
+    from hwprune.subnets import build
+    from profilers.onnx_export import feeds, to_onnx_bytes
+    model, x = zoo.create("resnet56")
+    space = PruningSpace(model, (x,))
+    half = {g.gid: tuple(max(8, k // 2) for k in ks) for g, ks in zip(space.groups, space.full_choice().values())}
+    return to_onnx_bytes(model, (x,)), to_onnx_bytes(build(space, half), (x,)), feeds((x,))
+
+
+def test_multithreaded_ort_sessions_do_not_spin_while_idle():
+    """The cross matrix keeps a session per network; idle sessions' spinning
+    workers would take the cores from the one running."""
+    from profilers.onnx_layers import layer_model
+    from profilers.ort_cpu import OrtCpuRuntime
+    onnx = layer_model(LayerSpec("conv", 8, 8, (3, 3), (1, 1), (1, 1), height=8, width=8))
+    key = "session.intra_op.allow_spinning"
+    assert OrtCpuRuntime(2).session(onnx).get_session_options().get_session_config_entry(key) == "0"
+    assert OrtCpuRuntime(2).fingerprint()["intra_op_spinning"] is False
+    assert "intra_op_spinning" not in OrtCpuRuntime(1).fingerprint()  # stored 1-thread profiles still match
+
+
+@pytest.mark.slow
+def test_interleaving_more_two_thread_sessions_keeps_the_ratio():
+    """Measured with spinning workers, resnet56's half-width / full ratio on
+    2 threads fell from 0.24 with two sessions to 0.15 with five."""
+    from profilers.ort_cpu import OrtCpuRuntime
+    big, small, fx = _resnet56_and_half()
+    rt = OrtCpuRuntime(2)
+    two = rt.measure_onnx_interleaved([(big, fx), (small, fx)])
+    five = rt.measure_onnx_interleaved([(b, fx) for b in (big, small, small, big, small)])
+    r2, r5 = two[1].median_ms / two[0].median_ms, five[1].median_ms / five[0].median_ms
+    assert 0.8 <= r5 / r2 <= 1.25, (r2, r5)
