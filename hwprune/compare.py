@@ -20,8 +20,11 @@ For one model and several devices, :func:`run_compare` returns (JSON-ready):
   width; the layer's own step detected by :func:`profilers.steps.fit_step`);
 * ``plans``: at the same relative budget (``budget_frac`` x that device's
   full-width latency), each device's plan: :func:`hwprune.engine.prune` on a
-  measured device (closed loop, budget = fraction x the measured baseline), the
-  selector alone on a predicted device; widths per group side by side;
+  measured device (closed loop, ``budget_fraction``: the fraction of the
+  baseline the engine measures, interleaved with its candidates; raised to
+  1.1 x the smallest network the floors allow where the fraction is below
+  it, and said so), the selector alone on a predicted device; widths per
+  group side by side;
 * ``cross``: plan for device i on device j: measured where j runs here (per
   column j, the original and every plan measured interleaved, ``repeats``
   times; ms = median (plan / original) x j's baseline), predicted otherwise,
@@ -34,6 +37,7 @@ Everything a device's column says is labelled ``measured`` or ``predicted``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,12 +205,22 @@ def make_plans(space, example_inputs, sides, scores, frac, selector, store, prog
     for side in sides:
         target, raised = frac * side.baseline_ms, ""
         if side.mode == MEASURED:
+            budget = {"budget_fraction": frac}  # the engine follows its own measured baseline
             if side.smallest_ms and target < SMALLEST_MARGIN * side.smallest_ms:
-                target = SMALLEST_MARGIN * side.smallest_ms
+                budget = {"budget_ms": SMALLEST_MARGIN * side.smallest_ms}
                 raised = (f"{100 * frac:.0f} % is below the smallest network the floors allow "
-                          f"({side.smallest_ms:.3f} ms measured); budget raised to {target:.3f} ms")
-            res = prune(space.model, example_inputs, device=side.name, budget_ms=target, selector=selector,
-                        store=store, progress=progress, time_limit_s=time_limit_s)
+                          f"({side.smallest_ms:.3f} ms measured); budget raised to {budget['budget_ms']:.3f} ms")
+            run = functools.partial(prune, space.model, example_inputs, device=side.name, selector=selector,
+                                    store=store, progress=progress, time_limit_s=time_limit_s)
+            try:
+                res = run(**budget)
+            except UserError as exc:  # the engine measured the smallest network slower than we did
+                if "below the smallest network" not in str(exc):
+                    raise
+                budget = {"budget_ms": SMALLEST_MARGIN ** 2 * (side.smallest_ms or side.baseline_ms)}
+                raised = f"{exc}; budget raised to {budget['budget_ms']:.3f} ms"
+                res = run(**budget)
+            target = res.budget_ms
             kept = {g["gid"]: g["kept"] for g in res.plan["groups"]}
             module, note = res.model, "; ".join(n for n in (raised, res.note) if n)
             info = {"predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms,
