@@ -14,7 +14,6 @@ from .engine import calibrate
 from .errors import UserError
 from .graph import PruningSpace
 from .profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
-from .profiling import measure_latency as _measure
 from .select import Evaluator, group_options
 
 log = logging.getLogger("hwprune")
@@ -115,5 +114,11 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
 
 
 def measure_latency(model: torch.nn.Module, example_inputs, device: str = "ort-cpu-1t") -> float:
-    """Measured median latency (ms) of the whole model on ``device``."""
-    return _measure(model.eval(), _tuple(example_inputs), devices.get(device))
+    """Measured median latency (ms) of the whole model on ``device``; runs on
+    single-thread CPU runtimes are timed by the thread's CPU time, as
+    :func:`predict_latency` calibrates (equal to wall-clock on an idle
+    machine, not inflated by other processes' load)."""
+    dev = devices.get(device)
+    protocol = model_protocol(dev)
+    kw = {} if protocol is None else {"protocol": protocol}
+    return dev.open().measure_module(model.eval(), _tuple(example_inputs), **kw).median_ms

@@ -190,14 +190,20 @@ def device_clock(device: Device, clock: str = "auto") -> str:
     return "thread" if clock == "thread" or (clock == "auto" and one_thread) else "wall"
 
 
-def model_protocol(device: Device, clock: str = "auto") -> profilers.Protocol:
-    """The whole-model protocol on ``clock``, capped at 2.5 s per model
-    (hundreds of runs of a few ms each)."""
-    return replace(profilers.MODEL_PROTOCOL, max_s=2.5, clock=device_clock(device, clock))
+def model_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | None:
+    """The whole-model protocol on the thread clock, capped at 2.5 s per model
+    (hundreds of runs of a few ms each); None (the runtime's own protocol)
+    where ``clock`` resolves to wall-clock."""
+    if device_clock(device, clock) == "wall":
+        return None
+    return replace(profilers.MODEL_PROTOCOL, max_s=2.5, clock="thread")
 
 
-def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol:
-    return replace(profilers.LAYER_PROTOCOL, clock=device_clock(device, clock))
+def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | None:
+    """The layer protocol on the thread clock; None where ``clock`` resolves to wall-clock."""
+    if device_clock(device, clock) == "wall":
+        return None
+    return replace(profilers.LAYER_PROTOCOL, clock="thread")
 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,

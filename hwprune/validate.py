@@ -160,7 +160,8 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     rows, scores = score(space, measurements, raw, ref, names, dev.step_channels)
     return ValidationResult(dev.name, source, samples, seed, ref, float(100 * (q3 - q1) / ref), scores,
                             len(measurements), sum(r.role == "calibration" for r in rows) + 1, grid,
-                            prof.measured, tuple(rows), time.perf_counter() - t0, protocol.clock)
+                            prof.measured, tuple(rows), time.perf_counter() - t0,
+                            "wall" if protocol is None else protocol.clock)
 
 
 def score(space: PruningSpace, measurements, raw, reference_ms: float, names, step_channels: int
