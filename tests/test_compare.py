@@ -327,8 +327,12 @@ def test_real_cpu_runtimes_measure_every_cell(shared_store):
                       curve_layers=1, pareto_points=3, repeats=3)
     cr = res.data["cross"]
     assert all(c["source"] == "measured" for row in cr["cells"] for c in row)
-    for i in range(2):  # each plan, re-measured interleaved with the original on its own device
-        assert 0.38 <= cr["cells"][i][i]["ratio_to_original"] <= 0.56, cr
+    plans = {p["device"]: p for p in res.data["plans"]}
+    for i, d in enumerate(cr["rows"]):  # each plan, re-measured interleaved with the original on its device
+        # its budget as a share of the baseline: 0.5, or raised where the floors do not allow 50 %
+        # (PyTorch CPU runs resnet20's smallest network at ~0.8 of the full one)
+        frac = plans[d]["budget_ms"] / plans[d]["baseline_ms"]
+        assert 0.7 * frac <= cr["cells"][i][i]["ratio_to_original"] <= 1.1 * frac, (d, frac, cr)
         assert cr["cells"][i][i]["vs_own"] == pytest.approx(1.0)
 
 
