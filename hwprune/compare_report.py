@@ -111,7 +111,7 @@ def plot_cross(data) -> bytes:
     im = ax.imshow(vals, cmap="RdYlGn_r", vmin=0.8, vmax=1.2)
     for i, row in enumerate(cr["cells"]):
         for j, c in enumerate(row):
-            mark = "" if c["source"] == "measured" else f"\n(predicted)"
+            mark = "" if c["source"] == "measured" else "\n(predicted)"
             ax.text(j, i, f"{c['ms']:.3f} ms\n{c['vs_own']:.2f}x own{mark}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(cr["cols"])))
     ax.set_xticklabels(cr["cols"], fontsize=8)
