@@ -169,6 +169,7 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
                             importance_name=crit, data=tr, store=store)
             except UserError as exc:
                 log(f"  [{frac:.2f} {crit}] error: {exc}")
+                rows.append({"seed": seed, "fraction": frac, "method": f"hwprune {crit}", "error": str(exc)})
                 continue
             log(f"  [{frac:.2f} {crit}] engine measured {res.measured_ms / res.baseline_ms:.3f} x its baseline "
                 f"{res.baseline_ms:.3f} ms in {time.perf_counter() - t:.0f} s")
@@ -209,34 +210,53 @@ def _pm(vals, scale=100.0, fmt=".2f"):
     return f"{scale * statistics.mean(vals):{fmt}} +- {scale * sd:{fmt}}"
 
 
+def _entry(frac, method, rs) -> dict:
+    ok = [r for r in rs if "error" not in r]
+    e = {"fraction": frac, "method": method, "n": len(ok), "refused": len(rs) - len(ok),
+         "errors": [r["error"] for r in rs if "error" in r]}
+    if ok:
+        e.update({"ms": [r["ms"] for r in ok], "ratio": [r["ratio"] for r in ok],
+                  "accuracy": [r["accuracy"] for r in ok], "params": [r["params"] for r in ok],
+                  "flops": [r["flops"] for r in ok], "all_meet": all(r["meets"] for r in ok),
+                  "met_in_sweep": all(r.get("met_in_sweep", True) for r in ok),
+                  "accuracy_mean": statistics.mean(r["accuracy"] for r in ok)})
+    return e
+
+
+def _verdict(frac, per) -> str:
+    head = f"{100 * frac:.0f} % of the latency: "
+    ours = [v for k, v in per.items() if k.startswith("hwprune ") and "FLOPs" not in k]
+    tp = per.get("Torch-Pruning")
+    full = [v for v in ours if v["n"] and not v["refused"]]
+    if tp is None or not tp["n"]:
+        return head + "no Torch-Pruning result"
+    tp_text = (f"Torch-Pruning {_pm(tp['accuracy'])} % at {statistics.mean(tp['ratio']):.3f} x "
+               f"({_ms(tp['ms'])} ms)" + ("" if tp["met_in_sweep"] else
+                                           ", its fastest ratio, which does not meet the budget"))
+    if not full:
+        refused = sum(v["refused"] for v in ours)
+        runs = sum(v["refused"] + v["n"] for v in ours)
+        return (head + f"hwprune refused the budget in {refused} of {runs} runs (below the smallest network "
+                f"the device grid allows) and no criterion met it on every seed; {tp_text}")
+    best = max(full, key=lambda v: v["accuracy_mean"])
+    ok = best["accuracy_mean"] >= tp["accuracy_mean"]
+    r_best, r_tp = statistics.mean(best["ratio"]), statistics.mean(tp["ratio"])
+    within = "both within the budget on every seed" if best["all_meet"] and tp["all_meet"] else (
+        "hwprune within the budget on every seed, Torch-Pruning not" if best["all_meet"] else
+        "hwprune over the budget on some seed" + ("" if not tp["all_meet"] else ", Torch-Pruning within"))
+    return (head + f"best hwprune criterion {best['method'][8:]} {_pm(best['accuracy'])} % at {r_best:.3f} x "
+            f"the original ({_ms(best['ms'])} ms); {tp_text}; {within}; hwprune is "
+            f"{'at least as' if ok else 'LESS'} accurate, at {'equal or lower' if r_best <= r_tp else 'higher'} "
+            f"measured latency than Torch-Pruning")
+
+
 def aggregate(bases, rows, fractions) -> tuple[list[dict], list[str]]:
     table, summary = [], []
     for frac in fractions:
         methods = list(dict.fromkeys(r["method"] for r in rows if r["fraction"] == frac))
-        per = {}
-        for m in methods:
-            rs = [r for r in rows if r["fraction"] == frac and r["method"] == m]
-            per[m] = {"fraction": frac, "method": m, "n": len(rs), "ms": [r["ms"] for r in rs],
-                      "ratio": [r["ratio"] for r in rs], "accuracy": [r["accuracy"] for r in rs],
-                      "params": [r["params"] for r in rs], "flops": [r["flops"] for r in rs],
-                      "all_meet": all(r["meets"] for r in rs),
-                      "accuracy_mean": statistics.mean(r["accuracy"] for r in rs)}
-            table.append(per[m])
-        ours = [v for k, v in per.items() if k.startswith("hwprune ") and "FLOPs" not in k]
-        tp = per.get("Torch-Pruning")
-        if ours and tp:
-            best = max(ours, key=lambda v: v["accuracy_mean"])
-            ok = best["accuracy_mean"] >= tp["accuracy_mean"]
-            r_best, r_tp = statistics.mean(best["ratio"]), statistics.mean(tp["ratio"])
-            within = "both within the budget" if best["all_meet"] and tp["all_meet"] else (
-                "hwprune within the budget, Torch-Pruning NOT" if best["all_meet"] else
-                "hwprune NOT within the budget" + ("" if not tp["all_meet"] else ", Torch-Pruning within"))
-            summary.append(
-                f"{100 * frac:.0f} % of the latency: best hwprune criterion {best['method'][8:]} "
-                f"{_pm(best['accuracy'])} % at {r_best:.3f} x the original ({_ms(best['ms'])} ms); "
-                f"Torch-Pruning {_pm(tp['accuracy'])} % at {r_tp:.3f} x ({_ms(tp['ms'])} ms); {within}; "
-                f"hwprune is {'at least as' if ok else 'LESS'} accurate, at "
-                f"{'equal or lower' if r_best <= r_tp else 'higher'} measured latency than Torch-Pruning")
+        per = {m: _entry(frac, m, [r for r in rows if r["fraction"] == frac and r["method"] == m]) for m in methods}
+        table += list(per.values())
+        summary.append(_verdict(frac, per))
     return table, summary
 
 
@@ -244,11 +264,19 @@ def render_md(header, args, bases, table, summary) -> str:
     base_ms = [b["ms"] for b in bases]
     rows = [["-", "original", _ms(base_ms), "1.000", _pm([b["accuracy"] for b in bases]),
              f"{statistics.mean(b['params'] for b in bases):.0f}",
-             f"{statistics.mean(b['flops'] for b in bases) / 1e6:.1f}M", "-"]]
+             f"{statistics.mean(b['flops'] for b in bases) / 1e6:.1f}M", "-", f"{len(bases)}/{len(bases)}"]]
     for t in table:
+        runs = f"{t['n']}/{t['n'] + t['refused']}"
+        if not t["n"]:
+            rows.append([f"{100 * t['fraction']:.0f} %", t["method"], "-", "-", "-", "-", "-",
+                         "refused: below the smallest network", runs])
+            continue
+        meets = "yes" if t["all_meet"] else "**no**"
+        if not t["met_in_sweep"]:
+            meets = "**no** (fastest ratio)"
         rows.append([f"{100 * t['fraction']:.0f} %", t["method"], _ms(t["ms"]), f"{statistics.mean(t['ratio']):.3f}",
                      _pm(t["accuracy"]), f"{statistics.mean(t['params']):.0f}",
-                     f"{statistics.mean(t['flops']) / 1e6:.1f}M", "yes" if t["all_meet"] else "**no**"])
+                     f"{statistics.mean(t['flops']) / 1e6:.1f}M", meets, runs])
     lines = ["# Accuracy at equal measured latency (resnet20 on digits)", ""] + common.header_lines(header)
     lines += [f"- code: commit {header['commit']}"]
     lines += [f"- device {args.device}; seeds {' '.join(map(str, args.seeds))}; training {args.train_epochs} "
@@ -261,8 +289,11 @@ def render_md(header, args, bases, table, summary) -> str:
               "of 0.05..0.80 whose measured latency meets the budget; FLOPs bound: hwprune's greedy l1 "
               "selection under the largest FLOPs bound (bisected) whose network meets the budget",
               f"- total time {header['total_s']:.0f} s", "",
-              common.md_table(["budget", "method", "ms", "ratio", "accuracy %", "params", "FLOPs", "meets budget"],
-                              rows), ""]
+              common.md_table(["budget", "method", "ms", "ratio", "accuracy %", "params", "FLOPs", "meets budget",
+                               "seeds"], rows), "",
+              "seeds: runs with a result / runs; 'refused': the engine's error, the budget is below the "
+              "smallest network the device grid and floors allow (every group at one step, 8 channels); "
+              "means and spreads are over the runs with a result", ""]
     lines += [f"**{s}**" for s in summary] + [""]
     return "\n".join(lines)
 

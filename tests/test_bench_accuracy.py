@@ -56,4 +56,23 @@ def test_verdict_compares_the_best_criterion_with_torch_pruning():
     worse = [dict(r, accuracy=r["accuracy"] - 0.05) if r["method"].startswith("hwprune ") else r for r in rows]
     worse[1]["meets"] = False  # a taylor network over the budget
     _, summary = bench.aggregate([], worse, [0.5])
-    assert "LESS accurate" in summary[0] and "NOT within the budget" in summary[0]
+    assert "LESS accurate" in summary[0] and "hwprune over the budget on some seed" in summary[0]
+
+
+def test_refused_budgets_are_reported_and_never_the_best():
+    rows = [{"seed": s, "fraction": 0.3, "method": m, "error": "budget 0.36 ms is below the smallest network"}
+            for s in (0, 1) for m in ("hwprune l1", "hwprune taylor")]
+    rows[0] = _row("hwprune l1", 0.3, 0.5, 0.31, meets=False)  # one seed got through
+    rows += [dict(_row("Torch-Pruning", 0.3, 0.96, 0.42, meets=False, seed=s), met_in_sweep=False) for s in (0, 1)]
+    table, summary = bench.aggregate([], rows, [0.3])
+    l1 = table[0]
+    assert l1["n"] == 1 and l1["refused"] == 1 and table[1]["n"] == 0 and table[1]["refused"] == 2
+    assert summary[0].startswith("30 % of the latency: hwprune refused the budget in 3 of 4 runs")
+    assert "its fastest ratio, which does not meet the budget" in summary[0]
+    md = bench.render_md({"date": "d", "cpu": "c", "cores": 2, "machine": "m", "python": "3", "versions": {},
+                          "commit": "abc", "total_s": 1.0},
+                         type("A", (), {"device": "d", "seeds": [0, 1], "train_epochs": 1, "finetune_epochs": 1,
+                                        "finetune_lr": 0.01, "selector": "greedy"})(),
+                         [{"ms": 1.0, "accuracy": 0.99, "params": 10, "flops": 20}], table, summary)
+    assert "| 30 % | hwprune taylor | - | - | - | - | - | refused: below the smallest network | 0/2 |" in md
+    assert "| 30 % | Torch-Pruning |" in md and "**no** (fastest ratio) | 2/2 |" in md
