@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from latency_models.memory import layer_activation_bytes
+
 from .active import ActiveImportance, channel_maps, extra_params_per_channel
 from .errors import UserError
 from .graph import PruningSpace
@@ -247,9 +249,7 @@ class MemoryBudget(Resource):
     per_layer = True
 
     def _layer(self, i, n_in, n_out):
-        spec = self.space.layers[i].spec
-        oh, ow = spec.out_hw
-        return 4e-6 * spec.batch * (n_in * spec.height * spec.width + n_out * oh * ow)
+        return 1e-6 * layer_activation_bytes(self.space.layers[i].spec, 4, n_in, n_out)
 
     def layer_grid(self, i, n_in, n_out):
         return self._layer(i, np.asarray(n_in, dtype=float), np.asarray(n_out, dtype=float))

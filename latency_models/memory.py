@@ -53,10 +53,14 @@ class OpShape:
         return total * self.dtype_bytes
 
 
-def layer_activation_bytes(spec: LayerSpec, dtype_bytes: int = 4) -> int:
-    """Input plus output activation of one conv/linear layer."""
+def layer_activation_bytes(spec: LayerSpec, dtype_bytes: int = 4, in_channels=None, out_channels=None):
+    """Input plus output activation of one conv/linear layer; ``in_channels`` /
+    ``out_channels`` (ints or numpy arrays) replace the spec's widths, so a
+    selector can price every width of a layer at once."""
+    n_in = spec.in_channels if in_channels is None else in_channels
+    n_out = spec.out_channels if out_channels is None else out_channels
     oh, ow = spec.out_hw
-    return dtype_bytes * spec.batch * (spec.in_channels * spec.height * spec.width + spec.out_channels * oh * ow)
+    return dtype_bytes * spec.batch * (n_in * spec.height * spec.width + n_out * oh * ow)
 
 
 def live_until(ops: Sequence[OpShape]) -> list[int]:
