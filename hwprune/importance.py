@@ -13,10 +13,11 @@ weights, whose per-layer tables :func:`weight_tables` derives from the scores.
 Criteria (how each formula was made concrete):
 
 ``l1``, ``l2``
-    Torch-Pruning's group magnitude importance with p=1 / p=2: the norm of
-    every coupled weight slice of a channel (producing filters, BN, the
-    consumers' input slices), averaged over the group's members; divided by
-    the group's mean (a channel of average importance scores 1).
+    Magnitude with p=1 / p=2 over every conv/linear layer coupled to a
+    channel (its producing filters and the consumers' input slices): each
+    layer's slice norms divided by that layer's mean, then summed over the
+    layers. A channel of average magnitude scores the number of layers it
+    touches, so pruning it is priced in the weights it removes.
 ``bn-scale``
     Network slimming (Liu et al. 2017): ``|gamma|`` of the BatchNorm layers in
     the group, averaged over them; divided by the network's mean, so one
@@ -58,8 +59,9 @@ Batches = Iterable
 
 class ChannelScores(dict):
     """gid -> per-channel scores over the group's root indices. ``criterion``:
-    the name it was computed with; ``scale``: ``group`` (mean 1 per group) or
-    ``network`` (mean 1 over every channel of the network)."""
+    the name it was computed with; ``scale``: ``group`` (mean 1 per group),
+    ``network`` (mean 1 over every channel of the network) or ``members``
+    (mean = the number of conv/linear layers the group touches)."""
 
     def __init__(self, scores: dict, criterion: str, scale: str):
         super().__init__(scores)
@@ -152,27 +154,15 @@ def ordered_scores(order: list[int], steps: np.ndarray, most_important_first: bo
 
 # ---- magnitude criteria -------------------------------------------------------
 
-def _magnitude_raw(space: PruningSpace, p: int) -> dict[int, np.ndarray]:
-    imp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
-    scores = {}
-    with torch.no_grad():
-        for g in space.groups:
-            root = space.model.get_submodule(g.root)
-            group = space.dg.get_pruning_group(root, root_handler(root), idxs=list(range(g.size)))
-            scores[g.gid] = np.nan_to_num(imp(group).detach().cpu().double().numpy(), nan=0.0)
-    return scores
-
-
-def magnitude_scores(space: PruningSpace, p: int = 1) -> dict[int, np.ndarray]:
-    return per_group_mean(_magnitude_raw(space, p))
+from .importance_magnitude import magnitude_scores, member_magnitude_scores  # noqa: E402
 
 
 def _l1(space):
-    return magnitude_scores(space, 1), "group"
+    return member_magnitude_scores(space, 1), "members"
 
 
 def _l2(space):
-    return magnitude_scores(space, 2), "group"
+    return member_magnitude_scores(space, 2), "members"
 
 
 def _bn_scale(space):

@@ -93,13 +93,15 @@ def test_every_criterion_gives_finite_scores_on_varied_graphs(arch):
                for _ in range(2)]
     for name in NAMES:
         s = importance.compute(name, space, batches)
-        assert s.criterion == name and s.scale in ("group", "network")
+        assert s.criterion == name and s.scale in ("group", "network", "members")
         for g in space.groups:
             assert s[g.gid].shape == (g.size,) and np.all(np.isfinite(s[g.gid])) and np.all(s[g.gid] >= 0)
         flat = np.concatenate(list(s.values()))
         assert flat.std() > 0, name  # the scores rank something
         if s.scale == "network":
             assert flat.mean() == pytest.approx(1.0)
+        elif s.scale == "members":  # the mean is the number of layers the group touches
+            assert all(v.mean() >= 1.0 - 1e-9 and v.mean() == pytest.approx(round(v.mean())) for v in s.values())
         else:
             assert all(v.mean() == pytest.approx(1.0) for v in s.values())
 
@@ -115,6 +117,38 @@ def test_dropping_the_least_important_beats_dropping_the_most_important(trained,
         low_acc += evaluate(apply_kept(space, {g.gid: sorted(order[k:])}), te)       # drop the k least
         high_acc += evaluate(apply_kept(space, {g.gid: sorted(order[:-k])}), te)     # drop the k most
     assert low_acc > high_acc + 0.1 * len(space.groups)
+
+
+def test_l1_sums_layer_normalised_slices_over_every_layer_a_channel_touches():
+    """The residual stream (stem, block's last conv, the block's first conv and
+    the downsampling conv read it) weighs per channel as many layers as it
+    touches; a channel with larger filters ranks higher inside its group."""
+    torch.manual_seed(0)
+    model = Res().eval()
+    with torch.no_grad():
+        model.stem[0].weight[3].mul_(5.0)  # a strong filter in the residual stream
+    space = PruningSpace(model, (torch.randn(1, 3, 8, 8),))
+    scores = importance.compute("l1", space)
+    by_root = {g.root: g.gid for g in space.groups}
+    stream = scores[next(g.gid for g in space.groups if g.root not in ("block.0.0", "down.0"))]
+    inner = scores[by_root["block.0.0"]]
+    # stream: stem, block.2 (out), block.0.0 and down.0 (in) -> 4 layers; inner: block.0.0 (out), block.2 (in)
+    assert stream.mean() == pytest.approx(4.0)
+    assert inner.mean() == pytest.approx(2.0)
+    assert int(np.argmax(stream)) == 3
+    for name in ("l1", "l2"):
+        s = importance.compute(name, space)
+        assert s.scale == "members" and all(np.all(np.isfinite(v)) and np.all(v >= 0) for v in s.values())
+
+
+@pytest.mark.parametrize("arch", ["grouped", "invres"])
+def test_l1_counts_grouped_and_depthwise_layers_once_per_side(arch):
+    model, x = archs.create(arch, size=16)
+    space = PruningSpace(model.eval(), (x,))
+    scores = importance.compute("l1", space)
+    for g in space.groups:
+        m = scores[g.gid].mean()
+        assert m >= 1.0 - 1e-9 and abs(m - round(m)) < 1e-9, (g.root, m)
 
 
 def test_bn_scale_is_gamma_and_network_normalised():
