@@ -14,6 +14,7 @@ from .engine import calibrate
 from .errors import UserError
 from .graph import PruningSpace
 from .profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
+from .profiling import measure_latency as _measure
 from .select import Evaluator, group_options
 
 log = logging.getLogger("hwprune")
@@ -119,6 +120,4 @@ def measure_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     :func:`predict_latency` calibrates (equal to wall-clock on an idle
     machine, not inflated by other processes' load)."""
     dev = devices.get(device)
-    protocol = model_protocol(dev)
-    kw = {} if protocol is None else {"protocol": protocol}
-    return dev.open().measure_module(model.eval(), _tuple(example_inputs), **kw).median_ms
+    return _measure(model.eval(), _tuple(example_inputs), dev, model_protocol(dev))

@@ -53,7 +53,7 @@ from . import importance
 from .compare_measure import cross_matrix, curves, layer_rows
 from .constraints import Constraints, Problem, floor_options
 from .engine import calibrate, count_params, prune
-from .errors import UserError
+from .errors import BelowSmallestError, UserError
 from .graph import PruningSpace
 from .offline import find_profile, offline_model, read_profile
 from .profiling import Profiler, Progress, RelativeMeter, fit_latency_model
@@ -214,9 +214,7 @@ def make_plans(space, example_inputs, sides, scores, frac, selector, store, prog
                                     store=store, progress=progress, time_limit_s=time_limit_s)
             try:
                 res = run(**budget)
-            except UserError as exc:  # the engine measured the smallest network slower than we did
-                if "below the smallest network" not in str(exc):
-                    raise
+            except BelowSmallestError as exc:  # the engine measured the smallest network slower than we did
                 budget = {"budget_ms": SMALLEST_MARGIN ** 2 * (side.smallest_ms or side.baseline_ms)}
                 raised = f"{exc}; budget raised to {budget['budget_ms']:.3f} ms"
                 res = run(**budget)

@@ -35,7 +35,7 @@ from profilers import MeasurementStore
 
 from . import __version__, devices, importance
 from .constraints import Constraints, Problem, floor_options
-from .errors import UserError
+from .errors import BelowSmallestError, UserError
 from .graph import PruningSpace
 from .profiling import Profiler, Progress, RelativeMeter, fit_latency_model
 from .select import SELECTORS, Evaluator, group_options, select
@@ -203,8 +203,9 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     t_profile = time.perf_counter() - t_start
     for d, b in budgets.items():
         if b < smallest_ms[d]:
-            raise UserError(f"budget {b:.3f} ms is below the smallest network the constraints allow "
-                            f"({smallest_ms[d]:.3f} ms measured on {d}); raise the budget")
+            raise BelowSmallestError(f"budget {b:.3f} ms is below the smallest network the constraints allow "
+                                     f"({smallest_ms[d]:.3f} ms measured on {d}); raise the budget",
+                                     d, smallest_ms[d])
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
     refs = {d: (lambda d=d: meters[d].reference_ms) for d in devs}
     rounds, tried = [], []

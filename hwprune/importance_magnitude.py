@@ -63,19 +63,16 @@ def member_magnitude_scores(space: PruningSpace, p: int = 1) -> dict[int, np.nda
     selector would strip it first: it touches the most layers)."""
     from .active import group_items
     out = {g.gid: np.zeros(g.size) for g in space.groups}
-    with torch.no_grad():
-        for gid, mod, _, role, idxs, roots in group_items(space):
-            norms = _slice_norms(mod, role, idxs, p)
-            if norms is None or not norms.size:
-                continue
-            mean = float(norms.mean())
-            if mean > 0:
-                np.add.at(out[gid], np.asarray(roots, dtype=int), norms / mean)
+    for gid, mod, _, role, idxs, roots in group_items(space):
+        norms = _slice_norms(mod, role, idxs, p)  # from detached weights: no autograd
+        if norms is None or not norms.size:
+            continue
+        mean = float(norms.mean())
+        if mean > 0:
+            np.add.at(out[gid], np.asarray(roots, dtype=int), norms / mean)
     fallback = None
     for g in space.groups:
         if not out[g.gid].any():
             fallback = fallback or magnitude_scores(space, p)
             out[g.gid] = fallback[g.gid]
     return out
-
-

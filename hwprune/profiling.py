@@ -215,9 +215,12 @@ def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
     return NetworkLatencyModel(layer_model, step_channels=profiler.device.step_channels).fit(ms)
 
 
-def measure_latency(model: torch.nn.Module, example_inputs, device: Device) -> float:
-    """Median latency in ms of the whole model on the device (fresh measurement)."""
-    return device.open().measure_module(model, example_inputs).median_ms
+def measure_latency(model: torch.nn.Module, example_inputs, device: Device,
+                    protocol: profilers.Protocol | None = None) -> float:
+    """Median latency in ms of the whole model on the device (fresh
+    measurement; ``protocol``: default the runtime's)."""
+    kw = {} if protocol is None else {"protocol": protocol}
+    return device.open().measure_module(model, example_inputs, **kw).median_ms
 
 
 __all__ = ["Profiler", "fit_latency_model", "model_protocol", "layer_protocol", "device_clock", "sample_specs",
