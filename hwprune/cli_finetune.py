@@ -169,8 +169,11 @@ def cmd_finetune(args) -> int:
 
 
 def _shutdown() -> None:
+    """Leave the process group together: destroying it is collective, and a
+    rank that tears it down while rank 0 still exports can abort the job."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -128,7 +128,7 @@ def cross_matrix(space, example_inputs, sides, plans, repeats: int = 3, progress
     A measured column: the original and every plan measured interleaved,
     ``repeats`` times with the order rotated each time; per repeat each plan's
     median over the original's; ms = median of those ratios x the device's
-    baseline; ``vs_own`` = plan i / the plan made for j, per repeat, median
+    baseline (``ratio_lo``/``_hi``: their range over repeats); ``vs_own`` = plan i / the plan made for j, per repeat, median
     (``vs_own_lo``/``_hi``: the range over repeats)."""
     rows = [p["device"] for p in plans]
     cols = [s.name for s in sides]
@@ -154,6 +154,7 @@ def cross_matrix(space, example_inputs, sides, plans, repeats: int = 3, progress
                 vs = reps[:, i] / reps[:, own]
                 ratio = float(np.median(reps[:, i]))
                 cells[i][j] = {"source": MEASURED, "ms": ratio * side.baseline_ms, "ratio_to_original": ratio,
+                               "ratio_lo": float(reps[:, i].min()), "ratio_hi": float(reps[:, i].max()),
                                "predicted_ms": pred[i][j], "vs_own": float(np.median(vs)),
                                "vs_own_lo": float(vs.min()), "vs_own_hi": float(vs.max()), "repeats": len(reps)}
             else:

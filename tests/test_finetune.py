@@ -330,13 +330,15 @@ def test_finetune_command_interrupted_then_resumed(tmp_path, data_module, pickle
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path, npz, pickled):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "hwprune", "finetune", "--model", str(pickled), "--trust-pickle", "--input-shape", "1,3,8,8",
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--log-dir", str(logs), "--redirects", "3", "-m", "hwprune", "finetune", "--model", str(pickled), "--trust-pickle", "--input-shape", "1,3,8,8",
            "--teacher", str(pickled), "--data", str(npz), "--epochs", "2", "--batch-size", "16",
            "--out", str(out), "--train-device", "cpu", "--json"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = "".join(f"--- {p.relative_to(logs)}\n{p.read_text()[-3000:]}" for p in sorted(logs.rglob("*.log")))
+    assert proc.returncode == 0, ranks + proc.stderr[-1000:]
     report = json.loads((out / "finetune.json").read_text())
     assert report["world_size"] == 2 and len(report["history"]) == 2
     # each process saw half of the 77 training samples per epoch: 3 batches of 16 or fewer
