@@ -181,7 +181,7 @@ def cmd_prune(args) -> int:
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
             "devices": res.devices, "constraints": res.plan.get("constraints"),
             "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
-                                                 ("status", "mip_gap", "solve_s", "objective")}}
+                                                 ("status", "mip_gap", "solve_s", "objective", "note")}}
     with atomic_dir(Path(args.out), force=True) as tmp:
         onnx_bytes = to_onnx_bytes(res.model, (lm.example_input,))
         parity = check_parity(res.model, (lm.example_input,), onnx_bytes)

@@ -71,7 +71,7 @@ class PruneResult:
     note: str = ""
     stats: dict = field(default_factory=dict)
     devices: dict = field(default_factory=dict)    # device -> budget, baseline, predicted, measured ms
-    selection: dict = field(default_factory=dict)  # selector, status, mip_gap, solve_s, objective, usage
+    selection: dict = field(default_factory=dict)  # selector, status, mip_gap, solve_s, objective, usage, note
 
 
 def count_params(model: nn.Module) -> int:
@@ -272,7 +272,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
              "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
              "flops_after": sum(s.flops for s in pruned_specs), "smallest_ms": smallest_ms[primary]}
     selection = {"selector": selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
-                 "objective": sel.objective, "importance": sel.importance, "usage": sel.usage}
+                 "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
     return PruneResult(pruned.eval(), refs[primary](), sel.predicted_ms, ratios[primary] * refs[primary](),
                        make_plan(space, sel.kept, primary, budgets.get(primary), extra), budgets.get(primary),
                        primary, tuple(rounds), False, note, stats, per_device, selection)

@@ -282,6 +282,17 @@ def test_cli_writes_the_report_and_json(sim, tmp_path, capsys):
     assert all((out / f).stat().st_size > 1000 for f in ("cross.png", "curves.png", "pareto.png"))
 
 
+def test_prune_with_qcqp_prints_the_solve_status_and_time(sim, tmp_path, capsys):
+    out = tmp_path / "p"
+    code = main(["prune", "--model", "resnet20", "--device", "sim-flops", "--budget-ms", "50%", "--selector",
+                 "qcqp", "--out", str(out), "--store", str(tmp_path / "s.sqlite"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    solve = data["solve"]
+    assert code == 0 and solve["status"] in ("optimal", "gap") and solve["mip_gap"] <= 1e-3
+    assert solve["solve_s"] > 0 and 0 < solve["objective"] <= 1 and data["measured_ms"] <= 1.0001 * data["budget_ms"]
+    assert json.loads((out / "result.json").read_text())["solve"] == solve
+
+
 def _one_error(capsys, argv) -> str:
     code = main(argv)
     err = capsys.readouterr().err
