@@ -26,9 +26,9 @@ For one model and several devices, :func:`run_compare` returns (JSON-ready):
   it, and said so), the selector alone on a predicted device; widths per
   group side by side;
 * ``cross``: plan for device i on device j: measured where j runs here (per
-  column j, the original and every plan measured interleaved, ``repeats``
-  times; ms = median (plan / original) x j's baseline), predicted otherwise,
-  and always the prediction next to it;
+  column j, each plan measured interleaved with the original, in pairs,
+  ``repeats`` times; ms = median (plan / original) x j's baseline), predicted
+  otherwise, and always the prediction next to it;
 * ``pareto``: per device, predicted whole-model latency vs kept importance of
   the selector's plans at several budgets.
 

@@ -125,32 +125,35 @@ def curves(space, sides, rows: list[dict], k: int, progress=None, passes: int = 
 
 def cross_matrix(space, example_inputs, sides, plans, repeats: int = 3, progress=None) -> dict:
     """Plan for device i (rows) on device j (columns); see :mod:`hwprune.compare`.
-    A measured column: the original and every plan measured interleaved,
-    ``repeats`` times with the order rotated each time; per repeat each plan's
-    median over the original's; ms = median of those ratios x the device's
-    baseline (``ratio_lo``/``_hi``: their range over repeats); ``vs_own`` = plan i / the plan made for j, per repeat, median
-    (``vs_own_lo``/``_hi``: the range over repeats)."""
+    A measured column: each plan measured interleaved with the original alone
+    (a pair, as the engine measures: a session of several models evicts the
+    larger ones from cache and biases their ratios), ``repeats`` times with
+    the pair's order alternated; per repeat the plan's median over the
+    original's; ms = median of those ratios x the device's baseline
+    (``ratio_lo``/``_hi``: their range over repeats); ``vs_own`` = plan i /
+    the plan made for j, per repeat, median (``vs_own_lo``/``_hi``: the range
+    over repeats)."""
     rows = [p["device"] for p in plans]
     cols = [s.name for s in sides]
     pred = [[float(s.ev.latency_ms(p["choice"])) for s in sides] for p in plans]
     cells = [[None] * len(cols) for _ in rows]
-    work = [(j, r) for j, s in enumerate(sides) if s.mode == MEASURED for r in range(repeats)]
-    ratios: dict[int, list[list[float]]] = {}
-    it = progress(work, desc="cross matrix", unit="run") if (progress and work) else work
-    models = [space.model] + [p["module"] for p in plans]
-    for j, r in it:
+    work = [(j, r, i) for j, s in enumerate(sides) if s.mode == MEASURED for r in range(repeats)
+            for i in range(len(plans))]
+    ratios: dict[int, np.ndarray] = {j: np.zeros((repeats, len(plans))) for j, _, _ in work}
+    it = progress(work, desc="cross matrix", unit="pair") if (progress and work) else work
+    for j, r, i in it:
         side = sides[j]
-        k = r % len(models)
-        order = models[k:] + models[:k]
-        timings = side.profiler.runtime.measure_modules_interleaved(order, example_inputs)
-        t = timings[-k:] + timings[:-k] if k else timings  # back to the original order
+        pair = [space.model, plans[i]["module"]]
+        order = pair if (r + i) % 2 == 0 else pair[::-1]
+        t = side.profiler.runtime.measure_modules_interleaved(order, example_inputs)
+        t = t if (r + i) % 2 == 0 else t[::-1]  # back to (original, plan)
         side.meter.reference_medians.append(t[0].median_ms)
-        ratios.setdefault(j, []).append([x.median_ms / t[0].median_ms for x in t[1:]])
+        ratios[j][r, i] = t[1].median_ms / t[0].median_ms
     for j, side in enumerate(sides):
         own = rows.index(side.name)
         for i in range(len(rows)):
             if side.mode == MEASURED:
-                reps = np.asarray(ratios[j])
+                reps = ratios[j]
                 vs = reps[:, i] / reps[:, own]
                 ratio = float(np.median(reps[:, i]))
                 cells[i][j] = {"source": MEASURED, "ms": ratio * side.baseline_ms, "ratio_to_original": ratio,

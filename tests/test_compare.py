@@ -66,7 +66,10 @@ class SimRuntime:
     def measure_module(self, model, example_inputs, protocol=None):
         return self._timing(self.module_ms(model, example_inputs))
 
+    sessions: list = []  # models per interleaved measurement, in order
+
     def measure_modules_interleaved(self, models, example_inputs, protocol=None):
+        SimRuntime.sessions.append(list(models))
         return [self._timing(self.module_ms(m, example_inputs)) for m in models]
 
 
@@ -207,6 +210,20 @@ def compared(sim, tmp_path):
     res = run_compare(model, x, ["sim-flops", "sim-memory", "sim-far"], budget_frac=0.7, model_name="resnet20",
                       store=MeasurementStore(tmp_path / "s.sqlite"), curve_layers=2, pareto_points=4, repeats=3)
     return res, model, x
+
+
+def test_cross_matrix_measures_each_plan_in_a_pair_with_the_original(sim, tmp_path, monkeypatch):
+    from profilers import MeasurementStore
+    model, x = zoo.create("resnet20")
+    monkeypatch.setattr(SimRuntime, "sessions", [])
+    res = run_compare(model, x, ["sim-flops", "sim-memory"], budget_frac=0.7, store=MeasurementStore(
+        tmp_path / "s.sqlite"), curve_layers=0, pareto_points=2, repeats=2)
+    plans = [res.models[d] for d in ("sim-flops", "sim-memory")]
+    cross = [s for s in SimRuntime.sessions if any(m is p for m in s for p in plans)]
+    assert all(len(s) <= 2 for s in SimRuntime.sessions)
+    # 2 columns x 2 repeats x 2 plans, each with the original, in both orders
+    assert len(cross) >= 8 and all(any(m is model for m in s) for s in cross[-8:])
+    assert {s[0] is model for s in cross[-8:]} == {True, False}
 
 
 def test_cross_matrix_shape_labels_and_values(compared):
