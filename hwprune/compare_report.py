@@ -186,8 +186,9 @@ def blocks(data) -> list[tuple]:
                  + f" (pred {c['predicted_ms']:.3f})" for c in row]
               for r, row in zip(data["cross"]["rows"], data["cross"]["cells"])]),
             ("p", "Each cell: latency of the row's plan on the column's device; 'x own': relative to the plan made "
-                  "for the column's device (the diagonal is 1.00x). Measured columns: the original and every plan "
-                  "measured interleaved run by run, repeated with the order rotated; ms = median(plan / original) "
+                  "for the column's device (the diagonal is 1.00x). Measured columns: each plan measured in a pair "
+                  "with the original, interleaved run by run, repeated with the order alternated; "
+                  "ms = median(plan / original) "
                   f"x the device's baseline. {PREDICTED_MARK} predicted by the device's latency model. 'pred': "
                   "the latency model's prediction."), ("img", "cross.png")]
     plans = data["plans"]

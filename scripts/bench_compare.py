@@ -3,7 +3,7 @@ devices of this machine, at one relative budget.
 
 For each model, :func:`hwprune.compare.run_compare` (per-layer costs, curves of
 the costliest layers, each device's plan at ``--budget`` of its own measured
-latency, the cross matrix measured interleaved per device column, latency vs
+latency, the cross matrix measured in pairs with the original per device column, latency vs
 importance curves) writes its report into ``--out/compare_<model>/``
 (``report.md``, ``compare.json``, the PNG plots; ``report.html`` with
 ``--html``). A summary of every model's cross matrix and findings goes to
@@ -75,9 +75,9 @@ def main(argv=None) -> int:
     lines = ["# Device comparison benchmark", ""] + common.header_lines(header) + [
         f"- devices: {', '.join(args.devices)}; budget {100 * frac:.0f} % of each device's measured latency; "
         f"selector {args.selector}", "",
-        "Cells: latency of the row's plan on the column's device, measured interleaved with the original and "
-        "every other plan (3 repeats, order rotated); in brackets, relative to the plan made for that "
-        "device (measured in the same runs).", ""]
+        "Cells: latency of the row's plan on the column's device, measured in a pair with the original, "
+        f"interleaved run by run ({args.repeats} repeats, order alternated); in brackets, relative to the plan "
+        "made for that device (per repeat, each over the original).", ""]
     for m in args.models:
         t0 = time.perf_counter()
         model, x = zoo.create(m)
