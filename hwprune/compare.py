@@ -344,6 +344,8 @@ def findings(data: dict) -> list[str]:
             kind = "measures" if c["source"] == MEASURED else "is predicted at"
             rel = c["vs_own"]
             word = "slower than" if rel > 1.0 else "faster than" if rel < 1.0 else "as fast as"
+            if c.get("vs_own_lo") is not None and c["vs_own_lo"] <= 1.0 <= c["vs_own_hi"]:
+                word = "not told apart from"  # the repeats disagree on which is faster
             out.append(f"On {col}, the network pruned for {row} {kind} {c['ms']:.3f} ms, {rel:.2f}x the one "
                        f"pruned for {col} ({cells[own][j]['ms']:.3f} ms): {word} it"
                        + (f" (spread of the repeats {c['vs_own_lo']:.2f}-{c['vs_own_hi']:.2f})"

@@ -420,3 +420,17 @@ def test_interleaving_more_two_thread_sessions_keeps_the_ratio():
     five = rt.measure_onnx_interleaved([(b, fx) for b in (big, small, small, big, small)])
     r2, r5 = two[1].median_ms / two[0].median_ms, five[1].median_ms / five[0].median_ms
     assert 0.8 <= r5 / r2 <= 1.25, (r2, r5)
+
+
+def test_findings_do_not_rank_plans_the_repeats_cannot_tell_apart():
+    from hwprune.compare import findings
+    cell = lambda ms, vs, lo, hi: {"source": "measured", "ms": ms, "ratio_to_original": ms / 4.0, "vs_own": vs,
+                                   "vs_own_lo": lo, "vs_own_hi": hi}
+    data = {"budget_frac": 0.5, "cross": {"rows": ["a", "b"], "cols": ["a", "b"], "cells": [
+        [cell(2.0, 1.0, 1.0, 1.0), cell(2.2, 0.99, 0.97, 1.03)],
+        [cell(1.7, 0.85, 0.84, 0.86), cell(2.22, 1.0, 1.0, 1.0)]]},
+        "plans": [{"device": "a", "note": "", "importance": 1.0}, {"device": "b", "note": "", "importance": 0.9}]}
+    text = findings(data)
+    assert any("network pruned for b measures 1.700 ms, 0.85x" in f and "faster than it" in f for f in text)
+    assert any("network pruned for a measures 2.200 ms, 0.99x" in f and "not told apart from it" in f
+               for f in text)
