@@ -9,11 +9,21 @@ resource, so the relaxation's optimum, and the dual bound HiGHS proves for
 it, bound the full grid's optimum from above. The certified gap of a plan is
 ``(bound - plan) / bound``.
 
+Tightening. For multipliers ``lam_r >= 0`` on the resource rows
+``a_r x <= b_r``, every feasible plan has ``f(x) <= f(x) - sum_r lam_r (a_r x
+- b_r)``, so the relaxation may score blocks by their maximum of ``f -
+sum_r lam_r a_r`` (plus the constant ``sum_r lam_r b_r``) and stay a bound;
+that maximum is never above ``max f - sum_r lam_r min a_r``, and with the
+shadow prices of the resources (from the LP relaxation of the first blocked
+problem) it is close to the plan's own value wherever importance and
+latency trade at that price, which is where the optimum lies.
+
 Refinement splits the blocks the relaxed answer picks, until the gap is
 within the tolerance or the time is up. A relaxed answer that picks only
-single options is a plan of the full grid with the same objective and
-resource values, so it is feasible, and it replaces the plan in hand when it
-scores more. No monotonicity of the tables is assumed: the block extremes
+single options is a plan of the full grid with the same resource values, so
+it is feasible, and it replaces the plan in hand when it scores more; without
+prices it is optimal, with them the slack it leaves is priced in the bound,
+so the prices are dropped if that alone keeps the gap open. No monotonicity of the tables is assumed: the block extremes
 are taken over every option pair.
 
 Not available when a layer's width is a sum over several groups (a concat of
@@ -68,8 +78,38 @@ def _split(starts: np.ndarray, m: int, block: int, parts: int = 8) -> np.ndarray
     return np.array(sorted(set(starts.tolist()) | cuts), dtype=np.int64)
 
 
+def _prices(c, A, lb, ub, up, n_rows: int, time_limit_s: float) -> np.ndarray:
+    """Shadow prices (objective per unit, >= 0) of the last ``n_rows`` rows,
+    the resource rows ``<= ub``, in the LP relaxation; zeros without one."""
+    from scipy.optimize import linprog
+    eq = lb == ub  # every other row is an equality (one-hot, marginals, links)
+    if n_rows == 0 or int((~eq).sum()) != n_rows:
+        return np.zeros(n_rows)
+    res = linprog(c, A_ub=A[~eq], b_ub=ub[~eq], A_eq=A[eq], b_eq=ub[eq],
+                  bounds=np.column_stack([np.zeros_like(up), up]), method="highs",
+                  options={"time_limit": max(0.1, time_limit_s)})
+    if res.status != 0 or getattr(res, "ineqlin", None) is None:
+        return np.zeros(n_rows)
+    return np.maximum(0.0, -np.asarray(res.ineqlin.marginals, dtype=float))
+
+
+def _priced(obj: dict, rows: list, prices: np.ndarray, size: dict) -> tuple[dict, float]:
+    """``f - sum_r lam_r a_r`` as full tables, and ``sum_r lam_r b_r``."""
+    out = {k: np.broadcast_to(np.asarray(v, dtype=float), tuple(size[n] for n in _nodes(k))).copy()
+           for k, v in obj.items()}
+    const = 0.0
+    for (terms, _, hi), lam in zip(rows, prices):
+        if lam <= 0:
+            continue
+        const += lam * hi
+        for k, v in terms.items():
+            t = np.broadcast_to(np.asarray(v, dtype=float), tuple(size[n] for n in _nodes(k)))
+            out[k] = out[k] - lam * t if k in out else -lam * t
+    return out, const
+
+
 def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-3,
-            n_blocks: int = 12, max_rounds: int | None = None) -> Certificate | None:
+            n_blocks: int = 12, max_rounds: int | None = None, price: bool = True) -> Certificate | None:
     """Bound the full grid's optimum of ``problem`` and certify ``choice``
     (see the module docstring); the plan returned is ``choice`` or a better
     one the relaxation found. None without a bound (see above)."""
@@ -86,15 +126,20 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
     index = {("g", gid): {o: k for k, o in enumerate(opts)} for gid, opts in problem.options.items()}
     best, best_v = dict(choice), full.fraction(choice)
     starts = {node: _initial(m, index[node][choice[node[1]]], n_blocks) for node, m in size.items()}
-    upper, rounds = float("inf"), 0
+    upper, rounds, priced, shift = float("inf"), 0, obj, 0.0
     while True:
         left = time_limit_s - (time.perf_counter() - t0)
         if left < 0.2:
             break
         model.size = {node: len(s) for node, s in starts.items()}
-        r_obj = {k: _reduce(v, k, size, starts, np.maximum) for k, v in obj.items()}
         r_rows = [({k: _reduce(v, k, size, starts, np.minimum) for k, v in terms.items()}, lo, hi)
                   for terms, lo, hi in rows]
+        if rounds == 0 and price:
+            plain = {k: _reduce(v, k, size, starts, np.maximum) for k, v in obj.items()}
+            c, A, lb, ub, _, up, _ = model.assemble(plain, r_rows)
+            priced, shift = _priced(obj, rows, _prices(c, A, lb, ub, up, len(rows), left / 4), size)
+            left = time_limit_s - (time.perf_counter() - t0)
+        r_obj = {k: _reduce(v, k, size, starts, np.maximum) for k, v in priced.items()}
         c, A, lb, ub, integrality, up, start = model.assemble(r_obj, r_rows)
         with _quiet_c_stdout():
             res = milp(c, integrality=integrality, bounds=Bounds(0.0, up), constraints=LinearConstraint(A, lb, ub),
@@ -102,7 +147,7 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
         rounds += 1
         dual = getattr(res, "mip_dual_bound", None)
         if dual is not None and np.isfinite(dual):
-            upper = min(upper, const - float(dual))
+            upper = min(upper, const + shift - float(dual))
         if res.x is None or res.status != 0:
             break
         picks = {node: int(np.argmax(res.x[start[node]:start[node] + len(s)])) for node, s in starts.items()}
@@ -112,7 +157,11 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
             cand = {node[1]: problem.options[node[1]][int(starts[node][k])] for node, k in picks.items()}
             if full.fraction(cand) > best_v and problem.feasible(cand):
                 best, best_v = cand, full.fraction(cand)
-        if upper <= 0 or (upper - best_v) / upper <= mip_rel_gap or not wide or rounds == max_rounds:
+        done = upper <= 0 or (upper - best_v) / upper <= mip_rel_gap or rounds == max_rounds
+        if not wide and not done and shift:
+            priced, shift = obj, 0.0  # the prices' own gap (slack priced at lam) remains: drop them
+            continue
+        if done or not wide:
             break
         for node in wide:
             starts[node] = _split(starts[node], size[node], picks[node])
