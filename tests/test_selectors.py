@@ -325,22 +325,24 @@ def test_evaluator_and_its_tables_match_the_network_model():
         assert grid[1, 2] == pytest.approx(ev.layer_ms(i, 16, 64), rel=1e-12)
 
 
+@pytest.mark.parametrize("price", [True, False])
 @pytest.mark.parametrize("name", ["chain", "residual"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_interval_relaxation_bounds_the_full_grid_and_reaches_its_optimum(name, case):
+def test_interval_relaxation_bounds_the_full_grid_and_reaches_its_optimum(name, case, price):
     """From a poor plan (the smallest network), two blocks per group: the first
-    relaxation's bound is already >= the brute-force optimum; refined to the
-    end, the certificate finds that optimum and proves it."""
+    relaxation's bound is already >= the brute-force optimum, with or without
+    shadow prices; refined to the end, the certificate finds that optimum and
+    proves it."""
     from hwprune.qcqp_bound import certify
     models, fracs = CASES[case]
     problem = scaled(make(name, models=models)[0], **fracs)
     best, _ = brute_force(problem)
     best /= problem.objective.full
     start = problem.smallest()
-    first = certify(problem, start, 30.0, 1e-9, n_blocks=2, max_rounds=1)
+    first = certify(problem, start, 30.0, 1e-9, n_blocks=2, max_rounds=1, price=price)
     assert first.rounds == 1 and first.upper >= best - 1e-9
     assert first.gap == pytest.approx((first.upper - problem.objective.fraction(first.choice)) / first.upper)
-    cert = certify(problem, start, 30.0, 1e-9, n_blocks=2)
+    cert = certify(problem, start, 30.0, 1e-9, n_blocks=2, price=price)
     assert cert.rounds >= 1 and cert.upper >= best - 1e-9 and not problem.violated(cert.choice)
     assert problem.objective.fraction(cert.choice) == pytest.approx(best, rel=1e-7) and cert.gap <= 1e-6
 
