@@ -35,8 +35,8 @@ def register(sub, common) -> None:
                     "width (default 4)")
     sp.add_argument("--pareto-points", type=_int(2), default=9, help="budgets on each latency/importance "
                     "curve (default 9)")
-    sp.add_argument("--repeats", type=_int(1), default=3, help="interleaved measurements per cross-matrix "
-                    "column (default 3)")
+    sp.add_argument("--repeats", type=_int(1), default=3, help="measurements of each plan, in a pair "
+                    "with the original, per cross-matrix cell (default 3)")
     sp.add_argument("--time-limit-s", type=float, default=60.0, help="qcqp: solver time limit per solve")
     sp.set_defaults(func=cmd_compare)
 
