@@ -22,7 +22,9 @@ def test_real_cpu_runtimes_measure_every_cell(shared_store):
         c = cr["cells"][i][i]
         assert c["ratio_lo"] <= c["ratio_to_original"] <= c["ratio_hi"] and c["vs_own"] == pytest.approx(1.0)
         if d == "ort-cpu-1t":  # its 50 % plan lands near its budget
-            frac = plans[d]["budget_ms"] / plans[d]["baseline_ms"]
+            # the fraction of the baseline the engine measured (a ratio, free of the host's drift; the
+            # side's own baseline, measured minutes apart, has differed from it by 16 % here)
+            frac = plans[d]["budget_ms"] / plans[d]["engine_baseline_ms"]
             assert 0.7 * frac <= c["ratio_to_original"] <= 1.1 * frac, (d, frac, cr)
         else:
             # PyTorch eager at batch 1 spends most of resnet20's time in per-operator overhead: the
