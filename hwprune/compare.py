@@ -297,7 +297,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
             other[s.name] = s.lat.remainder_ms(space.specs(space.full_choice()))
     curve_data = curves(space, sides, layers, curve_layers, progress)
     plans = make_plans(space, example_inputs, sides, scores, frac, selector, store, progress, time_limit_s)
-    cross = cross_matrix(space, example_inputs, sides, plans, repeats, progress)
+    cross = cross_matrix(sides, plans, repeats, progress)
     front = pareto(space, sides, scores, selector, int(pareto_points), time_limit_s)
     every = {g.gid: sorted({o for s in sides for o in s.options[g.gid]} | {p["choice"][g.gid] for p in plans},
                            key=lambda o: (sum(o), o)) for g in space.groups}

@@ -123,7 +123,7 @@ def curves(space, sides, rows: list[dict], k: int, progress=None, passes: int = 
     return out
 
 
-def cross_matrix(space, example_inputs, sides, plans, repeats: int = 3, progress=None) -> dict:
+def cross_matrix(sides, plans, repeats: int = 3, progress=None) -> dict:
     """Plan for device i (rows) on device j (columns); see :mod:`hwprune.compare`.
     A measured column: each plan measured interleaved with the original alone
     (a pair, as the engine measures: a session of several models evicts the
@@ -141,14 +141,8 @@ def cross_matrix(space, example_inputs, sides, plans, repeats: int = 3, progress
             for i in range(len(plans))]
     ratios: dict[int, np.ndarray] = {j: np.zeros((repeats, len(plans))) for j, _, _ in work}
     it = progress(work, desc="cross matrix", unit="pair") if (progress and work) else work
-    for j, r, i in it:
-        side = sides[j]
-        pair = [space.model, plans[i]["module"]]
-        order = pair if (r + i) % 2 == 0 else pair[::-1]
-        t = side.profiler.runtime.measure_modules_interleaved(order, example_inputs)
-        t = t if (r + i) % 2 == 0 else t[::-1]  # back to (original, plan)
-        side.meter.reference_medians.append(t[0].median_ms)
-        ratios[j][r, i] = t[1].median_ms / t[0].median_ms
+    for j, r, i in it:  # the side's meter: its reference is the original
+        ratios[j][r, i] = sides[j].meter.ratio(plans[i]["module"], reference_first=(r + i) % 2 == 0)[0]
     for j, side in enumerate(sides):
         own = rows.index(side.name)
         for i in range(len(rows)):

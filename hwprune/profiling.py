@@ -161,10 +161,12 @@ class RelativeMeter:
     def reference_ms(self) -> float:
         return float(np.median(self.reference_medians))
 
-    def ratio(self, model: torch.nn.Module) -> tuple[float, Timing]:
-        """Candidate / reference latency, measured interleaved."""
-        cand, ref = self.profiler.runtime.measure_modules_interleaved([model, self.reference],
-                                                                      self.example_inputs, **self._kw)
+    def ratio(self, model: torch.nn.Module, reference_first: bool = False) -> tuple[float, Timing]:
+        """Candidate / reference latency, measured interleaved (the pair in
+        either order: ``reference_first``)."""
+        pair = [self.reference, model] if reference_first else [model, self.reference]
+        timings = self.profiler.runtime.measure_modules_interleaved(pair, self.example_inputs, **self._kw)
+        ref, cand = timings if reference_first else timings[::-1]
         self.reference_medians.append(ref.median_ms)
         return cand.median_ms / ref.median_ms, cand
 

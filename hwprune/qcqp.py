@@ -258,17 +258,23 @@ def _thin(opts: list, n: int) -> list:
     return [opts[i] for i in sorted({int(round(v)) for v in np.linspace(0, len(opts) - 1, n)})]
 
 
+def run_milp(assembled, time_limit_s: float, mip_rel_gap: float):
+    """HiGHS on an assembled model (:meth:`_Model.assemble`), quietly."""
+    c, A, lb, ub, integrality, upper, _ = assembled
+    with _quiet_c_stdout():
+        return milp(c, integrality=integrality, bounds=Bounds(0.0, upper), constraints=LinearConstraint(A, lb, ub),
+                    options={"time_limit": max(0.1, float(time_limit_s)), "mip_rel_gap": float(mip_rel_gap),
+                             "disp": False})
+
+
 def _solve_once(problem, time_limit_s: float, mip_rel_gap: float):
     """(choice or None, status, relative MIP gap)."""
     model = _Model(problem)
     obj = model.objective_terms()
     rows = [row for r in problem.resources for row in model.resource_rows(r)]
-    c, A, lb, ub, integrality, upper, start = model.assemble(obj, rows)
-    with _quiet_c_stdout():
-        res = milp(c, integrality=integrality, bounds=Bounds(0.0, upper),
-                   constraints=LinearConstraint(A, lb, ub),
-                   options={"time_limit": max(0.1, float(time_limit_s)), "mip_rel_gap": float(mip_rel_gap),
-                            "disp": False})
+    assembled = model.assemble(obj, rows)
+    start = assembled[-1]
+    res = run_milp(assembled, time_limit_s, mip_rel_gap)
     gap = getattr(res, "mip_gap", None)
     gap = None if gap is None or not np.isfinite(gap) else max(0.0, float(gap))
     if res.x is None:

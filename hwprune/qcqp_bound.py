@@ -23,8 +23,9 @@ within the tolerance or the time is up. A relaxed answer that picks only
 single options is a plan of the full grid with the same resource values, so
 it is feasible, and it replaces the plan in hand when it scores more; without
 prices it is optimal, with them the slack it leaves is priced in the bound,
-so the prices are dropped if that alone keeps the gap open. No monotonicity of the tables is assumed: the block extremes
-are taken over every option pair.
+so the prices are dropped if that alone keeps the gap open. No monotonicity
+of the tables is assumed: the block extremes are taken over every option
+pair.
 
 Not available when a layer's width is a sum over several groups (a concat of
 groups feeding one layer): those widths are tied by an equality that blocks
@@ -36,21 +37,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 
 @dataclass(frozen=True)
 class Certificate:
     """``upper``: proven upper bound on the full grid's objective (fraction
     of the full network's); ``gap``: ``(upper - value(choice)) / upper``;
-    ``rounds``: relaxations solved; ``blocks``: largest block count of a group
-    in the last one."""
+    ``rounds``: relaxations solved."""
     choice: dict
     upper: float
     gap: float
     rounds: int
-    blocks: int
-    solve_s: float
 
 
 def _nodes(key) -> tuple:
@@ -113,7 +110,7 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
     """Bound the full grid's optimum of ``problem`` and certify ``choice``
     (see the module docstring); the plan returned is ``choice`` or a better
     one the relaxation found. None without a bound (see above)."""
-    from .qcqp import _Model, _quiet_c_stdout
+    from .qcqp import _Model, run_milp
     t0 = time.perf_counter()
     model = _Model(problem)
     obj = model.objective_terms()
@@ -123,9 +120,9 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
     full = problem.objective
     const = full.const / full.full if full.full > 0 else 0.0
     size = dict(model.size)
-    index = {("g", gid): {o: k for k, o in enumerate(opts)} for gid, opts in problem.options.items()}
     best, best_v = dict(choice), full.fraction(choice)
-    starts = {node: _initial(m, index[node][choice[node[1]]], n_blocks) for node, m in size.items()}
+    starts = {node: _initial(m, problem.options[node[1]].index(choice[node[1]]), n_blocks)
+              for node, m in size.items()}
     upper, rounds, priced, shift = float("inf"), 0, obj, 0.0
     while True:
         left = time_limit_s - (time.perf_counter() - t0)
@@ -140,10 +137,9 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
             priced, shift = _priced(obj, rows, _prices(c, A, lb, ub, up, len(rows), left / 4), size)
             left = time_limit_s - (time.perf_counter() - t0)
         r_obj = {k: _reduce(v, k, size, starts, np.maximum) for k, v in priced.items()}
-        c, A, lb, ub, integrality, up, start = model.assemble(r_obj, r_rows)
-        with _quiet_c_stdout():
-            res = milp(c, integrality=integrality, bounds=Bounds(0.0, up), constraints=LinearConstraint(A, lb, ub),
-                       options={"time_limit": left, "mip_rel_gap": float(mip_rel_gap), "disp": False})
+        assembled = model.assemble(r_obj, r_rows)
+        start = assembled[-1]
+        res = run_milp(assembled, left, mip_rel_gap)
         rounds += 1
         dual = getattr(res, "mip_dual_bound", None)
         if dual is not None and np.isfinite(dual):
@@ -167,5 +163,4 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
             starts[node] = _split(starts[node], size[node], picks[node])
     model.size = size
     gap = max(0.0, (upper - best_v) / upper) if np.isfinite(upper) and upper > 0 else float("inf")
-    return Certificate(best, float(upper), float(gap), rounds, max(len(s) for s in starts.values()),
-                       time.perf_counter() - t0)
+    return Certificate(best, float(upper), float(gap), rounds)
