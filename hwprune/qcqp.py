@@ -36,7 +36,8 @@ more than ``max_options`` grid widths (e.g. the 1024- and 2048-channel groups
 of ResNet-50) are searched coarse to fine (see :func:`solve`): the LP of the
 full grid has ~200,000 pairwise variables for ResNet-50 and its root alone
 takes most of a minute on 2 cores; the answer is then certified on the full
-grid by interval relaxations (:mod:`hwprune.qcqp_bound`). ``Selection.status``:
+grid by a Lagrangian bound (:mod:`hwprune.qcqp_dual`) and, if that leaves the
+gap open, interval relaxations (:mod:`hwprune.qcqp_bound`). ``Selection.status``:
 ``optimal`` (gap proven below 1e-6), ``gap`` (stopped at the requested
 relative gap), ``time limit`` (best plan found, its proven gap in
 ``mip_gap``), ``infeasible``; with no plan found in time greedy's plan is
@@ -55,7 +56,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from .qcqp_bound import certify
+from .qcqp_bound import full_grid_bound
 from .select import Selection, greedy_limits
 
 
@@ -268,7 +269,8 @@ def run_milp(assembled, time_limit_s: float, mip_rel_gap: float):
 
 
 def _solve_once(problem, time_limit_s: float, mip_rel_gap: float):
-    """(choice or None, status, relative MIP gap)."""
+    """(choice or None, status, relative MIP gap, proven upper bound on the
+    objective as a fraction of the full network's)."""
     model = _Model(problem)
     obj = model.objective_terms()
     rows = [row for r in problem.resources for row in model.resource_rows(r)]
@@ -277,12 +279,19 @@ def _solve_once(problem, time_limit_s: float, mip_rel_gap: float):
     res = run_milp(assembled, time_limit_s, mip_rel_gap)
     gap = getattr(res, "mip_gap", None)
     gap = None if gap is None or not np.isfinite(gap) else max(0.0, float(gap))
+    dual = getattr(res, "mip_dual_bound", None)
+    obj = problem.objective
+    upper = float("inf") if dual is None or not np.isfinite(dual) or obj.full <= 0 else obj.const / obj.full - dual
     if res.x is None:
-        return None, ("infeasible" if res.status == 2 else "time limit"), gap
+        return None, ("infeasible" if res.status == 2 else "time limit"), gap, upper
     choice = {gid: opts[int(np.argmax(res.x[start[("g", gid)]:start[("g", gid)] + len(opts)]))]
               for gid, opts in problem.options.items()}
     status = ("optimal" if gap is None or gap <= 1e-6 else "gap") if res.status == 0 else "time limit"
-    return choice, status, gap
+    return choice, status, gap, upper
+
+
+def _status(gap: float, mip_rel_gap: float) -> str:
+    return "optimal" if gap <= 1e-6 else ("gap" if gap <= mip_rel_gap * (1 + 1e-9) else "time limit")
 
 
 def _windows(full: dict, grid: dict, choice: dict, n: int) -> tuple[dict, bool]:
@@ -309,41 +318,48 @@ def solve(problem, time_limit_s: float = 60.0, mip_rel_gap: float = 1e-3,
     the grid widths between the answer's neighbours (again at most
     ``max_options`` of them) until the windows are at the device's step. Each
     level contains the previous answer, so the objective never drops. The
-    answer is then certified on the full grid (:mod:`hwprune.qcqp_bound`):
-    ``status`` and ``mip_gap`` are the certificate's, and ``note`` gives the
-    bound; the time limit covers all levels and the certificate."""
+    answer is then certified on the full grid (:func:`hwprune.qcqp_bound.full_grid_bound`:
+    a Lagrangian bound, then interval relaxations if needed): ``status`` and
+    ``mip_gap`` are the certificate's, and ``note`` gives the bound; the time
+    limit covers all levels and the certificate. An exact solve that reaches
+    its time limit (it is given nine tenths of it) is bounded the same way,
+    and keeps the better of the two bounds."""
     t0 = time.perf_counter()
+    left = lambda: time_limit_s - (time.perf_counter() - t0)
     max_options = max(3, int(max_options))
     full = problem.options
     grid = {gid: _thin(o, max_options) for gid, o in full.items()}
     thinned = any(len(grid[gid]) < len(o) for gid, o in full.items())
     prob = problem.with_options(grid) if thinned else problem
-    choice, status, gap = _solve_once(prob, time_limit_s, mip_rel_gap)
+    # the exact solve keeps a tenth of the time for a bound, should it stop at the limit
+    choice, status, gap, upper = _solve_once(prob, time_limit_s if thinned else 0.9 * time_limit_s, mip_rel_gap)
     note, levels = "", 1
     while choice is not None and thinned:
         before = grid
         grid, fine = _windows(full, grid, choice, max_options)
-        left = time_limit_s - (time.perf_counter() - t0)
-        if left < 1.0 or grid == before:
+        if left() < 1.0 or grid == before:
             break
         nxt = problem.with_options(grid)
-        better, *_ = _solve_once(nxt, left, mip_rel_gap)
+        better, *_ = _solve_once(nxt, left(), mip_rel_gap)
         prob, levels = nxt, levels + 1
         if better is not None and nxt.objective.value(better) >= nxt.objective.value(choice):
             choice = better
         if fine:
             break
-    if thinned and choice is not None:
-        note = (f"searched {max_options} widths per wide group, then {levels - 1} finer window(s) around "
-                f"the answer")
-        cert = certify(problem, choice, time_limit_s - (time.perf_counter() - t0), mip_rel_gap, max_options)
-        if cert is None or not np.isfinite(cert.gap):
-            note += "; status and gap are the coarse search's (no bound on the full grid)"
-        else:
-            prob, choice, gap = problem, cert.choice, cert.gap
-            status = "optimal" if gap <= 1e-6 else ("gap" if gap <= mip_rel_gap * (1 + 1e-9) else "time limit")
-            note += (f"; full grid certified by {cert.rounds} interval relaxation(s): optimum <= "
-                     f"{cert.upper:.6f}, gap {100 * gap:.3f} %")
+    if choice is not None and (thinned or status == "time limit"):
+        # the coarse search's bound is not one on the full grid
+        choice, cert_gap, cert_note = full_grid_bound(problem, choice, float("inf") if thinned else upper, left(),
+                                               mip_rel_gap, max_options if thinned else 0)
+        prob = problem
+        if thinned:
+            note = (f"searched {max_options} widths per wide group, then {levels - 1} finer window(s) around "
+                    f"the answer; ")
+            status, gap = ("time limit", None) if cert_gap is None else (_status(cert_gap, mip_rel_gap), cert_gap)
+            note += ("status and gap are the coarse search's (no bound on the full grid)" if cert_gap is None
+                     else "full grid certified: " + cert_note)
+        elif cert_gap is not None and (gap is None or cert_gap < gap):
+            status, gap = _status(cert_gap, mip_rel_gap), cert_gap
+            note = "certified: " + cert_note if cert_note else ""
     if choice is None:
         if status == "infeasible":
             return problem.selection(problem.smallest(), "qcqp", status="infeasible",

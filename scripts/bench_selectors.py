@@ -151,9 +151,9 @@ def render_md(header: dict, models: list[dict], rows: list[dict]) -> str:
               "network's (what qcqp maximises); channel scores: kept L1 group scores (what greedy and "
               "knapsack maximise), as a fraction of the full network's",
               "- `*`: qcqp searched wide groups coarse to fine (at most 12 widths per group, then "
-              "finer windows around the answer), then bounded the optimum of the full grid by interval "
-              "relaxations (`hwprune/qcqp_bound.py`): status and gap are that certificate's, on the "
-              "full grid", ""]
+              "finer windows around the answer), then bounded the optimum of the full grid (a Lagrangian "
+              "bound, `hwprune/qcqp_dual.py`, then interval relaxations if the gap stayed open, "
+              "`hwprune/qcqp_bound.py`): status and gap are that certificate's, on the full grid", ""]
     for m in models:
         lines.append(f"- {m['model']}: baseline {m['baseline_ms']:.3f} ms measured, smallest network "
                      f"{m['smallest_measured_ms']:.3f} ms measured, {m['groups']} groups, {m['options']} "
