@@ -94,9 +94,9 @@ class Evaluator:
 
     ``model`` may be None for an evaluator used only for importance and kept
     channels. Latency = (sum of per-layer costs + c0) x correction, where a
-    layer's cost is its model prediction plus the remainder's per-layer terms,
-    ``c1 x`` its output activation elements ``+ c2 x`` its weight elements, so
-    the sum equals ``NetworkLatencyModel.predict``."""
+    layer's cost is its model prediction times ``1 + c3`` plus the remainder's
+    per-layer terms, ``c1 x`` its output activation elements ``+ c2 x`` its
+    weight elements, so the sum equals ``NetworkLatencyModel.predict``."""
 
     def __init__(self, space: PruningSpace, model: NetworkLatencyModel | None,
                  scores: dict[int, np.ndarray], correction: float = 1.0):
@@ -113,9 +113,9 @@ class Evaluator:
             oh, ow = layer.spec.out_hw
             self._elems.append(layer.spec.batch * oh * ow)
 
-    def _remainder(self) -> tuple[float, float, float]:
-        c = tuple(getattr(self.model, "remainder_", ())) + (0.0, 0.0, 0.0)
-        return float(c[0]), float(c[1]), float(c[2])
+    def _remainder(self) -> tuple[float, float, float, float]:
+        c = tuple(getattr(self.model, "remainder_", ())) + (0.0, 0.0, 0.0, 0.0)
+        return float(c[0]), float(c[1]), float(c[2]), float(c[3])
 
     def layer_ms(self, i: int, n_in: int, n_out: int) -> float:
         """Uncorrected cost of layer ``i`` at widths (n_in, n_out)."""
@@ -125,9 +125,9 @@ class Evaluator:
             spec = self.space.layers[i].spec
             groups = n_in if spec.depthwise else spec.groups
             spec = replace(spec, in_channels=n_in, out_channels=n_out, groups=groups)
-            _, c1, c2 = self._remainder()
+            _, c1, c2, c3 = self._remainder()
             weights = n_out * (n_in // groups) * spec.kernel[0] * spec.kernel[1]
-            v = self._cache[key] = self.model.layer_ms(spec) + c1 * self._elems[i] * n_out + c2 * weights
+            v = self._cache[key] = (1 + c3) * self.model.layer_ms(spec) + c1 * self._elems[i] * n_out + c2 * weights
         return v
 
     def layer_ms_grid(self, i: int, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
@@ -140,10 +140,10 @@ class Evaluator:
             return np.array(flat, dtype=float).reshape(n_in.shape)
         spec = self.space.layers[i].spec
         v = model.layer_widths_ms(spec, n_in, n_out)
-        _, c1, c2 = self._remainder()
+        _, c1, c2, c3 = self._remainder()
         groups = n_in if spec.depthwise else spec.groups
         weights = n_out * (n_in // groups) * spec.kernel[0] * spec.kernel[1]
-        return v + c1 * self._elems[i] * n_out + c2 * weights
+        return (1 + c3) * v + c1 * self._elems[i] * n_out + c2 * weights
 
     def const_ms(self) -> float:
         """Uncorrected constant of the network latency (the remainder's c0)."""

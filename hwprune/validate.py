@@ -122,7 +122,7 @@ def check_models(names) -> list[str]:
 
 
 def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, *, models=None,
-             calibration: int = 6, seed: int = 0, store: MeasurementStore | None = None,
+             calibration: int = 16, seed: int = 0, store: MeasurementStore | None = None,
              source: str = "model", progress: Progress | None = None,
              tolerance: float = 0.06, clock: str = "auto") -> ValidationResult:
     """Measure ``samples`` random sub-networks of ``model`` on ``device`` and

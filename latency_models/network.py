@@ -7,10 +7,16 @@ layer (adds, pools, concats, BatchNorm where the runtime does not fuse it,
 session overhead), minus the per-call overhead counted once per isolated
 layer measurement, plus the cost of streaming weights that do not stay in
 cache in a whole network. It is ``c0 + c1 * activation_elements + c2 *
-weight_elements`` (c1, c2 >= 0), fitted from a few whole-model measurements
-(:meth:`NetworkLatencyModel.fit_remainder`); both sums run over the layers,
-so every layer's share of the remainder is known (``layer_cost_ms``) and the
-selector's per-layer tables add up to :meth:`NetworkLatencyModel.predict`.
+weight_elements + c3 * sum(layer predictions)`` (c1, c2 >= 0, c3 >= -1),
+fitted from whole-model measurements
+(:meth:`NetworkLatencyModel.fit_remainder`). ``c3`` rescales the isolated
+layers to their cost inside the network: on ONNX Runtime an isolated small
+layer pays for its input's and output's layout reorders and the call, which a
+network pays once, so the sum of isolated mobilenetv2 layers is 1.3-4x the
+network (measured); it is fitted only from ``SCALE_MIN_ROWS`` networks on.
+Every term runs over the layers, so every layer's share of the remainder is
+known (``layer_cost_ms``) and the selector's per-layer tables add up to
+:meth:`NetworkLatencyModel.predict`.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from profilers import LayerSpec, Measurement
 
 from .base import LayerModel, NotFittedError, create, family_groups, model_from_dict
 from .quadratic import QuadraticLayerModel, QuadraticModel
+
+SCALE_MIN_ROWS = 8  # whole-model measurements before the layer scale c3 is fitted
 
 
 def weight_elements(specs: Iterable[LayerSpec]) -> int:
@@ -126,48 +134,54 @@ class NetworkLatencyModel:
         return float(sum(self.layer_ms(s) for s in specs))
 
     # ---- remainder -----------------------------------------------------------
-    def _coef(self) -> tuple[float, float, float]:
-        c = tuple(getattr(self, "remainder_", ())) + (0.0, 0.0, 0.0)
-        return float(c[0]), float(c[1]), float(c[2])
+    def remainder_coef(self) -> tuple[float, float, float, float]:
+        """``(c0, c1, c2, c3)``; terms a model was not fitted with are 0."""
+        c = tuple(getattr(self, "remainder_", ())) + (0.0, 0.0, 0.0, 0.0)
+        return float(c[0]), float(c[1]), float(c[2]), float(c[3])
 
     def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
-        c0, c1, c2 = self._coef()
-        return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs)
+        c0, c1, c2, c3 = self.remainder_coef()
+        specs = list(specs)
+        scale = c3 * self.layers_ms(specs) if c3 else 0.0
+        return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs) + scale
 
     def layer_cost_ms(self, spec: LayerSpec) -> float:
         """The layer's prediction plus its share of the remainder (all but ``c0``)."""
-        _, c1, c2 = self._coef()
-        return self.layer_ms(spec) + c1 * activation_elements([spec]) + c2 * weight_elements([spec])
+        _, c1, c2, c3 = self.remainder_coef()
+        return (1 + c3) * self.layer_ms(spec) + c1 * activation_elements([spec]) + c2 * weight_elements([spec])
 
     def const_ms(self) -> float:
         """The part of the remainder no layer owns (``c0``)."""
-        return self._coef()[0]
+        return self.remainder_coef()[0]
 
     def predict(self, specs: Sequence[LayerSpec]) -> float:
         return self.layers_ms(specs) + self.remainder_ms(specs)
 
     def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> "NetworkLatencyModel":
-        """Fit ``c0 + c1*activations + c2*weights`` (c1, c2 >= 0) to ``measured -
-        sum(layers)`` over whole-model measurements ``rows = [(specs, ms), ...]``,
-        by least squares on the relative error (each row weighted by 1/ms, so a
-        narrow network's few tenths of a ms count as much as a wide one's);
-        with fewer rows than terms, the later terms are left at 0."""
+        """Fit ``c0 + c1*activations + c2*weights + c3*layers`` (c1, c2 >= 0,
+        c3 >= -1) to ``measured - sum(layers)`` over whole-model measurements
+        ``rows = [(specs, ms), ...]``, by least squares on the relative error
+        (each row weighted by 1/ms, so a narrow network's few tenths of a ms
+        count as much as a wide one's); with fewer rows than terms, the later
+        terms are left at 0, and ``c3`` needs ``SCALE_MIN_ROWS`` rows."""
         from scipy.optimize import lsq_linear
         self._check()
         rows = list(rows)
         if not rows:
-            self.remainder_ = (0.0, 0.0, 0.0)
+            self.remainder_ = (0.0, 0.0, 0.0, 0.0)
             return self
         measured = np.array([ms for _, ms in rows], dtype=float)
-        resid = measured - np.array([self.layers_ms(specs) for specs, _ in rows])
-        feats = np.array([[1.0, activation_elements(specs), weight_elements(specs)] for specs, _ in rows])
-        k = min(3, len(rows))
+        layers = np.array([self.layers_ms(specs) for specs, _ in rows])
+        feats = np.array([[1.0, activation_elements(specs), weight_elements(specs), total]
+                          for (specs, _), total in zip(rows, layers)])
+        k = 4 if len(rows) >= SCALE_MIN_ROWS else min(3, len(rows))
         scale = np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)
         w = 1.0 / np.maximum(measured, 1e-9)
-        lower = [-np.inf] + [0.0] * (k - 1)
-        sol = lsq_linear(feats[:, :k] / scale * w[:, None], resid * w, bounds=(lower, [np.inf] * k)).x
+        lower = np.array([-np.inf, 0.0, 0.0, -1.0])[:k] * np.r_[1.0, scale[1:]]  # in scaled units
+        sol = lsq_linear(feats[:, :k] / scale * w[:, None], (measured - layers) * w,
+                         bounds=(lower, [np.inf] * k)).x
         coef = [float(c) for c in sol / scale]
-        self.remainder_ = tuple(coef + [0.0] * (3 - len(coef)))
+        self.remainder_ = tuple(coef + [0.0] * (4 - len(coef)))
         return self
 
     # ---- serialisation -----------------------------------------------------

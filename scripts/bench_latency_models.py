@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="zoo model names")
     p.add_argument("--latency-models", nargs="+", default=list_models(), choices=list_models())
     p.add_argument("--samples", type=int, default=50, help="validation sub-networks per network (default 50)")
-    p.add_argument("--calibration", type=int, default=6, help="random calibration sub-networks (default 6)")
+    p.add_argument("--calibration", type=int, default=16, help="random calibration sub-networks (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", default=None, help="measurement store (default: a fresh temp file)")
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),

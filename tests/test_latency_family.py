@@ -94,8 +94,9 @@ def test_every_registered_model_follows_the_estimator_api(name, fitted_samples):
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_works_inside_the_network_model(name, fitted_samples):
     net = NetworkLatencyModel(name, step_channels=8).fit(fitted_samples)
-    rows = [(network(a, b), sum(law(s) for s in network(a, b)) + 0.05) for a, b in ((8, 8), (32, 16), (64, 64))]
-    net.fit_remainder(rows)
+    pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16)]
+    rows = [(network(a, b), 0.7 * sum(law(s) for s in network(a, b)) + 0.05) for a, b in pairs]
+    net.fit_remainder(rows)  # enough rows for the layer scale: the sums below hold with it
     specs = network(48, 32)
     total = net.predict(specs)
     assert np.isfinite(total) and total > 0
@@ -184,6 +185,25 @@ def test_forest_fits_its_training_points_and_refits_identically():
     assert np.array_equal(model_from_dict(forest.to_dict()).predict([m.spec for m in ms]), pred)
 
 
+def test_remainder_rescales_the_isolated_layers_given_enough_networks():
+    """Networks that run at 0.6x their isolated layers' sum (plus a constant and
+    an activation term): with SCALE_MIN_ROWS networks the scale is recovered;
+    with fewer it is left at 0 and the constant absorbs what it can."""
+    from latency_models import activation_elements
+    from latency_models.network import SCALE_MIN_ROWS
+    net = NetworkLatencyModel("quadratic-m6").fit(samples())
+    pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16), (64, 8), (8, 64)]
+    truth = lambda specs: 0.6 * net.layers_ms(specs) + 0.05 + 1e-6 * activation_elements(specs)  # noqa: E731
+    rows = [(network(a, b), truth(network(a, b))) for a, b in pairs]
+    assert len(rows) >= SCALE_MIN_ROWS
+    net.fit_remainder(rows)
+    assert net.remainder_[3] == pytest.approx(-0.4, abs=0.02)  # activations and layers are nearly collinear
+    for a, b in ((20, 36), (60, 12)):
+        assert net.predict(network(a, b)) == pytest.approx(truth(network(a, b)), rel=1e-3)
+    net.fit_remainder(rows[:SCALE_MIN_ROWS - 1])
+    assert net.remainder_[3] == 0.0
+
+
 def test_remainder_is_fitted_on_relative_error():
     """A narrow network's 0.1 ms counts as much as a wide one's 10 ms: with a
     constant that cannot fit both, the relative misses come out balanced."""
@@ -191,8 +211,8 @@ def test_remainder_is_fitted_on_relative_error():
     net = NetworkLatencyModel("quadratic-m6").fit(ms)
     narrow, wide = network(8, 8), network(64, 64)
     layers_n, layers_w = net.layers_ms(narrow), net.layers_ms(wide)
-    net.fit_remainder([(narrow, layers_n * 0.8), (wide, layers_w * 1.2)])   # one row: only c0 is fitted
-    assert net.remainder_[1:] == (0.0, 0.0) or len(net.remainder_) == 3
+    net.fit_remainder([(narrow, layers_n * 0.8), (wide, layers_w * 1.2)])   # two rows: c0 and c1 only
+    assert net.remainder_[2:] == (0.0, 0.0)
     err_n = net.predict(narrow) / (layers_n * 0.8) - 1
     err_w = net.predict(wide) / (layers_w * 1.2) - 1
     assert abs(err_n) < 0.5 and abs(err_w) < 0.5

@@ -57,7 +57,7 @@ def test_network_model_sums_families_and_fits_the_remainder():
     specs_c = [replace(base, in_channels=48, out_channels=16), replace(other, in_channels=16, out_channels=32)]
     layers_c = net.layers_ms(specs_c)
     net.fit_remainder([(s, truth(s, l)) for s, l in ((specs_a, layers_a), (specs_b, layers_b), (specs_c, layers_c))])
-    assert net.remainder_ == pytest.approx((0.1, 1e-5, 2e-6), rel=1e-4)
+    assert net.remainder_ == pytest.approx((0.1, 1e-5, 2e-6, 0.0), rel=1e-4)  # three rows: no layer scale
     assert net.predict(specs_a) == pytest.approx(truth(specs_a, layers_a), rel=1e-9)
     with pytest.raises(KeyError):
         net.layer_ms(replace(base, kernel=(5, 5)))

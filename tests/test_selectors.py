@@ -306,7 +306,7 @@ def test_evaluator_and_its_tables_match_the_network_model():
     model, x = zoo.create("resnet20")
     space = PruningSpace(model, x)
     lat = NetworkLatencyModel()
-    lat.families_, lat.table_, lat.remainder_ = {}, {}, (0.2, 1e-6, 3e-7)
+    lat.families_, lat.table_, lat.remainder_ = {}, {}, (0.2, 1e-6, 3e-7, -0.25)
     for i, layer in enumerate(space.layers):
         q = QuadraticLayerModel()
         q.coef_, q.floor_ms_ = np.array([0.01, 1e-4 * (i % 3), 2e-4, 1e-5]), 0.012
