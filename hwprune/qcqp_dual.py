@@ -19,9 +19,14 @@ rows, which is small when many groups trade importance for the same budget.
 Every inner maximiser is a full-grid plan: those that meet every constraint
 are candidate answers, so the bound also improves the plan in hand.
 
-With one priced row the bound is minimised by bisection on the multiplier
-(the row's slack is a subgradient); with several, by projected subgradient
-steps. Any multipliers give a valid bound; the search only tightens it.
+With one priced row, ``L`` is convex and piecewise linear in the multiplier
+with the row's slack as slope: it is minimised exactly by intersecting the
+lines of the two maximisers that bracket the minimum. What is left, the
+duality gap, comes from the budget falling between two maximisers; branch
+and bound on the groups where they differ closes it (ResNet-50 at 26-34 % of
+its latency: from up to 0.21 % to below 0.05 % in seconds). With several
+priced rows the multipliers follow projected subgradient steps, without
+branching. Any multipliers give a valid bound; the search only tightens it.
 """
 from __future__ import annotations
 
@@ -114,13 +119,16 @@ class _Inner:
             else:
                 self.priced.append(({k: full(k, v) for k, v in terms.items()}, float(hi)))
 
-    def solve(self, lam: np.ndarray):
-        """(L(lam) without the objective's constant, maximiser, row slacks)."""
+    def solve(self, lam: np.ndarray, allowed: dict | None = None):
+        """(L(lam) without the objective's constant, maximiser, row slacks),
+        the groups in ``allowed`` (node -> bool mask) restricted to its options."""
         tables = dict(self.base)
         for (terms, hi), lam_r in zip(self.priced, lam):
             if lam_r > 0:
                 for k, v in terms.items():
                     tables[k] = tables[k] - lam_r * v if k in tables else -lam_r * v
+        for node, mask in (allowed or {}).items():
+            tables[node] = tables.get(node, 0.0) + np.where(mask, 0.0, -np.inf)
         out = max_sum(tables, self.size)
         if out is None:
             return None
@@ -144,12 +152,79 @@ def tables_of(problem):
     return model, obj, rows, (full.const / full.full if full.full > 0 else 0.0)
 
 
+class _Unsolvable(Exception):
+    pass
+
+
+def _minimise(evaluate, lam0: float, tol: float, stop):
+    """``min_{lam >= 0} L(lam)`` for one priced row. ``evaluate(lam)`` gives
+    ``(L, slack, pick)``; L is convex and piecewise linear with slope
+    ``slack``, so after bracketing the minimum between a negative and a
+    non-negative slope, each step evaluates where the two bracketing lines
+    cross (their crossing bounds the minimum from below) until the best value
+    is within ``tol`` of it. Returns ``(bound, lam, pick on the infeasible
+    side, pick on the feasible side)``; the picks are None when the minimum
+    is at 0 (its maximiser meets the row: exact) or the row cannot be met."""
+    def ev(lam):
+        out = evaluate(lam)
+        if out is None:
+            raise _Unsolvable
+        return out[0], float(out[1][0]), out[2]
+    at = ev(lam0)
+    best = at[0]
+    if at[1] >= 0:
+        hi, lo = (lam0, at), None
+        if lam0 == 0:
+            return best, 0.0, None, at[2]
+        for lam in (lam0 / 4, lam0 / 16, lam0 / 64, 0.0):
+            at = ev(lam)
+            best = min(best, at[0])
+            if at[1] < 0:
+                lo = (lam, at)
+                break
+            hi = (lam, at)
+        if lo is None:
+            return best, 0.0, None, hi[1][2]
+    else:
+        lo, hi = (lam0, at), None
+        lam = max(lam0, 0.25)
+        for _ in range(40):
+            lam *= 4
+            at = ev(lam)
+            best = min(best, at[0])
+            if at[1] >= 0:
+                hi = (lam, at)
+                break
+            lo = (lam, at)
+        if hi is None:
+            return best, lo[0], None, None  # the row cannot be met here: L falls without bound
+    while not stop():
+        (a, (la, sa, _)), (b, (lb, sb, _)) = lo, hi
+        cross = (lb - sb * b - la + sa * a) / (sa - sb)
+        floor = la + sa * (cross - a)
+        if best - floor <= tol or not a < cross < b:
+            break
+        at = ev(cross)
+        best = min(best, at[0])
+        if at[1] < 0:
+            lo = (cross, at)
+        else:
+            hi = (cross, at)
+    return best, hi[0], lo[1][2], hi[1][2]
+
+
 def lagrangian_bound(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-3,
-                     max_evaluations: int = 60) -> Bound | None:
+                     max_evaluations: int = 2000) -> Bound | None:
     """Bound the full grid's optimum of ``problem`` by minimising ``L`` (see
     the module docstring) and improve ``choice`` with the feasible inner
-    maximisers met on the way. None when the inner problem is not solvable
-    exactly (a concat of groups, or an interaction graph too dense)."""
+    maximisers met on the way. With one priced row, a bound that leaves the
+    gap open is refined by branch and bound: a node restricts some groups to
+    a range of their options, its bound is its own minimum of ``L``, and it
+    is split on the group whose maximisers on either side of the minimum
+    differ most, until every open node is within the gap or time is up.
+    None when the inner problem is not solvable exactly (a concat of groups,
+    or an interaction graph too dense)."""
+    import heapq
     t0 = time.perf_counter()
     parts = tables_of(problem)
     if parts is None:
@@ -158,51 +233,64 @@ def lagrangian_bound(problem, choice: dict, time_limit_s: float, mip_rel_gap: fl
     inner = _Inner(obj, rows, dict(model.size))
     objective = problem.objective
     best, best_v = dict(choice), objective.fraction(choice)
-    upper, evals = float("inf"), 0
+    evals = 0
 
-    def evaluate(lam):
-        nonlocal best, best_v, upper, evals
-        out = inner.solve(lam)
+    def evaluate(lam, allowed=None):
+        nonlocal best, best_v, evals
         evals += 1
+        out = inner.solve(np.atleast_1d(np.asarray(lam, dtype=float)), allowed)
         if out is None:
             return None
         value, pick, slack = out
-        upper = min(upper, const + value)
         plan = {node[1]: problem.options[node[1]][k] for node, k in pick.items()}
         if (slack >= -1e-12).all() and objective.fraction(plan) > best_v and problem.feasible(plan):
             best, best_v = plan, objective.fraction(plan)
-        return const + value, slack
+        return const + value, slack, pick
 
-    def done():
-        return (upper - best_v) <= mip_rel_gap * upper or evals >= max_evaluations or \
-            time.perf_counter() - t0 > time_limit_s
+    def target():
+        return best_v / (1 - mip_rel_gap)
+
+    def stop():
+        return evals >= max_evaluations or time.perf_counter() - t0 > time_limit_s
 
     n = len(inner.priced)
-    lam = np.zeros(n)
-    first = evaluate(lam)
+    first = evaluate(np.zeros(n))
     if first is None:
         return None
-    if n == 1 and first[1][0] < 0:
-        lo, hi = 0.0, 1.0
-        while not done():  # a multiplier at which the row is met
-            out = evaluate(np.array([hi]))
-            if out is None or out[1][0] >= 0:
-                break
-            lo, hi = hi, 2 * hi
-        while not done() and hi - lo > 1e-9 * max(1.0, hi):
-            mid = 0.5 * (lo + hi)
-            out = evaluate(np.array([mid]))
-            if out is None:
-                break
-            lo, hi = (mid, hi) if out[1][0] < 0 else (lo, mid)
-    elif n > 1:
-        value, slack = first
-        while not done():
-            step = max(value - best_v, 1e-6) / max(float(slack @ slack), 1e-12)
-            lam = np.maximum(0.0, lam - step * slack)
+    upper = first[0]
+    if n > 1:
+        lam, (value, slack, _) = np.zeros(n), first
+        while not stop() and (upper - best_v) > mip_rel_gap * upper:
+            lam = np.maximum(0.0, lam - max(value - best_v, 1e-6) / max(float(slack @ slack), 1e-12) * slack)
             out = evaluate(lam)
             if out is None:
                 break
-            value, slack = out
+            value, slack, _ = out
+            upper = min(upper, value)
+    elif n == 1:
+        tol = 1e-3 * mip_rel_gap * max(abs(best_v), 1e-9)
+        try:
+            upper, lam, lo, hi = _minimise(lambda x: evaluate(x), 0.0, tol, stop)
+            heap, closed, count = [(-upper, 0, {}, lam, lo, hi)], -np.inf, 1
+            while heap and -heap[0][0] > target() and not stop():
+                bound, _, allowed, lam, lo, hi = heapq.heappop(heap)
+                if lo is None or hi is None:  # exact or infeasible: nothing to split
+                    closed = max(closed, -bound)
+                    continue
+                node = max((nd for nd in lo if lo[nd] != hi[nd]), key=lambda nd: abs(lo[nd] - hi[nd]))
+                mask = allowed.get(node, np.ones(inner.size[node], dtype=bool))
+                cut = (lo[node] + hi[node]) // 2
+                for part in (np.arange(len(mask)) <= cut, np.arange(len(mask)) > cut):
+                    child = {**allowed, node: mask & part}
+                    b, lam_c, lo_c, hi_c = _minimise(lambda x: evaluate(x, child), lam, tol, stop)
+                    b = min(b, -bound)
+                    if b > target():
+                        heapq.heappush(heap, (-b, count, child, lam_c, lo_c, hi_c))
+                        count += 1
+                    else:
+                        closed = max(closed, b)
+            upper = max([closed] + [-h[0] for h in heap[:1]])
+        except _Unsolvable:
+            return None
     gap = max(0.0, (upper - best_v) / upper) if np.isfinite(upper) and upper > 0 else float("inf")
     return Bound(best, float(upper), float(gap), evals)
