@@ -274,10 +274,11 @@ def lagrangian_bound(problem, choice: dict, time_limit_s: float, mip_rel_gap: fl
             heap, closed, count = [(-upper, 0, {}, lam, lo, hi)], -np.inf, 1
             while heap and -heap[0][0] > target() and not stop():
                 bound, _, allowed, lam, lo, hi = heapq.heappop(heap)
-                if lo is None or hi is None:  # exact or infeasible: nothing to split
+                node = None if lo is None or hi is None else \
+                    max((nd for nd in lo if lo[nd] != hi[nd]), key=lambda nd: abs(lo[nd] - hi[nd]), default=None)
+                if node is None:  # exact, or the row cannot be met: nothing to split
                     closed = max(closed, -bound)
                     continue
-                node = max((nd for nd in lo if lo[nd] != hi[nd]), key=lambda nd: abs(lo[nd] - hi[nd]))
                 mask = allowed.get(node, np.ones(inner.size[node], dtype=bool))
                 cut = (lo[node] + hi[node]) // 2
                 for part in (np.arange(len(mask)) <= cut, np.arange(len(mask)) > cut):
