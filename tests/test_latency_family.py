@@ -188,9 +188,9 @@ def test_forest_fits_its_training_points_and_refits_identically():
 def test_remainder_rescales_the_isolated_layers_given_enough_networks():
     """Networks that run at 0.6x their isolated layers' sum (plus a constant and
     an activation term): with SCALE_MIN_ROWS networks the scale is recovered;
-    with fewer it is left at 0 and the constant absorbs what it can."""
+    with fewer it is left at 0; it never goes below MIN_LAYER_SCALE."""
     from latency_models import activation_elements
-    from latency_models.network import SCALE_MIN_ROWS
+    from latency_models.network import MIN_LAYER_SCALE, SCALE_MIN_ROWS
     net = NetworkLatencyModel("quadratic-m6").fit(samples())
     pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16), (64, 8), (8, 64)]
     truth = lambda specs: 0.6 * net.layers_ms(specs) + 0.05 + 1e-6 * activation_elements(specs)  # noqa: E731
@@ -202,6 +202,8 @@ def test_remainder_rescales_the_isolated_layers_given_enough_networks():
         assert net.predict(network(a, b)) == pytest.approx(truth(network(a, b)), rel=1e-3)
     net.fit_remainder(rows[:SCALE_MIN_ROWS - 1])
     assert net.remainder_[3] == 0.0
+    net.fit_remainder([(network(a, b), 0.2 * net.layers_ms(network(a, b))) for a, b in pairs])
+    assert net.remainder_[3] == pytest.approx(MIN_LAYER_SCALE - 1)  # the layers keep their floor
 
 
 def test_remainder_is_fitted_on_relative_error():
