@@ -308,6 +308,9 @@ def _windows(full: dict, grid: dict, choice: dict, n: int) -> tuple[dict, bool]:
     return out, fine
 
 
+SEARCH_SHARE = 0.6  # of the time limit, for the coarse-to-fine levels (the rest certifies)
+
+
 def solve(problem, time_limit_s: float = 60.0, mip_rel_gap: float = 1e-3,
           max_options: int = 12) -> Selection:
     """Maximise kept active-weight importance under every constraint of ``problem``.
@@ -321,26 +324,29 @@ def solve(problem, time_limit_s: float = 60.0, mip_rel_gap: float = 1e-3,
     answer is then certified on the full grid (:func:`hwprune.qcqp_bound.full_grid_bound`:
     a Lagrangian bound, then interval relaxations if needed): ``status`` and
     ``mip_gap`` are the certificate's, and ``note`` gives the bound; the time
-    limit covers all levels and the certificate. An exact solve that reaches
-    its time limit (it is given nine tenths of it) is bounded the same way,
-    and keeps the better of the two bounds."""
+    limit covers all levels and the certificate; the levels get at most
+    ``SEARCH_SHARE`` of it, so a hard coarse level cannot leave the
+    certificate without time. An exact solve that reaches its time limit (it
+    is given nine tenths of it) is bounded the same way, and keeps the better
+    of the two bounds."""
     t0 = time.perf_counter()
     left = lambda: time_limit_s - (time.perf_counter() - t0)
+    search_left = lambda: SEARCH_SHARE * time_limit_s - (time.perf_counter() - t0)
     max_options = max(3, int(max_options))
     full = problem.options
     grid = {gid: _thin(o, max_options) for gid, o in full.items()}
     thinned = any(len(grid[gid]) < len(o) for gid, o in full.items())
     prob = problem.with_options(grid) if thinned else problem
     # the exact solve keeps a tenth of the time for a bound, should it stop at the limit
-    choice, status, gap, upper = _solve_once(prob, time_limit_s if thinned else 0.9 * time_limit_s, mip_rel_gap)
+    choice, status, gap, upper = _solve_once(prob, search_left() if thinned else 0.9 * time_limit_s, mip_rel_gap)
     note, levels = "", 1
     while choice is not None and thinned:
         before = grid
         grid, fine = _windows(full, grid, choice, max_options)
-        if left() < 1.0 or grid == before:
+        if search_left() < 1.0 or grid == before:
             break
         nxt = problem.with_options(grid)
-        better, *_ = _solve_once(nxt, left(), mip_rel_gap)
+        better, *_ = _solve_once(nxt, search_left(), mip_rel_gap)
         prob, levels = nxt, levels + 1
         if better is not None and nxt.objective.value(better) >= nxt.objective.value(choice):
             choice = better
