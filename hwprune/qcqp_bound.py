@@ -40,7 +40,7 @@ from __future__ import annotations
 import time
 import numpy as np
 
-from .qcqp_dual import Bound, lagrangian_bound, tables_of
+from .qcqp_dual import Bound, bound_of, lagrangian_bound, priced, tables_of
 from .qcqp_dual import node_keys as _nodes
 
 
@@ -80,21 +80,6 @@ def _prices(c, A, lb, ub, up, n_rows: int, time_limit_s: float) -> np.ndarray:
     return np.maximum(0.0, -np.asarray(res.ineqlin.marginals, dtype=float))
 
 
-def _priced(obj: dict, rows: list, prices: np.ndarray, size: dict) -> tuple[dict, float]:
-    """``f - sum_r lam_r a_r`` as full tables, and ``sum_r lam_r b_r``."""
-    out = {k: np.broadcast_to(np.asarray(v, dtype=float), tuple(size[n] for n in _nodes(k))).copy()
-           for k, v in obj.items()}
-    const = 0.0
-    for (terms, _, hi), lam in zip(rows, prices):
-        if lam <= 0:
-            continue
-        const += lam * hi
-        for k, v in terms.items():
-            t = np.broadcast_to(np.asarray(v, dtype=float), tuple(size[n] for n in _nodes(k)))
-            out[k] = out[k] - lam * t if k in out else -lam * t
-    return out, const
-
-
 def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-3,
             n_blocks: int = 12, max_rounds: int | None = None, price: bool = True) -> Bound | None:
     """Bound the full grid's optimum of ``problem`` and certify ``choice``
@@ -111,7 +96,7 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
     best, best_v = dict(choice), full.fraction(choice)
     starts = {node: _initial(m, problem.options[node[1]].index(choice[node[1]]), n_blocks)
               for node, m in size.items()}
-    upper, rounds, priced, shift = float("inf"), 0, obj, 0.0
+    upper, rounds, scored, shift = float("inf"), 0, obj, 0.0
     while True:
         left = time_limit_s - (time.perf_counter() - t0)
         if left < 0.2:
@@ -122,9 +107,10 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
         if rounds == 0 and price:
             plain = {k: _reduce(v, k, size, starts, np.maximum) for k, v in obj.items()}
             c, A, lb, ub, _, up, _ = model.assemble(plain, r_rows)
-            priced, shift = _priced(obj, rows, _prices(c, A, lb, ub, up, len(rows), left / 4), size)
+            lam = _prices(c, A, lb, ub, up, len(rows), left / 4)
+            scored, shift = priced(obj, [(terms, hi) for terms, _, hi in rows], lam, size)
             left = time_limit_s - (time.perf_counter() - t0)
-        r_obj = {k: _reduce(v, k, size, starts, np.maximum) for k, v in priced.items()}
+        r_obj = {k: _reduce(v, k, size, starts, np.maximum) for k, v in scored.items()}
         assembled = model.assemble(r_obj, r_rows)
         start = assembled[-1]
         res = run_milp(assembled, left, mip_rel_gap)
@@ -143,15 +129,14 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
                 best, best_v = cand, full.fraction(cand)
         done = upper <= 0 or (upper - best_v) / upper <= mip_rel_gap or rounds == max_rounds
         if not wide and not done and shift:
-            priced, shift = obj, 0.0  # the prices' own gap (slack priced at lam) remains: drop them
+            scored, shift = obj, 0.0  # the prices' own gap (slack priced at lam) remains: drop them
             continue
         if done or not wide:
             break
         for node in wide:
             starts[node] = _split(starts[node], size[node], picks[node])
     model.size = size
-    gap = max(0.0, (upper - best_v) / upper) if np.isfinite(upper) and upper > 0 else float("inf")
-    return Bound(best, float(upper), float(gap), rounds)
+    return bound_of(best, best_v, upper, rounds)
 
 
 def full_grid_bound(problem, choice: dict, upper: float, time_limit_s: float, mip_rel_gap: float, n_blocks: int):

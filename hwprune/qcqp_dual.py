@@ -98,12 +98,36 @@ def max_sum(tables: dict, size: dict, max_entries: int = MAX_TABLE_ENTRIES):
     return const, pick
 
 
+def full_table(key, arr, size: dict) -> np.ndarray:
+    """``arr`` broadcast to the full shape of ``key``'s nodes (read-only view)."""
+    return np.broadcast_to(np.asarray(arr, dtype=float), tuple(size[n] for n in node_keys(key)))
+
+
+def priced(tables: dict, rows, lam, size: dict) -> tuple[dict, float]:
+    """``f - sum_r lam_r a_r`` as tables (``tables``: f; ``rows``: ``(terms,
+    hi)`` pairs), and ``sum_r lam_r hi_r``; rows priced at 0 are skipped."""
+    out, const = dict(tables), 0.0
+    for (terms, hi), lam_r in zip(rows, lam):
+        if lam_r <= 0:
+            continue
+        const += lam_r * hi
+        for k, v in terms.items():
+            t = full_table(k, v, size)
+            out[k] = out[k] - lam_r * t if k in out else -lam_r * t
+    return out, const
+
+
+def bound_of(choice: dict, value: float, upper: float, rounds: int) -> Bound:
+    gap = max(0.0, (upper - value) / upper) if np.isfinite(upper) and upper > 0 else float("inf")
+    return Bound(choice, float(upper), float(gap), rounds)
+
+
 class _Inner:
     """The inner problem ``f - sum_r lam_r a_r`` over full tables, with the
     single-table rows applied as masks."""
 
     def __init__(self, obj: dict, rows: list, size: dict):
-        full = lambda k, v: np.broadcast_to(np.asarray(v, dtype=float), tuple(size[n] for n in node_keys(k)))
+        full = lambda k, v: full_table(k, v, size)  # noqa: E731
         self.size = size
         self.base = {k: full(k, v).copy() for k, v in obj.items()}
         self.priced: list[tuple[dict, float]] = []
@@ -122,11 +146,7 @@ class _Inner:
     def solve(self, lam: np.ndarray, allowed: dict | None = None):
         """(L(lam) without the objective's constant, maximiser, row slacks),
         the groups in ``allowed`` (node -> bool mask) restricted to its options."""
-        tables = dict(self.base)
-        for (terms, hi), lam_r in zip(self.priced, lam):
-            if lam_r > 0:
-                for k, v in terms.items():
-                    tables[k] = tables[k] - lam_r * v if k in tables else -lam_r * v
+        tables, const = priced(self.base, self.priced, lam, self.size)
         for node, mask in (allowed or {}).items():
             tables[node] = tables.get(node, 0.0) + np.where(mask, 0.0, -np.inf)
         out = max_sum(tables, self.size)
@@ -135,7 +155,7 @@ class _Inner:
         value, pick = out
         slack = np.array([hi - sum(float(v[tuple(pick[n] for n in node_keys(k))]) for k, v in terms.items())
                           for terms, hi in self.priced])
-        return value + float(lam @ np.array([hi for _, hi in self.priced])), pick, slack
+        return value + const, pick, slack
 
 
 def tables_of(problem):
@@ -274,7 +294,7 @@ def lagrangian_bound(problem, choice: dict, time_limit_s: float, mip_rel_gap: fl
         try:
             # the root is minimised to the end: cut short, its bound says little (a few seconds
             # on ResNet-50 at most)
-            upper, lam, lo, hi = _minimise(lambda x: evaluate(x), 0.0, tol, lambda: evals >= max_evaluations)
+            upper, lam, lo, hi = _minimise(evaluate, 0.0, tol, lambda: evals >= max_evaluations)
             heap, closed, count = [(-upper, 0, {}, lam, lo, hi)], -np.inf, 1
             while heap and -heap[0][0] > target() and not stop():
                 bound, _, allowed, lam, lo, hi = heapq.heappop(heap)
@@ -297,5 +317,4 @@ def lagrangian_bound(problem, choice: dict, time_limit_s: float, mip_rel_gap: fl
             upper = max([closed] + [-h[0] for h in heap[:1]])
         except _Unsolvable:
             return None
-    gap = max(0.0, (upper - best_v) / upper) if np.isfinite(upper) and upper > 0 else float("inf")
-    return Bound(best, float(upper), float(gap), evals)
+    return bound_of(best, best_v, upper, evals)

@@ -114,8 +114,7 @@ class Evaluator:
             self._elems.append(layer.spec.batch * oh * ow)
 
     def _remainder(self) -> tuple[float, float, float, float]:
-        c = tuple(getattr(self.model, "remainder_", ())) + (0.0, 0.0, 0.0, 0.0)
-        return float(c[0]), float(c[1]), float(c[2]), float(c[3])
+        return self.model.remainder_coef()
 
     def layer_ms(self, i: int, n_in: int, n_out: int) -> float:
         """Uncorrected cost of layer ``i`` at widths (n_in, n_out)."""

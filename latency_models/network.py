@@ -144,11 +144,13 @@ class NetworkLatencyModel:
         c = tuple(getattr(self, "remainder_", ())) + (0.0, 0.0, 0.0, 0.0)
         return float(c[0]), float(c[1]), float(c[2]), float(c[3])
 
-    def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
+    def _remainder_ms(self, specs: Sequence[LayerSpec], layers_ms: float) -> float:
         c0, c1, c2, c3 = self.remainder_coef()
+        return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs) + c3 * layers_ms
+
+    def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
         specs = list(specs)
-        scale = c3 * self.layers_ms(specs) if c3 else 0.0
-        return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs) + scale
+        return self._remainder_ms(specs, self.layers_ms(specs) if self.remainder_coef()[3] else 0.0)
 
     def layer_cost_ms(self, spec: LayerSpec) -> float:
         """The layer's prediction plus its share of the remainder (all but ``c0``)."""
@@ -160,7 +162,9 @@ class NetworkLatencyModel:
         return self.remainder_coef()[0]
 
     def predict(self, specs: Sequence[LayerSpec]) -> float:
-        return self.layers_ms(specs) + self.remainder_ms(specs)
+        specs = list(specs)
+        layers = self.layers_ms(specs)
+        return layers + self._remainder_ms(specs, layers)
 
     def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> "NetworkLatencyModel":
         """Fit ``c0 + c1*activations + c2*weights + c3*layers`` (c1, c2 >= 0,
