@@ -1,8 +1,8 @@
 """The embedded end-to-end demo: train, prune to a budget, fine-tune, export, report.
 
-ResNet-20 is trained briefly on scikit-learn's digits (see :mod:`hwprune.data`),
+ResNet-20 is trained briefly on scikit-learn's digits (see :mod:`hwprune.train.data`),
 its latency is measured on the device, it is pruned to ``budget_frac`` of that
-latency by the closed loop of :func:`hwprune.engine.prune`, the pruned network
+latency by the closed loop of :func:`hwprune.loop.engine.prune`, the pruned network
 is fine-tuned with knowledge distillation from the trained original, and both
 are evaluated on the held-out split. The pruned network is exported to ONNX and
 checked against PyTorch with ONNX Runtime.
@@ -24,17 +24,16 @@ from pathlib import Path
 
 import torch
 
+from hwprune import devices, zoo
+from hwprune.errors import UserError
+from hwprune.export.onnx import check_parity
+from hwprune.latency.profiling import Progress, measure_latency
+from hwprune.loop.engine import count_params, prune
+from hwprune.report import atomic_write_bytes, atomic_write_text, write_demo_report
+from hwprune.train.data import digits_loaders
+from hwprune.train.loop import evaluate, train
 from profilers import MeasurementStore
-
-from . import devices, zoo
-from .data import digits_loaders
-from .engine import count_params, prune
-from .errors import UserError
-from .export import check_parity
 from profilers.onnx_export import to_onnx_bytes
-from .profiling import Progress, measure_latency
-from .report import atomic_write_bytes, atomic_write_text, write_demo_report
-from .train import evaluate, train
 
 log = logging.getLogger("hwprune")
 

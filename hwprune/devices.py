@@ -5,13 +5,13 @@ The folder is found from ``$HWPRUNE_DEVICES_DIR`` or next to the package.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import profilers
+import tomllib
 
-from .errors import UserError
+import profilers
+from hwprune.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ CIFAR ResNets use 1x1 conv + BN projection shortcuts when the shape changes.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

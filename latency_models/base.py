@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class LayerModel:
         return {k: getattr(self, k) for k in sig.parameters if k != "self"}
 
     # ---- fitting and predicting ------------------------------------------
-    def fit(self, measurements: Iterable[Measurement]) -> "LayerModel":
+    def fit(self, measurements: Iterable[Measurement]) -> LayerModel:
         ms = list(measurements)
         if not ms:
             raise ValueError(f"{type(self).__name__}: no measurements to fit")
@@ -107,7 +107,7 @@ class LayerModel:
                 "n_measurements": self.n_measurements_, "state": self._state()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerModel":
+    def from_dict(cls, d: dict) -> LayerModel:
         m = cls(**d.get("params", {}))
         m._load_state(d["state"])
         m.n_measurements_ = int(d["n_measurements"])

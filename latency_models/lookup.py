@@ -37,7 +37,7 @@ class _FamilyTable:
         self.ins, self.outs, self.grid, self.diagonal = ins, outs, grid, diagonal
 
     @classmethod
-    def build(cls, n_in, n_out, ms, depthwise: bool) -> "_FamilyTable":
+    def build(cls, n_in, n_out, ms, depthwise: bool) -> _FamilyTable:
         n_in, n_out, ms = (np.asarray(v) for v in (n_in, n_out, ms))
         if depthwise:   # one width: n_in == n_out
             order = np.argsort(n_out)
@@ -72,7 +72,7 @@ class _FamilyTable:
                 "diagonal": self.diagonal}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "_FamilyTable":
+    def from_dict(cls, d: dict) -> _FamilyTable:
         return cls(np.asarray(d["ins"], float), np.asarray(d["outs"], float), np.asarray(d["grid"], float),
                    bool(d["diagonal"]))
 

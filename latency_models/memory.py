@@ -8,7 +8,7 @@ Two measures:
   execution order. ``ops`` are the operations in the order they run, each
   with the shapes of the tensors it creates and the earlier operations whose
   tensors it reads (:class:`OpShape`, e.g. from
-  :func:`hwprune.memory.trace_ops`). A tensor is live from the operation that
+  :func:`hwprune.latency.memory.trace_ops`). A tensor is live from the operation that
   creates it to the last operation that reads it (both included); the
   network's outputs stay live to the end. The network's input and its
   weights are not activations and are not counted. While an operation runs,
@@ -24,8 +24,8 @@ activations and are not modelled.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from profilers import LayerSpec
 

@@ -7,8 +7,8 @@ predictions within +-5 % and +-10 % (nn-Meter reports the latter).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -20,7 +20,7 @@ known (``layer_cost_ms``) and the selector's per-layer tables add up to
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -80,7 +80,7 @@ class NetworkLatencyModel:
         extra = {} if self.step_channels is None else {"step_channels": self.step_channels}
         return create(self.layer_model, **extra)
 
-    def fit(self, measurements: Sequence[Measurement]) -> "NetworkLatencyModel":
+    def fit(self, measurements: Sequence[Measurement]) -> NetworkLatencyModel:
         measurements = list(measurements)
         self.layers_ = self._new_layer_model().fit(measurements)
         self.table_ = {fam: {(m.spec.in_channels, m.spec.out_channels): m.timing.median_ms for m in ms}
@@ -166,7 +166,7 @@ class NetworkLatencyModel:
         layers = self.layers_ms(specs)
         return layers + self._remainder_ms(specs, layers)
 
-    def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> "NetworkLatencyModel":
+    def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> NetworkLatencyModel:
         """Fit ``c0 + c1*activations + c2*weights + c3*layers`` (c1, c2 >= 0,
         c3 >= MIN_LAYER_SCALE - 1) to ``measured - sum(layers)`` over whole-model measurements
         ``rows = [(specs, ms), ...]``, by least squares on the relative error
@@ -202,7 +202,7 @@ class NetworkLatencyModel:
                 "table": {k: [[a, b, ms] for (a, b), ms in t.items()] for k, t in self.table_.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NetworkLatencyModel":
+    def from_dict(cls, d: dict) -> NetworkLatencyModel:
         layers = model_from_dict(d["layers"]) if "layers" in d else None
         m = cls(layer_model=d.get("layer_model") or (_fresh(layers) if layers else "quadratic-m6"),
                 use_table=d.get("use_table", False), step_channels=d.get("step_channels"))

@@ -37,7 +37,7 @@ class QuadraticLayerModel:
             cols.pop(2)
         return np.stack(cols, axis=-1)
 
-    def fit(self, n_in, n_out, latency_ms) -> "QuadraticLayerModel":
+    def fit(self, n_in, n_out, latency_ms) -> QuadraticLayerModel:
         """Least squares on *relative* error (rows weighted by 1/latency), so
         narrow configurations, where pruned networks live, fit as well as wide
         ones; predictions never go below the fastest sample (latency does not
@@ -68,7 +68,7 @@ class QuadraticLayerModel:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "QuadraticLayerModel":
+    def from_dict(cls, d: dict) -> QuadraticLayerModel:
         m = cls(form=d.get("form", "M6"))
         if "coef" in d:
             m.coef_ = np.asarray(d["coef"], dtype=float)

@@ -136,7 +136,7 @@ def _parse_row(path: Path, line_no: int, text: str) -> tuple[str, Timing]:
 def _other_type(line: str) -> bool:
     """A line of another type than a layer measurement (``{"type": "network",
     ...}``: a whole network measured on the device, read by
-    :mod:`hwprune.offline`); the header's count is of layer lines."""
+    :mod:`hwprune.latency.offline`); the header's count is of layer lines."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError:

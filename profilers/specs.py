@@ -66,7 +66,7 @@ class LayerSpec:
         return 2 * self.batch * self.out_channels * oh * ow * per_out
 
     @classmethod
-    def from_key(cls, key: str) -> "LayerSpec":
+    def from_key(cls, key: str) -> LayerSpec:
         d = json.loads(key)
         for f in ("kernel", "stride", "padding", "dilation"):
             d[f] = tuple(d[f])

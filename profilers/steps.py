@@ -40,8 +40,8 @@ noise exceeds ``MAX_NOISE_REL`` (5 %, a busy machine) is marked not
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 

@@ -110,7 +110,7 @@ class TensorRTRuntime:
             raise TypeError(f"no torch dtype for TensorRT tensor type {trt_dtype}")
         return table[trt_dtype]
 
-    def load(self, plan: bytes, inputs: dict[str, np.ndarray], stream) -> "LoadedEngine":
+    def load(self, plan: bytes, inputs: dict[str, np.ndarray], stream) -> LoadedEngine:
         return LoadedEngine(self, plan, inputs, stream)
 
     def measure_onnx(self, onnx_bytes: bytes, inputs: dict[str, np.ndarray] | None = None,

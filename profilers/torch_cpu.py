@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import platform
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 

@@ -17,8 +17,8 @@ import copy
 import logging
 import platform
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 

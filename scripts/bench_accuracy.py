@@ -1,6 +1,6 @@
 """Accuracy at equal measured latency: hwprune's criteria against Torch-Pruning.
 
-For every seed: resnet20 is trained on the digits (:mod:`hwprune.data`) and its
+For every seed: resnet20 is trained on the digits (:mod:`hwprune.train.data`) and its
 latency measured on the device. For every budget fraction (of that measured
 latency) it is pruned by
 
@@ -73,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def size_of(model, x) -> tuple[int, int]:
     """(FLOPs as hwprune counts them: 2 x MACs of conv/linear layers, parameters)."""
-    from hwprune.engine import count_params
-    from hwprune.graph import PruningSpace
+    from hwprune.graph.space import PruningSpace
+    from hwprune.loop.engine import count_params
     space = PruningSpace(copy.deepcopy(model).eval(), (x,))
     return int(sum(s.flops for s in space.specs(space.full_choice()))), count_params(model)
 
@@ -90,11 +90,11 @@ def tp_prune(model, x, ratio: float, round_to: int):
 
 def flops_selection(model, x, dev, max_flops: float):
     """The network ``hwprune prune --max-flops`` selects (greedy, l1, the device grid and floors)."""
-    from hwprune import importance
-    from hwprune.constraints import Constraints, Problem, floor_options
-    from hwprune.graph import PruningSpace
-    from hwprune.select import group_options, select
-    from hwprune.surgery import apply_kept
+    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.surgery import apply_kept
+    from hwprune.importance import criteria as importance
+    from hwprune.select.core import group_options, select
+    from hwprune.select.problem import Constraints, Problem, floor_options
     space = PruningSpace(model, (x,))
     cons = Constraints(max_flops=max_flops)
     options = floor_options(space, {g.gid: group_options(g, dev.step_channels, dev.min_channels)
@@ -127,7 +127,7 @@ def search_flops(model, x, dev, meter, frac, log):
 
 
 def finetuned_accuracy(student, teacher, tr, te, args, seed) -> tuple[float, float]:
-    from hwprune.finetune import FinetuneConfig, finetune
+    from hwprune.train.finetune import FinetuneConfig, finetune
     t = time.perf_counter()
     res = finetune(student, tr, te, FinetuneConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed),
                    teacher=teacher)
@@ -135,13 +135,12 @@ def finetuned_accuracy(student, teacher, tr, te, args, seed) -> tuple[float, flo
 
 
 def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
-    import torch
     from hwprune import zoo
-    from hwprune.data import digits_loaders
-    from hwprune.engine import prune
     from hwprune.errors import UserError
-    from hwprune.profiling import Profiler, RelativeMeter
-    from hwprune.train import evaluate, train
+    from hwprune.latency.profiling import Profiler, RelativeMeter
+    from hwprune.loop.engine import prune
+    from hwprune.train.data import digits_loaders
+    from hwprune.train.loop import evaluate, train
     tr, te = digits_loaders(batch_size=64, seed=seed)
     model, x = zoo.create(MODEL, num_classes=10, seed=seed)
     t = time.perf_counter()
@@ -313,6 +312,7 @@ def _commit() -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
+
     from hwprune import devices
     from profilers import MeasurementStore
     torch.set_num_threads(args.threads)

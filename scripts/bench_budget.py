@@ -6,7 +6,8 @@ measurement, fresh session), prune it to ``frac x baseline`` for every budget
 fraction (by default as ``prune(budget_fraction=frac)``: the budget is that
 share of the baseline the engine measures interleaved with its candidates;
 ``--absolute`` passes ``frac x`` this script's baseline in ms instead, which
-inherits the host's drift between the two measurements; one shared measurement store, empty at the start unless ``--store``
+inherits the host's drift between the two measurements; one shared measurement
+store, empty at the start unless ``--store``
 names an existing one, so the first prune of a model pays the profiling and
 later ones reuse it), then re-measure the baseline and every pruned model
 interleaved run by run, each pruned model paired with the baseline as the
@@ -73,8 +74,8 @@ def measure_repeated(runtime, onnx_bytes: bytes, feed) -> list[float]:
 
 def bench_model(name: str, args, store, dev, log) -> list[dict]:
     from hwprune import zoo
-    from hwprune.engine import prune
     from hwprune.errors import UserError
+    from hwprune.loop.engine import prune
     from profilers.onnx_export import feeds, to_onnx_bytes
 
     model, x = zoo.create(name)

@@ -1,7 +1,7 @@
 """Device comparison benchmark: ``hwprune compare`` for several models on the
 devices of this machine, at one relative budget.
 
-For each model, :func:`hwprune.compare.run_compare` (per-layer costs, curves of
+For each model, :func:`hwprune.compare.run.run_compare` (per-layer costs, curves of
 the costliest layers, each device's plan at ``--budget`` of its own measured
 latency, the cross matrix measured in pairs with the original per device column, latency vs
 importance curves) writes its report into ``--out/compare_<model>/``
@@ -54,11 +54,12 @@ def cross_lines(model: str, data: dict) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import tempfile
+
     from hwprune import zoo
-    from hwprune.compare import parse_fraction, run_compare
-    from hwprune.compare_report import write_report
+    from hwprune.compare.report import write_report
+    from hwprune.compare.run import parse_fraction, run_compare
     from hwprune.errors import UserError
-    from hwprune.outdir import atomic_dir
+    from hwprune.export.outdir import atomic_dir
     from profilers import MeasurementStore
     try:
         frac = parse_fraction(args.budget)

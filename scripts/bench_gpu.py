@@ -114,8 +114,8 @@ def step_of(run: Run, device: str, batch: int) -> int:
 
 def space_and_options(run: Run, name: str, device: str, batch: int):
     from hwprune import devices
-    from hwprune.graph import PruningSpace
-    from hwprune.select import group_options
+    from hwprune.graph.space import PruningSpace
+    from hwprune.select.core import group_options
     model, x = example(name, batch)
     space = PruningSpace(model, x)
     step = step_of(run, device, batch)
@@ -165,8 +165,8 @@ def uniform(options, frac: float):
 
 def phase_profile(run: Run) -> None:
     from hwprune import devices
-    from hwprune.profiling import Profiler, fit_latency_model
-    from hwprune.subnets import build
+    from hwprune.graph.subnets import build
+    from hwprune.latency.profiling import Profiler, fit_latency_model
     prof_rows = run.data.setdefault("profile", {})
     for batch in run.args.batches:
         for name in run.args.models:
@@ -210,8 +210,8 @@ def errors_summary(pred, meas) -> dict:
 
 def phase_validate(run: Run) -> None:
     from hwprune import devices
-    from hwprune.profiling import Profiler, RelativeMeter, fit_latency_model
-    from hwprune.subnets import iter_subnets
+    from hwprune.graph.subnets import iter_subnets
+    from hwprune.latency.profiling import Profiler, RelativeMeter, fit_latency_model
     val = run.data.setdefault("validate", {})
     for pair in run.args.validate:
         name, _, b = pair.partition(":")
@@ -289,9 +289,9 @@ def phase_rescore(run: Run) -> None:
 
 def phase_prune(run: Run) -> None:
     from hwprune import devices
-    from hwprune.engine import count_params, prune
     from hwprune.errors import UserError
-    from hwprune.profiling import Profiler
+    from hwprune.latency.profiling import Profiler
+    from hwprune.loop.engine import count_params, prune
     pr = run.data.setdefault("prune", {})
     name, batch = run.args.prune_model, run.args.prune_batch
     for device in run.args.prune_devices:

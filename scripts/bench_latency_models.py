@@ -1,7 +1,7 @@
 """Latency-model benchmark: every registered latency model on the same measured
 random sub-networks.
 
-For each device and zoo model this runs :func:`hwprune.validate.validate`:
+For each device and zoo model this runs :func:`hwprune.latency.validate.validate`:
 the model's layer shapes are profiled (the committed device profile is
 imported into a fresh store first, so only missing shapes are measured), the
 remainder of every latency model is fitted on the same calibration networks
@@ -118,8 +118,9 @@ def render_md(header: dict, runs: list[dict]) -> str:
 def rescore_file(args, log) -> int:
     import datetime
     import json
+
     from hwprune import zoo
-    from hwprune.validate import rescore
+    from hwprune.latency.validate import rescore
     from profilers import MeasurementStore
     data = json.loads(Path(args.rescore).read_text())
     header = {**data["header"], "rescored_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
@@ -146,7 +147,7 @@ def rescore_file(args, log) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hwprune import devices, zoo
-    from hwprune.validate import validate
+    from hwprune.latency.validate import validate
     from profilers import MeasurementStore
     from profilers.profile_io import import_profile
 

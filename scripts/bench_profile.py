@@ -58,9 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def profile_once(dev, model_name: str, store_path: Path) -> dict:
     """One profiling run as ``hwprune profile`` does it, baseline excluded."""
     from hwprune import zoo
-    from hwprune.graph import PruningSpace
-    from hwprune.profiling import Profiler, fit_latency_model
-    from hwprune.select import group_options
+    from hwprune.graph.space import PruningSpace
+    from hwprune.latency.profiling import Profiler, fit_latency_model
+    from hwprune.select.core import group_options
     from profilers import MeasurementStore
     t0 = time.perf_counter()
     store = MeasurementStore(store_path)

@@ -35,7 +35,7 @@ DEFAULT_BUDGETS = [0.3, 0.5, 0.7]
 
 def parse_args(argv=None) -> argparse.Namespace:
     from hwprune import zoo
-    from hwprune.select import SELECTORS
+    from hwprune.select.core import SELECTORS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
                    help=f"zoo model names (default: {' '.join(DEFAULT_MODELS)})")
@@ -59,14 +59,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
-    from hwprune import importance, zoo
-    from hwprune.constraints import Constraints, Problem, floor_options
-    from hwprune.engine import calibrate
+    from hwprune import zoo
     from hwprune.errors import UserError
-    from hwprune.graph import PruningSpace
-    from hwprune.profiling import Profiler, RelativeMeter, fit_latency_model
-    from hwprune.select import Evaluator, group_options, select
-    from hwprune.surgery import apply_kept
+    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.surgery import apply_kept
+    from hwprune.importance import criteria as importance
+    from hwprune.latency.profiling import Profiler, RelativeMeter, fit_latency_model
+    from hwprune.loop.engine import calibrate
+    from hwprune.select.core import Evaluator, group_options, select
+    from hwprune.select.problem import Constraints, Problem, floor_options
 
     t0 = time.perf_counter()
     model, x = zoo.create(name)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hwprune.cli import main
+from hwprune.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def test_budget_must_be_a_positive_number(capsys, budget):
 
 
 def test_budget_in_percent_is_a_fraction_of_the_baseline(capsys, tmp_path, monkeypatch):
-    from hwprune.cli_prune import Fraction, budget, budget_kwargs
+    from hwprune.cli.prune import Fraction, budget, budget_kwargs
     assert budget("50%") == (None, 0.5) and isinstance(budget("50%")[1], Fraction)
     assert budget_kwargs(budget("50%")[1]) == {"budget_ms": None, "budget_fraction": 0.5}
     assert budget_kwargs(budget("2.5")[1]) == {"budget_ms": 2.5}

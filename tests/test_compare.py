@@ -12,16 +12,16 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import archs
 import pytest
 import torch
 
-import archs
 import profilers
 from hwprune import UserError, zoo
-from hwprune.cli import main
-from hwprune.compare import run_compare
-from hwprune.graph import LAYER_TYPES, _record_inputs, _spec
-from hwprune.offline import offline_model, read_profile
+from hwprune.cli.main import main
+from hwprune.compare.run import run_compare
+from hwprune.graph.space import LAYER_TYPES, _record_inputs, _spec
+from hwprune.latency.offline import offline_model, read_profile
 from profilers import LayerSpec, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,9 +112,9 @@ def sim(tmp_path, monkeypatch):
 def _far_profile(folder: Path, model, x, networks: bool = True, also=()) -> Path:
     """A profile of sim-far (memory-bound) covering the layer shapes of
     ``model`` (and of the ``also`` models, (model, input) pairs)."""
-    from hwprune.graph import PruningSpace
-    from hwprune.profiling import sample_specs
-    from hwprune.select import group_options
+    from hwprune.graph.space import PruningSpace
+    from hwprune.latency.profiling import sample_specs
+    from hwprune.select.core import group_options
     rt = SimRuntime("memory", 16)
     specs = []
     for m, inp in [(model, x), *also]:
@@ -137,7 +137,7 @@ def test_profile_reader_ignores_unknown_lines_and_fits_the_remainder(tmp_path):
     prof = read_profile(path)
     assert prof.device == "sim-far" and len(prof.networks) == 1
     assert prof.ignored == {"power": 1, "unknown": 1}
-    from hwprune.graph import PruningSpace
+    from hwprune.graph.space import PruningSpace
     space = PruningSpace(model, (x,))
     full = space.specs(space.full_choice())
     off = offline_model(prof, full)
@@ -151,8 +151,8 @@ def test_profile_reader_ignores_unknown_lines_and_fits_the_remainder(tmp_path):
 def test_remainder_prefers_networks_of_the_same_architecture(tmp_path):
     """Two measured widths of this architecture fit its remainder; another
     network's measurement (with another overhead) is left out."""
-    from hwprune.graph import PruningSpace
-    from hwprune.subnets import build
+    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.subnets import build
     (tmp_path / "profiles").mkdir()
     model, x = archs.create("concat")
     other, ox = archs.create("invres")
@@ -193,7 +193,7 @@ def test_profile_missing_the_models_layers_is_a_user_error(tmp_path):
     (tmp_path / "profiles").mkdir()
     path = _far_profile(tmp_path, *archs.create("concat"))
     model, x = zoo.create("resnet20")
-    from hwprune.graph import PruningSpace
+    from hwprune.graph.space import PruningSpace
     space = PruningSpace(model, (x,))
     with pytest.raises(UserError, match="no measurements for .* layer families"):
         offline_model(read_profile(path), space.specs(space.full_choice()))
@@ -359,7 +359,7 @@ def test_budget_below_the_smallest_network_is_raised_and_said(sim, tmp_path):
 
 
 def test_findings_do_not_rank_plans_the_repeats_cannot_tell_apart():
-    from hwprune.compare import findings
+    from hwprune.compare.run import findings
     cell = lambda ms, vs, lo, hi: {"source": "measured", "ms": ms, "ratio_to_original": ms / 4.0, "vs_own": vs,
                                    "vs_own_lo": lo, "vs_own_hi": hi}
     data = {"budget_frac": 0.5, "cross": {"rows": ["a", "b"], "cols": ["a", "b"], "cells": [

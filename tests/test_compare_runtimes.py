@@ -4,9 +4,8 @@ assertions compare ratios measured in the same run only."""
 import pytest
 
 from hwprune import zoo
-from hwprune.compare import run_compare
+from hwprune.compare.run import run_compare
 from profilers import LayerSpec
-
 
 # ---------------------------------------------------------------- real runtimes
 
@@ -42,8 +41,8 @@ def test_real_cpu_runtimes_measure_every_cell(shared_store):
 # ---------------------------------------------------------------- several ORT sessions in one process
 
 def _resnet56_and_half():
-    from hwprune.graph import PruningSpace
-    from hwprune.subnets import build
+    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.subnets import build
     from profilers.onnx_export import feeds, to_onnx_bytes
     model, x = zoo.create("resnet56")
     space = PruningSpace(model, (x,))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from profilers import atomic
 from hwprune import report
-from hwprune.data import digits_loaders
-from hwprune.train import evaluate, kd_loss, train
+from hwprune.train.data import digits_loaders
+from hwprune.train.loop import evaluate, kd_loss, train
+from profilers import atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,9 +1,9 @@
 """End to end on the real ORT CPU runtime. Assertions compare latencies
 measured in the same run (ratios), never absolute times."""
+import archs
 import pytest
 import torch
 
-import archs
 import hwprune
 from hwprune import zoo
 

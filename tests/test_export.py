@@ -2,20 +2,20 @@ import json
 import os
 import sys
 
+import archs
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-import archs
 from hwprune import UserError, apply_plan, export_onnx, zoo
-from hwprune.cli import main
-from hwprune.export import dynamic_shapes, export_model, report_path, trtexec_command
-from hwprune.export_data import load_data
-from hwprune.graph import PruningSpace
-from hwprune.modelio import checkpoint, load_model, plan_fingerprint
-from hwprune.surgery import apply_kept
+from hwprune.cli.main import main
+from hwprune.export.data import load_data
+from hwprune.export.onnx import dynamic_shapes, export_model, report_path, trtexec_command
+from hwprune.graph.plans import checkpoint, load_model, plan_fingerprint
+from hwprune.graph.space import PruningSpace
+from hwprune.graph.surgery import apply_kept
 
 ZOO = ["resnet20", "resnet56", "vgg16", "mobilenetv2", "resnet18", "resnet50"]
 
@@ -124,7 +124,7 @@ def _half(space):
 
 
 def _plan(space, kept):
-    from hwprune.engine import make_plan
+    from hwprune.loop.engine import make_plan
     return {**make_plan(space, kept, "ort-cpu-1t", 1.0), "fingerprint": plan_fingerprint(space)}
 
 
@@ -155,7 +155,7 @@ def test_plan_and_weights_rebuild_the_pruned_model_without_pickles(tmp_path):
 
 
 def test_make_plan_records_the_fingerprint():
-    from hwprune.engine import make_plan
+    from hwprune.loop.engine import make_plan
     model, x = zoo.create("resnet20")
     space = PruningSpace(model, x)
     assert make_plan(space, _half(space), "ort-cpu-1t", 1.0)["fingerprint"] == plan_fingerprint(space)
@@ -235,7 +235,7 @@ def test_interrupted_export_leaves_the_old_files(tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
     _export(model, x, out)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    import hwprune.export as ex
+    import hwprune.export.onnx as ex
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -246,7 +246,7 @@ def test_interrupted_export_leaves_the_old_files(tmp_path, monkeypatch):
 
 
 def test_a_crash_between_renames_never_pairs_old_and_new(tmp_path, monkeypatch):
-    from hwprune.outdir import atomic_files
+    from hwprune.export.outdir import atomic_files
     main_file, report = tmp_path / "m.onnx", tmp_path / "m.onnx.report.json"
     main_file.write_text("old")
     report.write_text("old report")

@@ -2,7 +2,6 @@
 the finetune command (tiny models; nothing here measures latency)."""
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -17,10 +16,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from hwprune.cli import main
-from hwprune.data import load_loaders
+from hwprune.cli.main import main
 from hwprune.errors import UserError
-from hwprune.finetune import FinetuneConfig, finetune, load_checkpoint
+from hwprune.train.data import load_loaders
+from hwprune.train.finetune import FinetuneConfig, finetune, load_checkpoint
 
 SHAPE = (1, 3, 8, 8)
 REPO = Path(__file__).resolve().parent.parent
@@ -332,7 +331,8 @@ def test_torchrun_two_cpu_processes(tmp_path, npz, pickled):
     out = tmp_path / "ddp"
     logs = tmp_path / "logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--log-dir", str(logs), "--redirects", "3", "-m", "hwprune", "finetune", "--model", str(pickled), "--trust-pickle", "--input-shape", "1,3,8,8",
+           "--log-dir", str(logs), "--redirects", "3", "-m", "hwprune", "finetune",
+           "--model", str(pickled), "--trust-pickle", "--input-shape", "1,3,8,8",
            "--teacher", str(pickled), "--data", str(npz), "--epochs", "2", "--batch-size", "16",
            "--out", str(out), "--train-device", "cpu", "--json"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

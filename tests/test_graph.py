@@ -1,13 +1,13 @@
 import random
 
+import archs
 import pytest
 import torch
 
-import archs
 from hwprune import zoo
-from hwprune.graph import PruningSpace
-from hwprune.select import group_options
-from hwprune.surgery import apply_kept, check_widths
+from hwprune.graph.space import PruningSpace
+from hwprune.graph.surgery import apply_kept, check_widths
+from hwprune.select.core import group_options
 
 MODELS = [("zoo", "resnet20"), ("zoo", "mobilenetv2"), ("zoo", "vgg16")] + [("arch", n) for n in archs.ARCHS]
 
@@ -74,7 +74,7 @@ def test_flatten_into_linear_scales_by_spatial_size():
 
 
 def test_untraceable_model_is_a_clear_error():
-    from hwprune.graph import GraphError
+    from hwprune.graph.space import GraphError
 
     class Bad(torch.nn.Module):
         def forward(self, x):

@@ -2,23 +2,23 @@
 and every criterion with every selector (no latency is measured here)."""
 from __future__ import annotations
 
+import archs
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-import archs
-from hwprune import importance
-from hwprune.cli import build_parser, main
-from hwprune.constraints import Constraints, Problem, floor_options
-from hwprune.data import digits_loaders
+from hwprune.cli.main import build_parser, main
 from hwprune.errors import UserError
-from hwprune.graph import PruningSpace
-from hwprune.importance_data import consumers, eliminate, gate_gradients
-from hwprune.select import SELECTORS, Evaluator, group_options, select
-from hwprune.surgery import apply_kept
-from hwprune.train import evaluate, train
+from hwprune.graph.space import PruningSpace
+from hwprune.graph.surgery import apply_kept
+from hwprune.importance import criteria as importance
+from hwprune.importance.data import consumers, eliminate, gate_gradients
+from hwprune.select.core import SELECTORS, Evaluator, group_options, select
+from hwprune.select.problem import Constraints, Problem, floor_options
+from hwprune.train.data import digits_loaders
+from hwprune.train.loop import evaluate, train
 
 NAMES = ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]
 DATA_NAMES = ["taylor", "ccp", "dcp"]

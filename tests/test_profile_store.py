@@ -177,7 +177,7 @@ def test_profile_export_import_round_trip(tmp_path):
 
 
 def test_profile_skips_whole_network_lines(tmp_path):
-    """Whole-network lines (read by hwprune.offline) do not count as layer lines
+    """Whole-network lines (read by hwprune.latency.offline) do not count as layer lines
     and do not break importing the layers."""
     src, key = _filled_store(tmp_path / "a.sqlite")
     f = tmp_path / "p.jsonl"
@@ -212,7 +212,7 @@ def test_corrupt_profile_names_file_and_line(tmp_path, line_no, bad):
 # --- CLI: corrupt store, resume after SIGKILL ------------------------------
 
 def test_corrupt_store_is_one_error_line_and_left_unchanged(tmp_path, capsys):
-    from hwprune.cli import main
+    from hwprune.cli.main import main
     path = tmp_path / "bad.sqlite"
     path.write_bytes(b"not a database " * 200)
     before = path.read_bytes()
@@ -233,9 +233,9 @@ def _rows(path):
 
 def _expected_shapes(model, device):
     from hwprune import devices, zoo
-    from hwprune.graph import PruningSpace
-    from hwprune.profiling import sample_specs
-    from hwprune.select import group_options
+    from hwprune.graph.space import PruningSpace
+    from hwprune.latency.profiling import sample_specs
+    from hwprune.select.core import group_options
     net, x = zoo.create(model)
     dev = devices.get(device)
     space = PruningSpace(net, (x,))
@@ -244,7 +244,7 @@ def _expected_shapes(model, device):
 
 
 def test_profile_resumes_after_sigkill_measuring_only_what_is_missing(tmp_path, capsys):
-    from hwprune.cli import main
+    from hwprune.cli.main import main
     store = tmp_path / "store.sqlite"
     argv = ["profile", "--device", "ort-cpu-1t", "--model", "resnet20", "--store", str(store)]
     total = _expected_shapes("resnet20", "ort-cpu-1t")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from test_selectors import CASES, FlopsModel, brute_force, make, scaled
 
-from hwprune import qcqp, zoo
-from hwprune.constraints import Constraints, Problem
-from hwprune.graph import PruningSpace
-from hwprune.qcqp_dual import lagrangian_bound, max_sum
-from hwprune.select import Evaluator, group_options, select
+from hwprune import zoo
+from hwprune.graph.space import PruningSpace
+from hwprune.select.core import Evaluator, group_options, select
+from hwprune.select.problem import Constraints, Problem
+from hwprune.select.qcqp import milp as qcqp
+from hwprune.select.qcqp.dual import lagrangian_bound, max_sum
 
 
 @pytest.mark.parametrize("seed", range(6))

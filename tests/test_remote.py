@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hwprune.cli import main
+from hwprune.cli.main import main
 from profilers import LayerSpec, Protocol, RuntimeUnavailable
 from profilers.remote import RemoteError, RemoteRuntime
 

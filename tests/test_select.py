@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from hwprune import zoo
-from hwprune.graph import PruningSpace
-from hwprune.select import Evaluator, greedy, group_options, width_grid
+from hwprune.graph.space import PruningSpace
+from hwprune.select.core import Evaluator, greedy, group_options, width_grid
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec
 

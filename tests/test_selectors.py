@@ -3,19 +3,19 @@ latency models: nothing here measures latency."""
 import itertools
 import zlib
 
+import archs
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import archs
 from hwprune import zoo
-from hwprune.active import weight_importance
-from hwprune.constraints import Constraints, FlopsBudget, MemoryBudget, ParamsBudget, Problem, floor_options
 from hwprune.errors import UserError
-from hwprune.graph import PruningSpace
-from hwprune.select import SELECTORS, Evaluator, group_options, select
-from hwprune.surgery import apply_kept
+from hwprune.graph.space import PruningSpace
+from hwprune.graph.surgery import apply_kept
+from hwprune.importance.active import weight_importance
+from hwprune.select.core import SELECTORS, Evaluator, group_options, select
+from hwprune.select.problem import Constraints, FlopsBudget, MemoryBudget, ParamsBudget, Problem, floor_options
 from latency_models import NetworkLatencyModel
 
 
@@ -98,7 +98,8 @@ def tiny(name):
 NETS = ["chain", "residual", "concat", "concat_residual"]
 
 
-def make(name, constraints=Constraints(), models=None):
+def make(name, constraints=None, models=None):
+    constraints = constraints or Constraints()
     model, x, step = tiny(name)
     space = PruningSpace(model, x)
     rng = np.random.default_rng(1)
@@ -268,7 +269,7 @@ def test_unknown_selector_is_a_user_error():
 def test_wide_groups_are_searched_coarse_to_fine():
     """With at most 3 widths per group in the coarse pass, the refined answer is
     feasible, on the grid, and at least as good as the coarse pass alone."""
-    from hwprune.qcqp import _thin
+    from hwprune.select.qcqp.milp import _thin
     problem = scaled(make("chain", models={"t": TableModel()})[0], **{"latency_ms[t]": 0.5})
     refined = select("qcqp", problem, mip_rel_gap=1e-9, max_options=3)
     coarse = {gid: _thin(o, 3) for gid, o in problem.options.items()}
@@ -283,7 +284,7 @@ def test_wide_groups_are_searched_coarse_to_fine():
 
 
 def test_cli_budget_forms_are_checked_before_any_measurement(capsys, tmp_path):
-    from hwprune.cli import main
+    from hwprune.cli.main import main
     out = str(tmp_path / "o")
     assert main(["prune", "--model", "resnet20", "--budget-ms", "2", "--out", out]) == 2
     assert "needs --device" in capsys.readouterr().err
@@ -333,7 +334,7 @@ def test_interval_relaxation_bounds_the_full_grid_and_reaches_its_optimum(name, 
     relaxation's bound is already >= the brute-force optimum, with or without
     shadow prices; refined to the end, the certificate finds that optimum and
     proves it."""
-    from hwprune.qcqp_bound import certify
+    from hwprune.select.qcqp.interval import certify
     models, fracs = CASES[case]
     problem = scaled(make(name, models=models)[0], **fracs)
     best, _ = brute_force(problem)
@@ -348,6 +349,6 @@ def test_interval_relaxation_bounds_the_full_grid_and_reaches_its_optimum(name, 
 
 
 def test_no_interval_certificate_across_a_concat_of_groups():
-    from hwprune.qcqp_bound import certify
+    from hwprune.select.qcqp.interval import certify
     problem = scaled(make("concat")[0], **{"latency_ms[flops]": 0.5})
     assert certify(problem, problem.smallest(), 5.0) is None

@@ -5,15 +5,15 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import archs
 import pytest
 import torch
 from torch import nn
 
-import archs
 import hwprune
-from hwprune.cli import main
-from hwprune.memory import measure_activation_bytes, peak_activation_bytes, trace_ops
-from hwprune.validate import SubnetRow, ValidationResult, scatter_png
+from hwprune.cli.main import main
+from hwprune.latency.memory import measure_activation_bytes, peak_activation_bytes, trace_ops
+from hwprune.latency.validate import SubnetRow, ValidationResult, scatter_png
 from latency_models.memory import OpShape, activation_timeline, layer_activation_bytes
 from latency_models.memory import peak_activation_bytes as peak_from_ops
 from latency_models.metrics import accuracy
@@ -137,7 +137,7 @@ def test_prediction_without_profiling_names_the_missing_shapes(devices_without_p
         hwprune.predict_latency(model, x, "ort-cpu-1t", store=store, profile=False)
     assert "3 layer shape(s)" in str(e.value) and "hwprune profile" in str(e.value)
     # with every layer family stored, it is the sum of the layer predictions
-    from hwprune.graph import PruningSpace
+    from hwprune.graph.space import PruningSpace
     space = PruningSpace(model, (x,))
     key = json.dumps({"device": "ort-cpu-1t", "host": "elsewhere"}, sort_keys=True)
     truth = {}

@@ -1,0 +1,399 @@
+"""The ``hwprune`` command line. Bad input: one ``error:`` line, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _progress():
+    from tqdm import tqdm
+
+    def bar(iterable, desc="", unit="it", total=None):
+        return tqdm(iterable, desc=desc, unit=unit, total=total, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, disable=None)
+    return bar
+
+
+def _store(args):
+    from profilers import MeasurementStore
+    return MeasurementStore(args.store) if args.store else MeasurementStore()
+
+
+def _shape(text):
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+        if not dims or min(dims) <= 0:
+            raise ValueError
+        return dims
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} is not N,C,H,W positive integers") from None
+
+
+def _positive(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return v
+
+
+def _emit(args, data: dict, text: str) -> None:
+    print(json.dumps(data, indent=2, default=float) if args.json else text)
+
+
+def _profile_files(folder: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """Profile files under ``folder`` by device name, and lines for unreadable ones."""
+    from profilers.profile_io import profile_files, read_header
+    by_device: dict[str, list[dict]] = {}
+    bad = []
+    for p in profile_files(folder):
+        try:
+            h = read_header(p)
+        except ValueError as exc:
+            bad.append(str(exc))
+            continue
+        by_device.setdefault(h["device"], []).append(
+            {"file": str(p), "count": h.get("count"), "step_channels": h.get("step_channels"),
+             "date": h.get("date"), "fingerprint": h["fingerprint"]})
+    return by_device, bad
+
+
+def cmd_devices(args) -> int:
+    from hwprune import devices
+    from profilers import fingerprint_key
+    store = _store(args)
+    folder = devices.devices_dir() / "profiles"
+    files, bad_files = _profile_files(folder)
+    rows, out = [], []
+    for name, d in devices.all_devices().items():
+        fp = None
+        try:
+            fp = {"device": name, **d.open().fingerprint()}
+            available, why = True, ""
+            n = store.count(fingerprint_key(fp))
+            step = store.get_meta(fingerprint_key(fp), "step")
+        except Exception as exc:  # a runtime that cannot run here
+            available, why, n, step = False, str(exc), 0, None
+        measured_step = step.get("step_channels") if isinstance(step, dict) else None
+        step_text = "-" if measured_step is None else \
+            f"{measured_step}{'' if step.get('reliable', True) else ' (noisy)'}"
+        profiles = [{**{k: v for k, v in f.items() if k != "fingerprint"},
+                     "matches_this_host": fp is not None and f["fingerprint"] == fp}
+                    for f in files.get(name, [])]
+        out.append({"name": name, "runtime": d.runtime, "available": available, "reason": why,
+                    "step_channels": d.step_channels, "measured_step_channels": measured_step,
+                    "measured_step_reliable": None if step is None else step.get("reliable", True),
+                    "stored_measurements": n, "profiles": profiles,
+                    "description": d.description, "descriptor": d.path})
+        prof_text = ", ".join(f"{Path(f['file']).name} ({f['count']}, "
+                              f"{'this host' if f['matches_this_host'] else 'other host'})"
+                              for f in profiles) or "-"
+        rows.append([name, "yes" if available else "no", d.step_channels,
+                     step_text, n, prof_text, d.description])
+    from hwprune.report import format_table
+    text = format_table(["device", "available", "grid", "measured step", "stored", "profile files",
+                         "description"], rows) + f"\nstore: {store.path}\nprofiles: {folder}"
+    text += "".join(f"\nunreadable profile: {b}" for b in bad_files)
+    _emit(args, {"devices": out, "store": str(store.path), "profiles_dir": str(folder),
+                 "unreadable_profiles": bad_files}, text)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import datetime
+
+    from hwprune import devices
+    from hwprune.errors import UserError
+    from hwprune.graph.plans import load_model
+    from hwprune.graph.space import PruningSpace
+    from hwprune.latency.profiling import Profiler, fit_latency_model
+    from hwprune.select.core import group_options
+    if args.export and Path(args.export).is_dir():
+        raise UserError(f"--export {args.export} is a folder; name a file (e.g. {args.export}/"
+                        f"{args.device}.jsonl)")
+    lm = load_model(args.model, args.input_shape, args.trust_pickle)
+    dev = devices.get(args.device)
+    space = PruningSpace(lm.model, (lm.example_input,))
+    prof = Profiler(dev, _store(args))
+    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    lat = fit_latency_model(prof, space, options, _progress())
+    step = prof.store.get_meta(prof.fp, "step")
+    step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine
+    if step_new:
+        from profilers.steps import detect_step
+        step = {**detect_step(prof.runtime, progress=_progress()).to_json(),
+                "detected_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        prof.store.put_meta(prof.fp, "step", step)
+    baseline = prof.measure_module(lm.model, (lm.example_input,))
+    data = {"device": dev.name, "model": lm.source, "groups": len(space.groups), "layers": len(space.layers),
+            "families": len(lat.families_), "shapes_measured": prof.measured, "shapes_reused": prof.reused,
+            "step_channels": step.get("step_channels"), "align_channels": step.get("align_channels"),
+            "step_detected_now": step_new,
+            "step_reliable": step.get("reliable", True),
+            "grid_step_channels": dev.step_channels,
+            "baseline_ms": baseline.median_ms, "baseline_iqr_ms": baseline.iqr_ms,
+            "sum_of_layers_ms": lat.layers_ms(space.specs(space.full_choice())), "store": str(prof.store.path)}
+    text = (f"{dev.name}: {lm.source}: {data['layers']} layers, {data['groups']} channel groups, "
+            f"{data['families']} layer families\nmeasured {prof.measured} shapes, reused "
+            f"{prof.reused} from {prof.store.path}\nchannel step {step.get('step_channels')} "
+            + (f", widths off multiples of {step['align_channels']} run slower"
+               if (step.get("align_channels") or 0) > (step.get("step_channels") or 0) else "")
+            + f" ({'detected now' if step_new else 'stored'}; the device grid uses {dev.step_channels})"
+            + ("" if step.get("reliable", True) else f"; noisy ({100 * step.get('noise_rel', 0):.0f} % run to "
+               f"run, is the machine busy?), detected again next time")
+            + f"\nbaseline {baseline.median_ms:.3f} ms (IQR {baseline.iqr_ms:.3f})")
+    if args.export:
+        from profilers.profile_io import export_profile
+        try:
+            n = export_profile(prof.store, prof.fp, args.export)
+        except OSError as exc:
+            raise UserError(f"cannot write the profile {args.export} ({exc.strerror or exc})") from None
+        data["exported"], data["exported_measurements"] = str(args.export), n
+        text += f"\nexported {n} measurements of {dev.name} to {args.export}"
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from hwprune.cli.prune import constraints_from_args
+    from hwprune.export.onnx import atomic_write_bytes, check_parity
+    from hwprune.export.outdir import atomic_dir
+    from hwprune.graph.plans import checkpoint, load_model
+    from hwprune.loop.engine import prune
+    from hwprune.report import format_table
+    from profilers.onnx_export import to_onnx_bytes
+    budget_ms, cons = constraints_from_args(args)
+    lm = load_model(args.model, args.input_shape, args.trust_pickle)
+    from hwprune.cli.finetune import after_prune, data_for_importance, text_of
+    from hwprune.cli.prune import budget_kwargs
+    res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
+                selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
+                data=data_for_importance(args, lm), store=_store(args), progress=_progress())
+    data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
+            "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
+            "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
+            "devices": res.devices, "constraints": res.plan.get("constraints"),
+            "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
+                                                 ("status", "mip_gap", "solve_s", "objective", "note")}}
+    with atomic_dir(Path(args.out), force=True) as tmp:
+        onnx_bytes = to_onnx_bytes(res.model, (lm.example_input,))
+        parity = check_parity(res.model, (lm.example_input,), onnx_bytes)
+        atomic_write_bytes(tmp / "model.onnx", onnx_bytes)
+        torch.save(checkpoint(res.model, lm.zoo_name, lm.num_classes, res.plan), tmp / "model.pt")
+        (tmp / "plan.json").write_text(json.dumps(res.plan, indent=1))
+        data["onnx_max_abs_diff"] = parity.max_abs_diff
+        (tmp / "result.json").write_text(json.dumps(data, indent=2, default=float))
+    data["out"] = str(args.out)
+    rows = [["baseline", f"{res.baseline_ms:.3f}", "", data.get("params_before", ""), data.get("flops_before", "")],
+            ["pruned", f"{res.measured_ms:.3f}", f"{res.predicted_ms:.3f}", data.get("params_after", ""),
+             data.get("flops_after", "")]]
+    text = format_table(["model", "measured ms", "predicted ms", "params", "FLOPs"], rows)
+    for dev, d in res.devices.items():
+        if d.get("budget_ms") is not None and "measured_ms" in d:
+            text += (f"\n{dev}: budget {d['budget_ms']:.3f} ms, measured {d['measured_ms']:.3f} ms "
+                     f"(baseline {d['baseline_ms']:.3f})")
+    text += f"\n{len(res.rounds)} closed-loop rounds"
+    solve = data["solve"]
+    if solve.get("status"):
+        gap = "" if solve.get("mip_gap") is None else f", MIP gap {100 * solve['mip_gap']:.3f} %"
+        text += (f"\nselector {args.selector}: {solve['status']}{gap}, {solve['solve_s']:.2f} s; "
+                 f"active-weight importance kept {100 * solve['objective']:.1f} %")
+    if res.note:
+        text += f"\nnote: {res.note}"
+    text += f"\nwrote {args.out}/model.pt, plan.json, model.onnx"
+    ft = after_prune(args, lm, res)
+    if ft:
+        data["finetune"] = ft
+        text += "\n" + text_of(ft)
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from hwprune.export.onnx import export_model, report_text
+    from hwprune.graph.plans import load_model
+    src = Path(args.model)
+    default = "model.engine" if args.format == "tensorrt" else "model.onnx"
+    folder = src if src.is_dir() else src.parent if src.exists() else Path(".")
+    out = Path(args.out) if args.out else folder / default
+    lm = load_model(args.model, args.input_shape, args.trust_pickle)
+    report = export_model(lm.model, (lm.example_input,), out, fmt=args.format, opset=args.opset,
+                          dynamic_batch=args.dynamic_batch, fp16=args.fp16, int8=args.int8, data=args.data,
+                          force=args.force, max_batch=args.max_batch, source=lm.source)
+    _emit(args, report, report_text(report))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from hwprune.demo import run_demo
+    from hwprune.report import format_table
+    r = run_demo(Path(args.out), device=args.device, store=_store(args), progress=_progress())
+    rows = [["baseline", f"{r['baseline_ms']:.3f}", "", r["params_before"], r["flops_before"],
+             f"{100 * r['accuracy_before']:.1f} %"],
+            ["pruned", f"{r['pruned_ms']:.3f}", f"{r['predicted_ms']:.3f}", r["params_after"], r["flops_after"],
+             f"{100 * r['accuracy_after']:.1f} %"]]
+    text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
+    _emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from hwprune.cli.validate import run
+    data, text = run(args, _progress(), _store(args))
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_agent(args) -> int:
+    import os
+
+    from hwprune.errors import UserError
+    from profilers.agent import serve
+    env = os.environ.get("HWPRUNE_AGENT_TOKEN")
+    source = "--token" if args.token else ("$HWPRUNE_AGENT_TOKEN" if env else None)
+
+    def ready(server):
+        host, port = server.server_address[:2]
+        shown = "BOARD_ADDRESS" if host in ("0.0.0.0", "::", "") else host
+        device = f"remote:{shown}:{port}"
+        data = {"host": host, "port": port, "device": device, "token": None if source else server.token,
+                "token_source": source or "generated", "threads": server.threads,
+                "max_bytes": server.max_bytes}
+        token = f"token: {server.token}" if source is None else f"token: the one given by {source}"
+        _emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
+                          f"uploads up to {args.max_mb:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
+                          f"on the host: HWPRUNE_AGENT_TOKEN=<token> hwprune profile --device {device} "
+                          f"--model resnet20")
+        sys.stdout.flush()
+    try:
+        serve(args.host, args.port, args.token or env or None, max(1, int(args.max_mb * 1024 * 1024)),
+              args.threads, on_ready=ready)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                        f"pick another --port or --host") from None
+    except KeyboardInterrupt:
+        print("agent stopped", file=sys.stderr)
+    return 0
+
+
+def _port(text):
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not 0-65535")
+    return int(text)
+
+
+def _count(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hwprune", description="Hardware-aware, latency-constrained channel "
+                                "pruning: make a CNN run in X ms on a device.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress of the engine")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sp, model=True):
+        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        sp.add_argument("--store", help="measurement store (default $HWPRUNE_STORE or ~/.cache/hwprune)")
+        if model:
+            sp.add_argument("--model", required=True, help="zoo name (resnet20, resnet56, vgg16, mobilenetv2, "
+                            "resnet18, resnet50) or a model file")
+            sp.add_argument("--input-shape", type=_shape, help="N,C,H,W for files that do not record it")
+            sp.add_argument("--trust-pickle", action="store_true",
+                            help="allow loading a pickled whole model (runs code from the file)")
+
+    sp = sub.add_parser("demo", help="train resnet20 on digits, prune to 50 %% of its latency, export")
+    common(sp, model=False)
+    sp.add_argument("--out", default="hwprune-demo", help="output folder (default hwprune-demo)")
+    sp.add_argument("--device", default="ort-cpu-1t")
+    sp.set_defaults(func=cmd_demo)
+    sp = sub.add_parser("profile", help="measure a model's layer shapes on a device")
+    common(sp)
+    sp.add_argument("--device", required=True)
+    sp.add_argument("--export", metavar="FILE", help="also write the device's stored measurements to FILE "
+                    "(one JSON object per line, e.g. devices/profiles/DEVICE.jsonl)")
+    sp.set_defaults(func=cmd_profile)
+    sp = sub.add_parser("prune", help="prune a model to a latency budget on a device")
+    common(sp)
+    from hwprune.cli.prune import add_arguments
+    add_arguments(sp)
+    sp.add_argument("--out", required=True, help="output folder: model.pt, plan.json, model.onnx")
+    sp.set_defaults(func=cmd_prune)
+    from hwprune.cli.finetune import add_parser as add_finetune_parser
+    add_finetune_parser(sub, common)
+    sp = sub.add_parser("export", help="export a (pruned) model to ONNX or TensorRT")
+    common(sp)
+    sp.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
+    sp.add_argument("--out", help="output file (default: model.onnx or model.engine next to the model); "
+                    "a report goes to OUT.report.json, a TensorRT export also writes OUT with suffix .onnx")
+    sp.add_argument("--force", action="store_true", help="replace existing output files")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    sp.add_argument("--dynamic-batch", action="store_true", help="export with a variable batch size")
+    sp.add_argument("--max-batch", type=_count, default=32,
+                    help="largest batch of a dynamic-batch TensorRT engine (default 32)")
+    sp.add_argument("--fp16", action="store_true", help="TensorRT: allow FP16 kernels")
+    sp.add_argument("--int8", action="store_true", help="TensorRT: INT8, calibrated on --data")
+    sp.add_argument("--data", metavar="D", help="real inputs to check against PyTorch (and calibrate INT8): "
+                    "'digits' or a .npz file with x [N,C,H,W] float and optional y [N] labels")
+    sp.set_defaults(func=cmd_export)
+    sp = sub.add_parser("validate", help="measure random sub-networks and score every latency model on them")
+    common(sp)
+    from hwprune.cli.validate import add_arguments as add_validate_arguments
+    add_validate_arguments(sp)
+    sp.set_defaults(func=cmd_validate)
+    sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")
+    common(sp, model=False)
+    sp.set_defaults(func=cmd_devices)
+    from hwprune.cli.compare import register as register_compare
+    register_compare(sub, common)
+    sp = sub.add_parser("agent", help="run on a board: measure ONNX models sent by hwprune on another "
+                        "machine (device remote:HOST:PORT)")
+    sp.add_argument("--json", action="store_true", help="print the address and token as JSON")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this "
+                    "machine only; 0.0.0.0 for the network)")
+    sp.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 picks a free one)")
+    sp.add_argument("--token", help="token clients must send (default $HWPRUNE_AGENT_TOKEN, else a new "
+                    "one is generated and printed)")
+    sp.add_argument("--threads", type=_count, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    sp.add_argument("--max-mb", type=_positive, default=256.0, help="largest upload accepted, in MB "
+                    "(default 256)")
+    sp.set_defaults(func=cmd_agent)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from hwprune.errors import UserError
+    from hwprune.export.onnx import ExportError
+    from hwprune.graph.space import GraphError
+    from profilers import RuntimeUnavailable, StoreError
+    try:
+        return args.func(args)
+    except (UserError, StoreError, GraphError, ExportError, RuntimeUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun to resume (stored measurements are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

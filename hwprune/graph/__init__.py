@@ -1,0 +1,1 @@
+"""The pruning space: coupled channel groups, layer shapes in terms of group widths, surgery, sub-networks, plans."""

@@ -1,0 +1,180 @@
+"""Load a model named on the command line, and save a pruned one.
+
+``--model`` takes a zoo name, or a file:
+
+* a hwprune checkpoint (``prune --out`` writes ``model.pt``): zoo name, plan
+  and pruned state dict; rebuilt from the zoo without pickles;
+* ``{"zoo": name, "state_dict": ...}`` (weights for a zoo model);
+* a ``torch.export`` program (``.pt2``) or a TorchScript file;
+* a pickled whole ``nn.Module`` only with ``trust_pickle=True``.
+
+Everything else is read with ``torch.load(weights_only=True)``.
+
+A plan (``plan.json``: kept channels per group and a fingerprint of the
+original architecture, :func:`plan_fingerprint`) re-applies a pruning to the
+original model with :func:`apply_plan`; the pruned weights then load with
+``load_state_dict``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune import zoo
+from hwprune.errors import UserError
+
+CHECKPOINT_FORMAT = "hwprune-model/1"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module
+    example_input: torch.Tensor
+    source: str
+    zoo_name: str | None = None
+    num_classes: int | None = None
+
+
+def _zoo(name: str, num_classes: int | None = None) -> LoadedModel:
+    try:
+        e = zoo.entry(name)
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; zoo models: {', '.join(zoo.list_models())}, "
+                        f"or give a model file") from None
+    model, x = zoo.create(name, num_classes)
+    return LoadedModel(model, x, name, name, num_classes or e.num_classes)
+
+
+def _shape_input(input_shape, fallback=None) -> torch.Tensor:
+    if input_shape:
+        return torch.randn(*input_shape)
+    if fallback is not None:
+        return fallback
+    raise UserError("this model file does not record its input size; pass --input-shape N,C,H,W")
+
+
+def plan_fingerprint(space) -> str:
+    """``sha256:...`` of the unpruned architecture a plan is made for: every
+    conv/linear layer's (name, type, in, out, kernel, stride, groups), sorted,
+    and the channel groups' (root, size). Weights and input size do not enter."""
+    layers = []
+    for layer in space.layers:
+        s = layer.spec
+        layers.append([layer.name, type(space.model.get_submodule(layer.name)).__name__, s.in_channels,
+                       s.out_channels, list(s.kernel), list(s.stride), s.groups])
+    groups = sorted([g.root, g.size] for g in space.groups)
+    blob = json.dumps({"layers": sorted(layers), "groups": groups}, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _read_plan(plan) -> dict:
+    if isinstance(plan, (str, Path)):
+        try:
+            plan = json.loads(Path(plan).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"cannot read plan {plan}: {exc}") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("groups"), list):
+        raise UserError("not a hwprune plan (expected a dict with a 'groups' list, as in plan.json)")
+    return plan
+
+
+def apply_plan(model: nn.Module, plan, example_inputs) -> nn.Module:
+    """Rebuild the pruned architecture from the original model and a plan (a
+    dict or a ``plan.json`` path); load the pruned weights into the result with
+    ``load_state_dict``. A plan made for another architecture is refused (by
+    its fingerprint; older plans without one, by their channel groups)."""
+    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.surgery import apply_kept
+    plan = _read_plan(plan)
+    space = PruningSpace(model, example_inputs)
+    want = plan.get("fingerprint")
+    if want is not None:
+        have = plan_fingerprint(space)
+        if want != have:
+            raise UserError(f"the plan does not fit this model: it was made for another architecture "
+                            f"(plan fingerprint {str(want)[:19]}, this model {have[:19]}); apply it to "
+                            f"the model it was made for")
+    groups = {(g.gid, g.root, g.size): g for g in space.groups}
+    kept = {}
+    for pg in plan["groups"]:
+        try:
+            key = (pg["gid"], pg["root"], pg["size"])
+            idx = [int(i) for i in pg["kept"]]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"plan group {pg!r:.80} is malformed (needs gid, root, size, kept)") from None
+        if key not in groups:
+            raise UserError(f"the plan does not fit this model (group {pg['root']} of size {pg['size']} "
+                            f"not found); use the model the plan was made for")
+        if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= pg["size"]:
+            raise UserError(f"plan group {pg['root']}: kept channels must be distinct indices in "
+                            f"0..{pg['size'] - 1}, at least one")
+        kept[pg["gid"]] = idx
+    return apply_kept(space, kept)
+
+
+def load_model(spec: str, input_shape=None, trust_pickle: bool = False) -> LoadedModel:
+    path = Path(spec)
+    if not path.exists():
+        if "/" in spec or "." in spec:
+            raise UserError(f"model file {spec} does not exist; give a zoo name "
+                            f"({', '.join(zoo.list_models())}) or a model file")
+        return _zoo(spec)
+    if path.is_dir():
+        if (path / "model.pt").is_file():
+            return load_model(str(path / "model.pt"), input_shape, trust_pickle)
+        raise UserError(f"{path} is a folder without model.pt; give the model file")
+    data = path.read_bytes()
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names):
+            try:
+                prog = torch.export.load(str(path))
+                model = prog.module()
+                args = getattr(prog, "example_inputs", None)
+                fallback = args[0][0] if args and args[0] else None
+                return LoadedModel(model, _shape_input(input_shape, fallback), str(path))
+            except Exception as exc:
+                raise UserError(f"cannot read torch.export file {path}: {exc}") from None
+        if any(n.endswith("constants.pkl") for n in names):
+            try:
+                return LoadedModel(torch.jit.load(str(path)).eval(), _shape_input(input_shape), str(path))
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"cannot read TorchScript file {path}: {exc}") from None
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = " (a pickled whole model needs --trust-pickle, only for files you trust)" \
+            if not trust_pickle and "weights_only" in str(exc) else ""
+        raise UserError(f"cannot read model file {path}: {msg[:200]}{hint}") from None
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj.eval(), _shape_input(input_shape), str(path))
+    if isinstance(obj, dict) and "zoo" in obj and "state_dict" in obj:
+        base = _zoo(str(obj["zoo"]), obj.get("num_classes"))
+        model, x = base.model, base.example_input
+        if input_shape:
+            x = torch.randn(*input_shape)
+        if obj.get("plan"):
+            model = apply_plan(model, obj["plan"], (x,))
+        try:
+            model.load_state_dict(obj["state_dict"])
+        except RuntimeError as exc:
+            raise UserError(f"weights in {path} do not fit model {obj['zoo']!r}: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
+        return LoadedModel(model.eval(), x, str(path), base.zoo_name, base.num_classes)
+    raise UserError(f"{path} is not a model file hwprune reads (expected a hwprune checkpoint, "
+                    f"a {{'zoo', 'state_dict'}} dict, a torch.export or TorchScript file)")
+
+
+def checkpoint(model: nn.Module, zoo_name: str | None, num_classes: int | None, plan: dict) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "zoo": zoo_name, "num_classes": num_classes, "plan": plan,
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}

@@ -1,0 +1,53 @@
+"""Physically remove channels: a plan of kept indices per group -> a smaller module."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from hwprune.graph.space import PruningSpace
+from hwprune.importance.criteria import root_handler
+
+
+class SurgeryError(RuntimeError):
+    pass
+
+
+def _one_sample(inputs: tuple) -> tuple:
+    """The first sample of each batched tensor: channel dependencies do not
+    depend on the batch, and tracing a batch of 64 large images costs seconds."""
+    return tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 1 else t for t in inputs)
+
+
+def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
+    """Return a pruned deep copy of ``space.model`` keeping ``kept[gid]`` root indices."""
+    model = copy.deepcopy(space.model).eval()
+    inputs = _one_sample(space.example_inputs)
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+    except Exception:  # a model whose forward needs the full batch
+        model, inputs = copy.deepcopy(space.model).eval(), space.example_inputs
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+    for g in space.groups:
+        keep = set(int(i) for i in kept.get(g.gid, range(g.size)))
+        if not keep:
+            raise SurgeryError(f"group {g.gid} ({g.root}) would lose every channel")
+        drop = sorted(set(range(g.size)) - keep)
+        if drop:
+            root = model.get_submodule(g.root)
+            dg.get_pruning_group(root, root_handler(root), idxs=drop).prune()
+    with torch.no_grad():
+        model(*inputs)
+    return model
+
+
+def check_widths(space: PruningSpace, model: nn.Module, choice) -> None:
+    """Verify each layer of the pruned model has the widths the space predicts."""
+    for layer, spec in zip(space.layers, space.specs(choice)):
+        m = model.get_submodule(layer.name)
+        got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
+        if got != (spec.in_channels, spec.out_channels):
+            raise SurgeryError(f"layer {layer.name}: pruned widths {got} differ from the planned "
+                               f"{(spec.in_channels, spec.out_channels)}")

@@ -1,0 +1,180 @@
+"""Importance of active weights (METHODS.md section 1) as tables over the width grid.
+
+A weight ``W_l[j, i]`` of a conv or linear layer is *active* when output
+channel j and input channel i of that layer both survive. Its importance
+``I_l[j, i]`` is the L1 norm of the kernel slice ``W_l[j, i, :, :]`` divided by
+the layer's Frobenius norm ``||W_l||_F`` (linear: ``|W[j, i]|``; depthwise conv:
+the slice of channel j, active when j survives; a grouped conv keeps its widths,
+so its term is constant). A plan's objective is
+``sum_l sum_{kept j, kept i} I_l[j, i]``, reported as a fraction of the full
+network's.
+
+Inside a group every segment keeps its top-k channels by the group's channel
+scores, so a layer's active importance depends only on the kept counts of the
+groups its channels belong to; channels in no group (the image input, the
+classifier's outputs) are always kept. Per layer the sum splits over
+(output part, input part) where a part is "fixed" or one group: fixed x fixed
+is a constant, fixed x group and group x the same group a vector over that
+group's options, group A x group B a table over (A's option, B's option).
+Summed over layers the objective is
+``const + sum_g u_g[k_g] + sum_{A<B} T_AB[k_A, k_B]``: linear in one-hot
+option variables and in the pairwise variables of the QCQP's linearisation.
+A layer whose input concatenates several groups contributes one table per
+(input group, output group) pair, so no table needs more than two groups.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwprune.graph.space import PruningSpace
+from hwprune.importance.criteria import root_handler
+
+
+def _role(handler_name: str) -> str | None:
+    if handler_name.endswith("out_channels"):
+        return "out"
+    if handler_name.endswith("in_channels"):
+        return "in"
+    return None
+
+
+def group_items(space: PruningSpace):
+    """Every member of every group at full width:
+    ``(gid, module, module name, role, idxs, root_idxs)``; ``idxs`` are the
+    module's channel indices, ``root_idxs`` the group's root index of each."""
+    name_of = {m: n for n, m in space.model.named_modules()}
+    for g in space.groups:
+        root = space.model.get_submodule(g.root)
+        grp = space.dg.get_pruning_group(root, root_handler(root), idxs=list(range(g.size)))
+        for item in grp.items:
+            mod = item.dep.target.module
+            roots = getattr(item, "root_idxs", None)
+            if roots is None or len(roots) != len(item.idxs):
+                raise RuntimeError(f"torch_pruning gave no root indices for {name_of.get(mod)}")
+            yield (g.gid, mod, name_of.get(mod), _role(item.dep.handler.__name__),
+                   [int(i) for i in item.idxs], [int(r) for r in roots])
+
+
+def channel_maps(space: PruningSpace) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(layer name, "in"/"out") -> (gid, root index) of each of its channels; -1 where fixed."""
+    sizes = {}
+    for layer in space.layers:
+        sizes[(layer.name, "in")] = layer.spec.in_channels
+        sizes[(layer.name, "out")] = layer.spec.out_channels
+    maps = {key: (np.full(n, -1), np.full(n, -1)) for key, n in sizes.items()}
+    for gid, _, name, role, idxs, roots in group_items(space):
+        key = (name, role)
+        if key not in maps:
+            continue
+        gids, rts = maps[key]
+        gids[idxs] = gid
+        rts[idxs] = roots
+    return maps
+
+
+def keep_masks(space: PruningSpace, options, order) -> dict[int, np.ndarray]:
+    """Per group, (option, root index) -> 1.0 where the option keeps that channel."""
+    out = {}
+    for g in space.groups:
+        rank = np.zeros(g.size, dtype=int)
+        seg = np.zeros(g.size, dtype=int)
+        for s, idx in enumerate(order[g.gid]):
+            rank[list(idx)] = np.arange(len(idx))
+            seg[list(idx)] = s
+        ks = np.array(options[g.gid], dtype=int).reshape(len(options[g.gid]), -1)
+        out[g.gid] = (rank[None, :] < ks[:, seg]).astype(float)
+    return out
+
+
+def weight_importance(module: nn.Module) -> np.ndarray | None:
+    """``I[j, i]`` of a conv/linear weight (None for an all-zero weight)."""
+    w = module.weight.detach().double()
+    fro = float(torch.linalg.vector_norm(w))
+    if fro == 0:
+        return None
+    a = w.abs().sum(dim=(2, 3)) if w.dim() == 4 else w.abs()
+    return (a / fro).cpu().numpy()
+
+
+def layer_importances(space: PruningSpace) -> dict[str, np.ndarray | None]:
+    return {layer.name: weight_importance(space.model.get_submodule(layer.name)) for layer in space.layers}
+
+
+class ActiveImportance:
+    """The objective as ``const + single + pair`` tables (see the module docstring)."""
+
+    def __init__(self, space: PruningSpace, options: dict[int, list[tuple[int, ...]]], order, maps=None,
+                 imps: dict | None = None):
+        self.options = options
+        self.index = {gid: {o: k for k, o in enumerate(opts)} for gid, opts in options.items()}
+        keep = keep_masks(space, options, order)
+        maps = maps if maps is not None else channel_maps(space)
+        imps = imps if imps is not None else layer_importances(space)
+        self.const, self.total = 0.0, 0.0
+        self.single = {gid: np.zeros(len(opts)) for gid, opts in options.items()}
+        self.pair: dict[tuple[int, int], np.ndarray] = {}
+        for layer in space.layers:
+            imp = imps[layer.name]
+            if imp is None:
+                continue
+            self.total += float(imp.sum())
+            og, orr = maps[(layer.name, "out")]
+            if layer.spec.depthwise:
+                self._add(og, orr, imp[:, :1], np.array([-1]), np.array([-1]), keep)
+            elif layer.spec.groups > 1:
+                self.const += float(imp.sum())
+            else:
+                ig, irr = maps[(layer.name, "in")]
+                self._add(og, orr, imp, ig, irr, keep)
+        self.full = self.total
+
+    def _add(self, og, orr, imp, ig, irr, keep) -> None:
+        for q in np.unique(og):
+            rows = np.flatnonzero(og == q)
+            m_out = np.ones((1, rows.size)) if q < 0 else keep[int(q)][:, orr[rows]]
+            for p in np.unique(ig):
+                cols = np.flatnonzero(ig == p)
+                m_in = np.ones((1, cols.size)) if p < 0 else keep[int(p)][:, irr[cols]]
+                t = m_out @ imp[np.ix_(rows, cols)] @ m_in.T  # (out options, in options)
+                if q < 0 and p < 0:
+                    self.const += float(t[0, 0])
+                elif q < 0:
+                    self.single[int(p)] += t[0]
+                elif p < 0 or p == q:
+                    self.single[int(q)] += t[:, 0] if p < 0 else np.diag(t)
+                else:
+                    a, b = int(q), int(p)
+                    if a < b:
+                        self.pair[(a, b)] = self.pair.get((a, b), 0.0) + t
+                    else:
+                        self.pair[(b, a)] = self.pair.get((b, a), 0.0) + t.T
+
+    def value(self, choice) -> float:
+        """Active-weight importance kept by ``choice`` (absolute)."""
+        idx = {gid: self.index[gid][choice[gid]] for gid in self.index}
+        v = self.const + sum(float(u[idx[gid]]) for gid, u in self.single.items())
+        v += sum(float(t[idx[a], idx[b]]) for (a, b), t in self.pair.items())
+        return v
+
+    def fraction(self, choice) -> float:
+        return self.value(choice) / self.full if self.full > 0 else 1.0
+
+
+def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
+    """Per group, parameters removed with each root index outside conv/linear
+    weights (BatchNorm's weight and bias, ...): a parameter counts when the
+    pruning removes rows of its first dimension."""
+    out = {g.gid: np.zeros(g.size) for g in space.groups}
+    seen = set()
+    for gid, mod, _, _, idxs, roots in group_items(space):
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(mod, nn.Module):
+            continue
+        params = [p for p in mod.parameters(recurse=False) if p.dim() >= 1 and p.shape[0] > 1]
+        for i, r in zip(idxs, roots):
+            if (id(mod), i) in seen:
+                continue
+            seen.add((id(mod), i))
+            out[gid][r] += sum(p.numel() // p.shape[0] for p in params if p.shape[0] > i)
+    return out

@@ -1,0 +1,228 @@
+"""Profile the layer shapes a pruning space can take, and fit its latency model.
+
+Sample design, per layer family (same op, kernel, stride, input size): the
+widths the family's layers can take on the device grid; up to 6 input x 6
+output widths spread geometrically over that range (the ends included; every
+grid pair for the narrow families of CIFAR networks), or up to 12 points on
+the diagonal for depthwise convs. Every sample is looked up in the
+measurement store first, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import profilers
+from hwprune.devices import Device
+from hwprune.errors import UserError
+from hwprune.graph.space import PruningSpace
+from latency_models import NetworkLatencyModel
+from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key
+
+log = logging.getLogger("hwprune")
+Progress = Callable[..., Iterable]
+
+
+def _spread(values: Iterable[int], k: int) -> list[int]:
+    """Up to ``k`` of the values, ends included, spaced geometrically in width:
+    narrow widths (where pruned networks live) are sampled densely."""
+    vals = sorted(set(values))
+    if len(vals) <= k:
+        return vals
+    lo, hi = max(vals[0], 1), vals[-1]
+    picks = {vals[0], vals[-1]}
+    for t in np.geomspace(lo, hi, k)[1:-1]:
+        picks.add(min(vals, key=lambda v: abs(np.log(max(v, 1) / t))))
+    for i in np.linspace(0, len(vals) - 1, k):  # fill up where geometric picks coincide
+        if len(picks) >= k:
+            break
+        picks.add(vals[int(round(i))])
+    return sorted(picks)
+
+
+def family_widths(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]
+                  ) -> dict[str, tuple[LayerSpec, set[int], set[int]]]:
+    """Per layer family: a spec of it and the input and output widths its
+    layers can take on the grid (the cells of a full lookup table)."""
+    full = space.full_choice()
+    fam_in: dict[str, set[int]] = defaultdict(set)
+    fam_out: dict[str, set[int]] = defaultdict(set)
+    base: dict[str, LayerSpec] = {}
+    for layer in space.layers:
+        fam = layer.spec.family()
+        base.setdefault(fam, layer.spec)
+        in_g = sorted({t.gid for t in layer.in_terms})
+        out_g = sorted({t.gid for t in layer.out_terms})
+        for frac in np.linspace(0.0, 1.0, 9):
+            ch = dict(full)
+            for gid in set(in_g) | set(out_g):
+                opts = options[gid]
+                ch[gid] = opts[int(round(frac * (len(opts) - 1)))]
+            n_in, n_out = space.layer_widths(layer, ch)
+            fam_in[fam].add(n_in)
+            fam_out[fam].add(n_out)
+        for gid in in_g:
+            for opt in options[gid]:
+                fam_in[fam].add(space.layer_widths(layer, {**full, gid: opt})[0])
+        for gid in out_g:
+            for opt in options[gid]:
+                fam_out[fam].add(space.layer_widths(layer, {**full, gid: opt})[1])
+    return {fam: (b, fam_in[fam], fam_out[fam]) for fam, b in base.items()}
+
+
+def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]) -> list[LayerSpec]:
+    specs = []
+    for fam, (b, ins, outs) in family_widths(space, options).items():
+        if b.depthwise:
+            for n in _spread(outs, 12):
+                specs.append(replace(b, in_channels=n, out_channels=n, groups=n))
+        else:
+            for n_in in _spread(ins, 6):
+                for n_out in _spread(outs, 6):
+                    specs.append(replace(b, in_channels=n_in, out_channels=n_out))
+    return specs
+
+
+class Profiler:
+    """A device's runtime plus its store: measures layer specs and whole models."""
+
+    def __init__(self, device: Device, store: MeasurementStore | None = None,
+                 layer_protocol: profilers.Protocol | None = None):
+        """``layer_protocol``: how layer shapes are measured (default the runtime's)."""
+        self.device = device
+        self.layer_kw = {} if layer_protocol is None else {"protocol": layer_protocol}
+        self.runtime = device.open()
+        self.store = store if store is not None else MeasurementStore()
+        self.fp = fingerprint_key({"device": device.name, **self.runtime.fingerprint()})
+        self.measured = 0
+        self.reused = 0
+
+    def measure_specs(self, specs: list[LayerSpec], progress: Progress | None = None) -> list[Measurement]:
+        out, todo = [], []
+        for s in dict.fromkeys(specs):
+            t = self.store.get(self.fp, s.key())
+            if t is None:
+                todo.append(s)
+            else:
+                self.reused += 1
+                out.append(Measurement(self.device.name, s, t))
+        it = progress(todo, desc=f"profiling {self.device.name}", unit="shape") if (progress and todo) else todo
+        for s in it:
+            t = self.runtime.measure_spec(s, **self.layer_kw)
+            self.store.put(self.fp, s.key(), t)
+            self.measured += 1
+            out.append(Measurement(self.device.name, s, t))
+        return out
+
+    def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3,
+                       protocol: profilers.Protocol | None = None) -> Timing:
+        """Whole-model latency; an unstable measurement (the machine was busy) is
+        repeated, and the attempt with the tightest interval is kept."""
+        best = None
+        kw = {} if protocol is None else {"protocol": protocol}
+        for _ in range(attempts):
+            t = self.runtime.measure_module(model, example_inputs, **kw)
+            if best is None or t.ci_rel < best.ci_rel:
+                best = t
+            if t.stable:
+                break
+        if not best.stable:
+            log.warning("unstable measurement (median %.3f ms, IQR %.3f ms): is the machine busy?",
+                        best.median_ms, best.iqr_ms)
+        return best
+
+
+class RelativeMeter:
+    """Measures candidates interleaved with a reference model and reports
+    ``ms = (candidate median / reference median) x reference_ms``.
+
+    The host's speed drifts (medians of one model over 2 s windows vary by up
+    to +-10 % on shared machines); a ratio measured interleaved does not.
+    ``reference_ms`` is the median of every reference measurement so far (three
+    at the start, one more per candidate), so it averages over the drift too.
+    ``protocol``: the measuring protocol (default the runtime's), e.g. one
+    timing thread CPU time.
+    """
+
+    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs, initial: int = 3,
+                 protocol: profilers.Protocol | None = None):
+        self.profiler, self.example_inputs, self.reference = profiler, example_inputs, reference
+        self._kw = {} if protocol is None else {"protocol": protocol}
+        self.reference_medians = [profiler.measure_module(reference, example_inputs, protocol=protocol).median_ms
+                                  for _ in range(initial)]
+
+    @property
+    def reference_ms(self) -> float:
+        return float(np.median(self.reference_medians))
+
+    def ratio(self, model: torch.nn.Module, reference_first: bool = False) -> tuple[float, Timing]:
+        """Candidate / reference latency, measured interleaved (the pair in
+        either order: ``reference_first``)."""
+        pair = [self.reference, model] if reference_first else [model, self.reference]
+        timings = self.profiler.runtime.measure_modules_interleaved(pair, self.example_inputs, **self._kw)
+        ref, cand = timings if reference_first else timings[::-1]
+        self.reference_medians.append(ref.median_ms)
+        return cand.median_ms / ref.median_ms, cand
+
+    def measure(self, model: torch.nn.Module) -> float:
+        return self.ratio(model)[0] * self.reference_ms
+
+
+CLOCKS = ("auto", "thread", "wall")
+
+
+def device_clock(device: Device, clock: str = "auto") -> str:
+    """How runs are timed on ``device``: ``"thread"`` (the calling thread's CPU
+    time, immune to other processes taking the core; see
+    :mod:`profilers.protocol`) or ``"wall"``. ``auto``: the thread clock where
+    the runtime computes on the calling thread only (ONNX Runtime or PyTorch on
+    the CPU at one thread), else wall-clock."""
+    if clock not in CLOCKS:
+        raise UserError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
+    one_thread = device.runtime in ("ort-cpu", "torch-cpu") and int(dict(device.options).get("threads", 1)) == 1
+    if clock == "thread" and not one_thread:
+        raise UserError(f"the thread clock only times runtimes that compute on the calling thread "
+                        f"(ort-cpu-1t, torch-cpu-1t), not {device.name}; use --clock wall")
+    return "thread" if clock == "thread" or (clock == "auto" and one_thread) else "wall"
+
+
+def model_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | None:
+    """The whole-model protocol on the thread clock, capped at 2.5 s per model
+    (hundreds of runs of a few ms each); None (the runtime's own protocol)
+    where ``clock`` resolves to wall-clock."""
+    if device_clock(device, clock) == "wall":
+        return None
+    return replace(profilers.MODEL_PROTOCOL, max_s=2.5, clock="thread")
+
+
+def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | None:
+    """The layer protocol on the thread clock; None where ``clock`` resolves to wall-clock."""
+    if device_clock(device, clock) == "wall":
+        return None
+    return replace(profilers.LAYER_PROTOCOL, clock="thread")
+
+
+def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
+                      progress: Progress | None = None, layer_model="step-quadratic") -> NetworkLatencyModel:
+    """Measure (or reuse) the sampled layer shapes and fit a network model whose
+    layers are ``layer_model`` (a registered name), at the device's step."""
+    specs = sample_specs(space, options) + space.specs(space.full_choice())
+    ms = profiler.measure_specs(specs, progress)
+    return NetworkLatencyModel(layer_model, step_channels=profiler.device.step_channels).fit(ms)
+
+
+def measure_latency(model: torch.nn.Module, example_inputs, device: Device,
+                    protocol: profilers.Protocol | None = None) -> float:
+    """Median latency in ms of the whole model on the device (fresh
+    measurement; ``protocol``: default the runtime's)."""
+    kw = {} if protocol is None else {"protocol": protocol}
+    return device.open().measure_module(model, example_inputs, **kw).median_ms
+
+
+__all__ = ["Profiler", "fit_latency_model", "model_protocol", "layer_protocol", "device_clock", "sample_specs",
+           "family_widths", "measure_latency", "profilers"]

@@ -1,0 +1,1 @@
+"""The closed loop: select, cut, measure, correct; `prune` and its result; the public latency calls."""
