@@ -1,6 +1,6 @@
 """The embedded end-to-end demo: train, prune to a budget, fine-tune, export, report.
 
-ResNet-20 is trained briefly on scikit-learn's digits (see :mod:`hwprune.train.data`),
+ResNet-20 is trained briefly on scikit-learn's digits (see :mod:`hwprune.datasets`),
 its latency is measured on the device, it is pruned to ``budget_frac`` of that
 latency by the closed loop of :func:`hwprune.loop.engine.prune`, the pruned network
 is fine-tuned with knowledge distillation from the trained original, and both
@@ -17,20 +17,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from hwprune import devices, zoo
+from hwprune.datasets import digits_loaders
+from hwprune.devices import machine_description
 from hwprune.errors import UserError
-from hwprune.export.onnx import check_parity
+from hwprune.export.parity import check_parity
 from hwprune.latency.profiling import Progress, measure_latency
 from hwprune.loop.engine import count_params, prune
 from hwprune.report import atomic_write_bytes, atomic_write_text, write_demo_report
-from hwprune.train.data import digits_loaders
 from hwprune.train.loop import evaluate, train
 from profilers import MeasurementStore
 from profilers.onnx_export import to_onnx_bytes
@@ -41,15 +40,6 @@ MODEL_NAME = "resnet20"
 NUM_CLASSES = 10
 TRAIN_LR = 0.05
 FINETUNE_LR = 0.01
-
-
-def machine_description() -> str:
-    import onnxruntime as ort
-
-    from profilers.ort_cpu import cpu_model
-    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
 
 
 def _state_dict_bytes(model: torch.nn.Module, plan: dict) -> bytes:

@@ -82,3 +82,16 @@ def get(name: str) -> Device:
     if name not in devs:
         raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(devs))}")
     return devs[name]
+
+
+def machine_description() -> str:
+    """The host in one line: CPU model, cores, OS, Python, torch and onnxruntime versions."""
+    import platform
+
+    import onnxruntime as ort
+    import torch
+
+    from profilers.ort_cpu import cpu_model
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")

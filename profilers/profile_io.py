@@ -70,7 +70,7 @@ def _bad(path: Path, line_no: int, why: str) -> ValueError:
     return ValueError(f"profile {path} line {line_no}: {why}")
 
 
-def _check_header(path: Path, header) -> dict:
+def check_header(path: Path, header) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _bad(path, 1, f"not a {FORMAT} header")
     if header.get("version") != VERSION:
@@ -89,7 +89,7 @@ def read_header(path: str | Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline()
-        return _check_header(path, json.loads(first))
+        return check_header(path, json.loads(first))
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"profile {path} cannot be read ({exc})") from None
     except json.JSONDecodeError as exc:
@@ -106,7 +106,7 @@ def _valid_spec(s: LayerSpec) -> bool:
             and all(isinstance(v, int) and v >= 0 for v in s.padding))
 
 
-def _parse_row(path: Path, line_no: int, text: str) -> tuple[str, Timing]:
+def parse_row(path: Path, line_no: int, text: str) -> tuple[str, Timing]:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -156,10 +156,10 @@ def load_profile(path: str | Path) -> tuple[dict, list[tuple[str, Timing]]]:
     if not lines:
         raise _bad(path, 1, "empty file")
     try:
-        header = _check_header(path, json.loads(lines[0]))
+        header = check_header(path, json.loads(lines[0]))
     except json.JSONDecodeError as exc:
         raise _bad(path, 1, f"not JSON ({exc.msg})") from None
-    rows = [_parse_row(path, i, line) for i, line in enumerate(lines[1:], start=2)
+    rows = [parse_row(path, i, line) for i, line in enumerate(lines[1:], start=2)
             if line.strip() and not _other_type(line)]
     if isinstance(header.get("count"), int) and header["count"] != len(rows):
         raise _bad(path, len(lines), f"header says {header['count']} measurements, file has {len(rows)} "

@@ -1,6 +1,6 @@
 """Accuracy at equal measured latency: hwprune's criteria against Torch-Pruning.
 
-For every seed: resnet20 is trained on the digits (:mod:`hwprune.train.data`) and its
+For every seed: resnet20 is trained on the digits (:mod:`hwprune.datasets`) and its
 latency measured on the device. For every budget fraction (of that measured
 latency) it is pruned by
 
@@ -38,7 +38,7 @@ import statistics
 import time
 from pathlib import Path
 
-import _bench_common as common
+import bench_common as common
 
 common.use_repo_packages()
 
@@ -90,11 +90,11 @@ def tp_prune(model, x, ratio: float, round_to: int):
 
 def flops_selection(model, x, dev, max_flops: float):
     """The network ``hwprune prune --max-flops`` selects (greedy, l1, the device grid and floors)."""
-    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.space import PruningSpace, group_options
     from hwprune.graph.surgery import apply_kept
     from hwprune.importance import criteria as importance
-    from hwprune.select.core import group_options, select
     from hwprune.select.problem import Constraints, Problem, floor_options
+    from hwprune.select.selectors import select
     space = PruningSpace(model, (x,))
     cons = Constraints(max_flops=max_flops)
     options = floor_options(space, {g.gid: group_options(g, dev.step_channels, dev.min_channels)
@@ -136,10 +136,10 @@ def finetuned_accuracy(student, teacher, tr, te, args, seed) -> tuple[float, flo
 
 def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
     from hwprune import zoo
+    from hwprune.datasets import digits_loaders
     from hwprune.errors import UserError
     from hwprune.latency.profiling import Profiler, RelativeMeter
     from hwprune.loop.engine import prune
-    from hwprune.train.data import digits_loaders
     from hwprune.train.loop import evaluate, train
     tr, te = digits_loaders(batch_size=64, seed=seed)
     model, x = zoo.create(MODEL, num_classes=10, seed=seed)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _bench_common as common
+import bench_common as common
 
 common.use_repo_packages()
 

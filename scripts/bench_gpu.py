@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-import _bench_common as common
+import bench_common as common
 
 common.use_repo_packages()
 
@@ -114,8 +114,7 @@ def step_of(run: Run, device: str, batch: int) -> int:
 
 def space_and_options(run: Run, name: str, device: str, batch: int):
     from hwprune import devices
-    from hwprune.graph.space import PruningSpace
-    from hwprune.select.core import group_options
+    from hwprune.graph.space import PruningSpace, group_options
     model, x = example(name, batch)
     space = PruningSpace(model, x)
     step = step_of(run, device, batch)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _bench_common as common
+import bench_common as common
 
 common.use_repo_packages()
 
@@ -58,9 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def profile_once(dev, model_name: str, store_path: Path) -> dict:
     """One profiling run as ``hwprune profile`` does it, baseline excluded."""
     from hwprune import zoo
-    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.space import PruningSpace, group_options
     from hwprune.latency.profiling import Profiler, fit_latency_model
-    from hwprune.select.core import group_options
     from profilers import MeasurementStore
     t0 = time.perf_counter()
     store = MeasurementStore(store_path)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _bench_common as common
+import bench_common as common
 
 common.use_repo_packages()
 
@@ -35,7 +35,7 @@ DEFAULT_BUDGETS = [0.3, 0.5, 0.7]
 
 def parse_args(argv=None) -> argparse.Namespace:
     from hwprune import zoo
-    from hwprune.select.core import SELECTORS
+    from hwprune.select.selectors import SELECTORS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
                    help=f"zoo model names (default: {' '.join(DEFAULT_MODELS)})")
@@ -61,13 +61,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
     from hwprune import zoo
     from hwprune.errors import UserError
-    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.space import PruningSpace, group_options
     from hwprune.graph.surgery import apply_kept
     from hwprune.importance import criteria as importance
     from hwprune.latency.profiling import Profiler, RelativeMeter, fit_latency_model
     from hwprune.loop.engine import calibrate
-    from hwprune.select.core import Evaluator, group_options, select
+    from hwprune.select.evaluator import Evaluator
     from hwprune.select.problem import Constraints, Problem, floor_options
+    from hwprune.select.selectors import select
 
     t0 = time.perf_counter()
     model, x = zoo.create(name)

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-import _bench_common as common
+import bench_common as common
 
 
 def sweeps(results: Path) -> list[tuple[str, list[int], list[float]]]:

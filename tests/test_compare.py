@@ -20,7 +20,7 @@ import profilers
 from hwprune import UserError, zoo
 from hwprune.cli.main import main
 from hwprune.compare.run import run_compare
-from hwprune.graph.space import LAYER_TYPES, _record_inputs, _spec
+from hwprune.graph.space import LAYER_TYPES, layer_input_shapes, layer_spec
 from hwprune.latency.offline import offline_model, read_profile
 from profilers import LayerSpec, Timing
 
@@ -50,9 +50,9 @@ class SimRuntime:
 
     def module_ms(self, model, example_inputs) -> float:
         example_inputs = tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor) else (example_inputs,)
-        shapes = _record_inputs(model, example_inputs)
+        shapes = layer_input_shapes(model, example_inputs)
         mods = dict(model.named_modules())
-        return 0.01 + sum(self.spec_ms(_spec(mods[n], s)) for n, s in shapes.items()
+        return 0.01 + sum(self.spec_ms(layer_spec(mods[n], s)) for n, s in shapes.items()
                           if isinstance(mods[n], LAYER_TYPES))
 
     @staticmethod
@@ -112,9 +112,8 @@ def sim(tmp_path, monkeypatch):
 def _far_profile(folder: Path, model, x, networks: bool = True, also=()) -> Path:
     """A profile of sim-far (memory-bound) covering the layer shapes of
     ``model`` (and of the ``also`` models, (model, input) pairs)."""
-    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.space import PruningSpace, group_options
     from hwprune.latency.profiling import sample_specs
-    from hwprune.select.core import group_options
     rt = SimRuntime("memory", 16)
     specs = []
     for m, inp in [(model, x), *also]:

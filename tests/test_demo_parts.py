@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hwprune import report
-from hwprune.train.data import digits_loaders
+from hwprune.datasets import digits_loaders
 from hwprune.train.loop import evaluate, kd_loss, train
 from profilers import atomic
 

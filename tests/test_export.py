@@ -11,8 +11,9 @@ import torch
 
 from hwprune import UserError, apply_plan, export_onnx, zoo
 from hwprune.cli.main import main
+from hwprune.export.artifact import export_model
 from hwprune.export.data import load_data
-from hwprune.export.onnx import dynamic_shapes, export_model, report_path, trtexec_command
+from hwprune.export.onnx import dynamic_shapes, report_path, trtexec_command
 from hwprune.graph.plans import checkpoint, load_model, plan_fingerprint
 from hwprune.graph.space import PruningSpace
 from hwprune.graph.surgery import apply_kept
@@ -239,7 +240,7 @@ def test_interrupted_export_leaves_the_old_files(tmp_path, monkeypatch):
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(ex, "compare", interrupted)
+    monkeypatch.setattr(ex, "parity_of", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _export(model, x, out, force=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary files either

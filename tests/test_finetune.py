@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from hwprune.cli.main import main
+from hwprune.datasets import load_loaders
 from hwprune.errors import UserError
-from hwprune.train.data import load_loaders
 from hwprune.train.finetune import FinetuneConfig, finetune, load_checkpoint
 
 SHAPE = (1, 3, 8, 8)

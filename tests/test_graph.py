@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from hwprune import zoo
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept, check_widths
-from hwprune.select.core import group_options
 
 MODELS = [("zoo", "resnet20"), ("zoo", "mobilenetv2"), ("zoo", "vgg16")] + [("arch", n) for n in archs.ARCHS]
 

@@ -10,14 +10,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from hwprune.cli.main import build_parser, main
+from hwprune.datasets import digits_loaders
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept
 from hwprune.importance import criteria as importance
 from hwprune.importance.data import consumers, eliminate, gate_gradients
-from hwprune.select.core import SELECTORS, Evaluator, group_options, select
+from hwprune.importance.scores import ordered_scores
+from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, Problem, floor_options
-from hwprune.train.data import digits_loaders
+from hwprune.select.selectors import SELECTORS, select
 from hwprune.train.loop import evaluate, train
 
 NAMES = ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]
@@ -185,7 +187,7 @@ def test_cpmc_formula_counts_consumers_flops_and_params():
     s2 = importance.compute("cpmc", PruningSpace(model, (torch.randn(1, 3, 8, 8),)))
     assert s2[g.gid][3] / s2[g.gid][5] > ratio
     # across groups the ratio carries the costs: s = w * (flops * params) ** -1/4, normalisations cancel
-    costs_f, costs_p = importance._removal_costs(space)
+    costs_f, costs_p = importance.removal_costs(space)
     assert costs_f[g.gid][0] == flops and costs_p[g.gid][0] == params
     stream = next(o for o in space.groups if "stem.0" in o.segments[0].layers)
     mods = {n: model.get_submodule(n).weight.detach().double() for n in ("stem.0", "block.1", "block.0.0")}
@@ -233,7 +235,7 @@ def test_ccp_elimination_uses_the_pairwise_coupling():
     order, steps = eliminate(s, pair)
     assert order == [0, 2, 1] and steps.tolist() == [1.0, 2.0, 11.1]
     # the scores rank the elimination exactly and are the running maximum of the steps
-    scores = importance.ordered_scores(order, steps, most_important_first=False)
+    scores = ordered_scores(order, steps, most_important_first=False)
     assert list(np.argsort(scores)) == order
     assert scores[1] == pytest.approx(11.1, rel=1e-3)
     # without coupling the order follows the first-order term

@@ -233,9 +233,8 @@ def _rows(path):
 
 def _expected_shapes(model, device):
     from hwprune import devices, zoo
-    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.space import PruningSpace, group_options
     from hwprune.latency.profiling import sample_specs
-    from hwprune.select.core import group_options
     net, x = zoo.create(model)
     dev = devices.get(device)
     space = PruningSpace(net, (x,))

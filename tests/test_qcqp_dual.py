@@ -8,11 +8,12 @@ import pytest
 from test_selectors import CASES, FlopsModel, brute_force, make, scaled
 
 from hwprune import zoo
-from hwprune.graph.space import PruningSpace
-from hwprune.select.core import Evaluator, group_options, select
+from hwprune.graph.space import PruningSpace, group_options
+from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, Problem
 from hwprune.select.qcqp import milp as qcqp
 from hwprune.select.qcqp.dual import lagrangian_bound, max_sum
+from hwprune.select.selectors import select
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from hwprune import zoo
-from hwprune.graph.space import PruningSpace
-from hwprune.select.core import Evaluator, greedy, group_options, width_grid
+from hwprune.graph.space import PruningSpace, group_options, width_grid
+from hwprune.select.evaluator import Evaluator
+from hwprune.select.greedy import greedy
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec
 

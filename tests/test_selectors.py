@@ -11,11 +11,12 @@ from torch import nn
 
 from hwprune import zoo
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept
 from hwprune.importance.active import weight_importance
-from hwprune.select.core import SELECTORS, Evaluator, group_options, select
+from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, FlopsBudget, MemoryBudget, ParamsBudget, Problem, floor_options
+from hwprune.select.selectors import SELECTORS, select
 from latency_models import NetworkLatencyModel
 
 
@@ -269,10 +270,10 @@ def test_unknown_selector_is_a_user_error():
 def test_wide_groups_are_searched_coarse_to_fine():
     """With at most 3 widths per group in the coarse pass, the refined answer is
     feasible, on the grid, and at least as good as the coarse pass alone."""
-    from hwprune.select.qcqp.milp import _thin
+    from hwprune.select.qcqp.milp import thin_options
     problem = scaled(make("chain", models={"t": TableModel()})[0], **{"latency_ms[t]": 0.5})
     refined = select("qcqp", problem, mip_rel_gap=1e-9, max_options=3)
-    coarse = {gid: _thin(o, 3) for gid, o in problem.options.items()}
+    coarse = {gid: thin_options(o, 3) for gid, o in problem.options.items()}
     coarse_only = select("qcqp", problem.with_options(coarse), mip_rel_gap=1e-9)
     assert refined.feasible and refined.note and all(refined.choice[g] in problem.options[g] for g in coarse)
     assert refined.objective >= coarse_only.objective - 1e-12

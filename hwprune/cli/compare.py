@@ -54,7 +54,7 @@ def summary(data: dict) -> str:
 
 
 def cmd_compare(args) -> int:
-    from hwprune.cli.main import _emit, _progress, _store
+    from hwprune.cli.common import emit, open_store, progress_bar
     from hwprune.compare.report import write_report
     from hwprune.compare.run import parse_fraction, run_compare
     from hwprune.errors import UserError
@@ -66,11 +66,11 @@ def cmd_compare(args) -> int:
     frac = parse_fraction(args.budget)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     res = run_compare(lm.model, (lm.example_input,), args.devices, budget_frac=frac, model_name=lm.source,
-                      selector=args.selector, store=_store(args), predicted_only=args.predicted,
+                      selector=args.selector, store=open_store(args), predicted_only=args.predicted,
                       profiles=args.profile, curve_layers=args.curve_layers, pareto_points=args.pareto_points,
-                      repeats=args.repeats, time_limit_s=args.time_limit_s, progress=_progress())
+                      repeats=args.repeats, time_limit_s=args.time_limit_s, progress=progress_bar())
     with atomic_dir(out, force=True) as tmp:
         files = write_report(tmp, res.data)
-    _emit(args, {**res.data, "out": str(out), "files": files},
+    emit(args, {**res.data, "out": str(out), "files": files},
           summary(res.data) + f"\nwrote {out}/" + ", ".join(files))
     return 0

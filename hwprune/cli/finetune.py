@@ -54,8 +54,8 @@ def add_parser(sub, common) -> None:
     sp.set_defaults(func=cmd_finetune)
 
 
-def _progress():
-    from hwprune.cli.main import _progress as bar
+def progress_bar():
+    from hwprune.cli.common import progress_bar as bar
     return bar()
 
 
@@ -84,10 +84,10 @@ def run(args, student, teacher, example_input, zoo_name, num_classes, plan, out:
     returns the figures (JSON-serialisable). Only rank 0 writes."""
     import torch
 
+    from hwprune.datasets import load_loaders, num_outputs
     from hwprune.errors import UserError
-    from hwprune.export.onnx import check_parity
+    from hwprune.export.parity import check_parity
     from hwprune.graph.plans import checkpoint
-    from hwprune.train.data import load_loaders, num_outputs
     from hwprune.train.finetune import FinetuneConfig, finetune, init_distributed
     from hwprune.train.loop import evaluate
     from profilers.atomic import atomic_write_bytes, atomic_write_text
@@ -104,7 +104,7 @@ def run(args, student, teacher, example_input, zoo_name, num_classes, plan, out:
     state = out / STATE_FILE
     try:
         res = finetune(student, train_loader, val_loader, cfg, teacher=teacher if cfg.kd else None,
-                       checkpoint=state, restart=args.restart, progress=_progress() if rank == 0 else None,
+                       checkpoint=state, restart=args.restart, progress=progress_bar() if rank == 0 else None,
                        device=dev)
     except KeyboardInterrupt:
         if rank == 0:
@@ -138,7 +138,7 @@ def text_of(d: dict) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from hwprune.cli.main import _emit
+    from hwprune.cli.common import emit
     from hwprune.errors import UserError
     from hwprune.graph.plans import load_model
     from hwprune.train.finetune import world
@@ -163,7 +163,7 @@ def cmd_finetune(args) -> int:
     data = run(args, lm.model, teacher, lm.example_input, lm.zoo_name, lm.num_classes, plan, out)
     try:
         if world()[0] == 0:
-            _emit(args, data, text_of(data))
+            emit(args, data, text_of(data))
     finally:
         _shutdown()
     return 0
@@ -196,9 +196,9 @@ def after_prune(args, lm, res) -> dict | None:
 
 def data_for_importance(args, lm):
     """Training batches for a data-driven --importance (None without --data)."""
+    from hwprune.datasets import load_loaders, num_outputs
     from hwprune.errors import UserError
     from hwprune.importance import criteria as importance
-    from hwprune.train.data import load_loaders, num_outputs
     if args.data is None:
         if importance.needs_data(args.importance):
             raise UserError(f"--importance {args.importance} needs data: add --data digits, --data FILE.npz "

@@ -7,45 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
-
-
-def _progress():
-    from tqdm import tqdm
-
-    def bar(iterable, desc="", unit="it", total=None):
-        return tqdm(iterable, desc=desc, unit=unit, total=total, file=sys.stderr, leave=False,
-                    dynamic_ncols=True, disable=None)
-    return bar
-
-
-def _store(args):
-    from profilers import MeasurementStore
-    return MeasurementStore(args.store) if args.store else MeasurementStore()
-
-
-def _shape(text):
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-        if not dims or min(dims) <= 0:
-            raise ValueError
-        return dims
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape {text!r} is not N,C,H,W positive integers") from None
-
-
-def _positive(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return v
-
-
-def _emit(args, data: dict, text: str) -> None:
-    print(json.dumps(data, indent=2, default=float) if args.json else text)
+from hwprune.cli.common import EXIT_USAGE, emit, open_store, positive_arg, progress_bar, shape_arg
 
 
 def _profile_files(folder: Path) -> tuple[dict[str, list[dict]], list[str]]:
@@ -68,7 +30,7 @@ def _profile_files(folder: Path) -> tuple[dict[str, list[dict]], list[str]]:
 def cmd_devices(args) -> int:
     from hwprune import devices
     from profilers import fingerprint_key
-    store = _store(args)
+    store = open_store(args)
     folder = devices.devices_dir() / "profiles"
     files, bad_files = _profile_files(folder)
     rows, out = [], []
@@ -101,7 +63,7 @@ def cmd_devices(args) -> int:
     text = format_table(["device", "available", "grid", "measured step", "stored", "profile files",
                          "description"], rows) + f"\nstore: {store.path}\nprofiles: {folder}"
     text += "".join(f"\nunreadable profile: {b}" for b in bad_files)
-    _emit(args, {"devices": out, "store": str(store.path), "profiles_dir": str(folder),
+    emit(args, {"devices": out, "store": str(store.path), "profiles_dir": str(folder),
                  "unreadable_profiles": bad_files}, text)
     return 0
 
@@ -112,23 +74,22 @@ def cmd_profile(args) -> int:
     from hwprune import devices
     from hwprune.errors import UserError
     from hwprune.graph.plans import load_model
-    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.space import PruningSpace, group_options
     from hwprune.latency.profiling import Profiler, fit_latency_model
-    from hwprune.select.core import group_options
     if args.export and Path(args.export).is_dir():
         raise UserError(f"--export {args.export} is a folder; name a file (e.g. {args.export}/"
                         f"{args.device}.jsonl)")
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     dev = devices.get(args.device)
     space = PruningSpace(lm.model, (lm.example_input,))
-    prof = Profiler(dev, _store(args))
+    prof = Profiler(dev, open_store(args))
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    lat = fit_latency_model(prof, space, options, _progress())
+    lat = fit_latency_model(prof, space, options, progress_bar())
     step = prof.store.get_meta(prof.fp, "step")
     step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine
     if step_new:
         from profilers.steps import detect_step
-        step = {**detect_step(prof.runtime, progress=_progress()).to_json(),
+        step = {**detect_step(prof.runtime, progress=progress_bar()).to_json(),
                 "detected_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         prof.store.put_meta(prof.fp, "step", step)
     baseline = prof.measure_module(lm.model, (lm.example_input,))
@@ -157,7 +118,7 @@ def cmd_profile(args) -> int:
             raise UserError(f"cannot write the profile {args.export} ({exc.strerror or exc})") from None
         data["exported"], data["exported_measurements"] = str(args.export), n
         text += f"\nexported {n} measurements of {dev.name} to {args.export}"
-    _emit(args, data, text)
+    emit(args, data, text)
     return 0
 
 
@@ -165,11 +126,11 @@ def cmd_prune(args) -> int:
     import torch
 
     from hwprune.cli.prune import constraints_from_args
-    from hwprune.export.onnx import atomic_write_bytes, check_parity
     from hwprune.export.outdir import atomic_dir
+    from hwprune.export.parity import check_parity
     from hwprune.graph.plans import checkpoint, load_model
     from hwprune.loop.engine import prune
-    from hwprune.report import format_table
+    from hwprune.report import atomic_write_bytes, format_table
     from profilers.onnx_export import to_onnx_bytes
     budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
@@ -177,7 +138,7 @@ def cmd_prune(args) -> int:
     from hwprune.cli.prune import budget_kwargs
     res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
-                data=data_for_importance(args, lm), store=_store(args), progress=_progress())
+                data=data_for_importance(args, lm), store=open_store(args), progress=progress_bar())
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
@@ -214,12 +175,12 @@ def cmd_prune(args) -> int:
     if ft:
         data["finetune"] = ft
         text += "\n" + text_of(ft)
-    _emit(args, data, text)
+    emit(args, data, text)
     return 0
 
 
 def cmd_export(args) -> int:
-    from hwprune.export.onnx import export_model, report_text
+    from hwprune.export.artifact import export_model, report_text
     from hwprune.graph.plans import load_model
     src = Path(args.model)
     default = "model.engine" if args.format == "tensorrt" else "model.onnx"
@@ -229,27 +190,27 @@ def cmd_export(args) -> int:
     report = export_model(lm.model, (lm.example_input,), out, fmt=args.format, opset=args.opset,
                           dynamic_batch=args.dynamic_batch, fp16=args.fp16, int8=args.int8, data=args.data,
                           force=args.force, max_batch=args.max_batch, source=lm.source)
-    _emit(args, report, report_text(report))
+    emit(args, report, report_text(report))
     return 0
 
 
 def cmd_demo(args) -> int:
     from hwprune.demo import run_demo
     from hwprune.report import format_table
-    r = run_demo(Path(args.out), device=args.device, store=_store(args), progress=_progress())
+    r = run_demo(Path(args.out), device=args.device, store=open_store(args), progress=progress_bar())
     rows = [["baseline", f"{r['baseline_ms']:.3f}", "", r["params_before"], r["flops_before"],
              f"{100 * r['accuracy_before']:.1f} %"],
             ["pruned", f"{r['pruned_ms']:.3f}", f"{r['predicted_ms']:.3f}", r["params_after"], r["flops_after"],
              f"{100 * r['accuracy_after']:.1f} %"]]
     text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
-    _emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
+    emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
     return 0
 
 
 def cmd_validate(args) -> int:
     from hwprune.cli.validate import run
-    data, text = run(args, _progress(), _store(args))
-    _emit(args, data, text)
+    data, text = run(args, progress_bar(), open_store(args))
+    emit(args, data, text)
     return 0
 
 
@@ -269,7 +230,7 @@ def cmd_agent(args) -> int:
                 "token_source": source or "generated", "threads": server.threads,
                 "max_bytes": server.max_bytes}
         token = f"token: {server.token}" if source is None else f"token: the one given by {source}"
-        _emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
+        emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
                           f"uploads up to {args.max_mb:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
                           f"on the host: HWPRUNE_AGENT_TOKEN=<token> hwprune profile --device {device} "
                           f"--model resnet20")
@@ -315,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             sp.add_argument("--model", required=True, help="zoo name (resnet20, resnet56, vgg16, mobilenetv2, "
                             "resnet18, resnet50) or a model file")
-            sp.add_argument("--input-shape", type=_shape, help="N,C,H,W for files that do not record it")
+            sp.add_argument("--input-shape", type=shape_arg, help="N,C,H,W for files that do not record it")
             sp.add_argument("--trust-pickle", action="store_true",
                             help="allow loading a pickled whole model (runs code from the file)")
 
@@ -372,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="token clients must send (default $HWPRUNE_AGENT_TOKEN, else a new "
                     "one is generated and printed)")
     sp.add_argument("--threads", type=_count, default=1, help="ONNX Runtime intra-op threads (default 1)")
-    sp.add_argument("--max-mb", type=_positive, default=256.0, help="largest upload accepted, in MB "
+    sp.add_argument("--max-mb", type=positive_arg, default=256.0, help="largest upload accepted, in MB "
                     "(default 256)")
     sp.set_defaults(func=cmd_agent)
     return p
@@ -382,7 +343,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from hwprune.errors import UserError
-    from hwprune.export.onnx import ExportError
+    from hwprune.export.parity import ExportError
     from hwprune.graph.space import GraphError
     from profilers import RuntimeUnavailable, StoreError
     try:

@@ -48,14 +48,15 @@ import torch
 from hwprune import devices as devices_mod
 from hwprune.compare.measure import cross_matrix, curves, layer_rows
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept
 from hwprune.importance import criteria as importance
 from hwprune.latency.offline import find_profile, offline_model, read_profile
 from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
 from hwprune.loop.engine import calibrate, count_params, prune
-from hwprune.select.core import SELECTORS, Evaluator, group_options, select
+from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, Problem, floor_options
+from hwprune.select.selectors import SELECTORS, select
 from latency_models import NetworkLatencyModel
 from profilers import MeasurementStore
 
@@ -303,7 +304,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
     problem = Problem(space, every, scores)  # importance does not depend on the device
     for p in plans:
         p["importance"], p["active_importance"] = _importance_fracs(problem, p["choice"])
-    from hwprune.demo import machine_description
+    from hwprune.devices import machine_description
     data = {
         "format": FORMAT, "model": model_name, "budget_frac": frac, "selector": selector,
         "machine": machine_description(),

@@ -1,6 +1,6 @@
 """Real inputs for export checks and INT8 calibration (``--data``).
 
-``digits`` is the embedded test split of :mod:`hwprune.train.data` at the model's
+``digits`` is the embedded test split of :mod:`hwprune.datasets` at the model's
 input size; a ``.npz`` file holds ``x`` (float, ``[N, *input shape without
 batch]``) and optionally ``y`` (integer labels, ``[N]``). Every problem with
 the file is a :class:`UserError` naming it.
@@ -27,7 +27,7 @@ class InputData:
 
 
 def _digits(shape: tuple[int, ...]) -> InputData:
-    from hwprune.train.data import digits_loaders
+    from hwprune.datasets import digits_loaders
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise UserError(f"--data digits gives 3xSxS images; this model takes {list(shape)}; "
                         f"pass a .npz file with x of shape [N, {', '.join(map(str, shape[1:]))}]")

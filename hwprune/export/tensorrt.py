@@ -20,14 +20,14 @@ import numpy as np
 
 from hwprune.errors import UserError
 from hwprune.export.data import InputData, batches_of
-from hwprune.export.onnx import (
+from hwprune.export.onnx import onnx_bytes_checked
+from hwprune.export.parity import (
     DATA_BATCH,
     DYNAMIC_BATCHES,
     ExportError,
-    _enforce,
-    _parity_row,
-    compare,
-    onnx_bytes_checked,
+    enforce,
+    parity_of,
+    parity_row,
     random_batches,
 )
 from profilers.tensorrt_rt import TensorRTRuntime
@@ -209,7 +209,7 @@ def _half_onnx(torch, model, inputs, opset: int, dynamic: bool) -> bytes:
 def build_and_check(model, inputs: tuple, onnx_bytes: bytes, *, fp16: bool = False, int8: bool = False,
                     data: InputData | None = None, shapes: dict | None = None,
                     opset: int = 17) -> tuple[bytes, dict, list[dict]]:
-    """Build the engine, compare it with PyTorch and time it: (plan, report part, parity rows)."""
+    """Build the engine, parity_of it with PyTorch and time it: (plan, report part, parity rows)."""
     from profilers.protocol import MODEL_PROTOCOL
     from profilers.torch_cuda import measure_events
     batch = int(inputs[0].shape[0])
@@ -230,16 +230,16 @@ def build_and_check(model, inputs: tuple, onnx_bytes: bytes, *, fp16: bool = Fal
     tol = None if int8 else TOL_REL["fp16" if fp16 else "fp32"]
 
     def check(p, what):
-        return _enforce(p, f"TensorRT output{what}", tol) if tol is not None else p
-    rows = [_parity_row("tensorrt", "random", check(compare(runner.run, model, random_batches(inputs)), ""), tol)]
+        return enforce(p, f"TensorRT output{what}", tol) if tol is not None else p
+    rows = [parity_row("tensorrt", "random", check(parity_of(runner.run, model, random_batches(inputs)), ""), tol)]
     if shapes:
         sizes = [s for s in DYNAMIC_BATCHES if s <= max_batch]
-        p = compare(runner.run, model, random_batches(inputs, sizes, count=1, seed=1))
-        rows.append(_parity_row("tensorrt", "random, batch " + " and ".join(map(str, sizes)),
+        p = parity_of(runner.run, model, random_batches(inputs, sizes, count=1, seed=1))
+        rows.append(parity_row("tensorrt", "random, batch " + " and ".join(map(str, sizes)),
                                 check(p, " with a dynamic batch"), tol))
     if data is not None:
         xs, ys = batches_of(data, min(DATA_BATCH, max_batch) if shapes else batch)
-        rows.append(_parity_row("tensorrt", data.source, check(compare(runner.run, model, xs, ys),
+        rows.append(parity_row("tensorrt", data.source, check(parity_of(runner.run, model, xs, ys),
                                                                  f" on {data.source}"), tol))
     runner.bind(inputs)
     t = measure_events(runner, runner.stream, MODEL_PROTOCOL)

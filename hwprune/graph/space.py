@@ -74,7 +74,7 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _record_inputs(model: nn.Module, example_inputs) -> dict[str, tuple[int, ...]]:
+def layer_input_shapes(model: nn.Module, example_inputs) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, m in model.named_modules():
@@ -91,7 +91,7 @@ def _record_inputs(model: nn.Module, example_inputs) -> dict[str, tuple[int, ...
     return shapes
 
 
-def _spec(m: nn.Module, shape: tuple[int, ...]) -> LayerSpec:
+def layer_spec(m: nn.Module, shape: tuple[int, ...]) -> LayerSpec:
     if isinstance(m, nn.Conv2d):
         if isinstance(m.padding, str):
             raise GraphError(f"conv padding={m.padding!r} is not supported; use explicit padding")
@@ -146,7 +146,7 @@ class PruningSpace:
         self.example_inputs = tuple(example_inputs)
         model.eval()
         try:
-            shapes = _record_inputs(model, self.example_inputs)
+            shapes = layer_input_shapes(model, self.example_inputs)
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=self.example_inputs)
         except Exception as exc:  # tracing arbitrary user code fails in many ways
             raise GraphError(f"cannot trace the model ({type(exc).__name__}: {exc})") from None
@@ -167,7 +167,7 @@ class PruningSpace:
         self.model, self.dg, self._name_of = model, dg, name_of
         layers = []
         for mod, name in name_of.items():
-            spec = _spec(mod, shapes[name])
+            spec = layer_spec(mod, shapes[name])
             ins, outs = tuple(terms.get((name, "in"), ())), tuple(terms.get((name, "out"), ()))
             if _is_depthwise(mod):
                 ins = outs
@@ -238,3 +238,39 @@ class PruningSpace:
     def layers_of_group(self, gid: int) -> list[int]:
         return [i for i, l in enumerate(self.layers)
                 if any(t.gid == gid for t in l.in_terms + l.out_terms)]
+
+
+Choice = dict[int, tuple[int, ...]]
+
+
+def width_grid(size: int, step: int, min_width: int) -> list[int]:
+    grid = set(range(step, size + 1, step)) | {size}
+    if min_width < step:
+        grid.add(min(min_width, size))
+    return sorted(w for w in grid if w >= min(min_width, size))
+
+
+def group_options(g: ChannelGroup, step: int, min_width: int) -> list[tuple[int, ...]]:
+    if len(g.segments) == 1:
+        return [(w,) for w in width_grid(g.size, step, min_width)]
+    quantum = max(1, min(step, min_width))
+    options = set()
+    for w in width_grid(g.size, step, min_width):
+        frac = w / g.size
+        ks = []
+        for s in g.segments:
+            k = int(round(frac * s.size / quantum)) * quantum
+            ks.append(int(min(s.size, max(min(quantum, s.size), k))))
+        options.add(tuple(ks))
+    return sorted(options, key=sum)
+
+
+def root_handler(module):
+    if isinstance(module, torch.nn.Linear):
+        return tp.prune_linear_out_channels
+    return tp.prune_conv_out_channels
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 from torch import nn
 
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import Choice, PruningSpace
 from hwprune.graph.surgery import apply_kept
-from hwprune.select.core import Choice
 
 
 def random_choices(options: dict[int, list[tuple[int, ...]]], n: int, seed: int = 0,

@@ -7,8 +7,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hwprune.graph.space import PruningSpace
-from hwprune.importance.criteria import root_handler
+from hwprune.graph.space import PruningSpace, root_handler
 
 
 class SurgeryError(RuntimeError):

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.graph.space import PruningSpace
-from hwprune.importance.criteria import root_handler
+from hwprune.graph.space import PruningSpace, root_handler
 
 
 def _role(handler_name: str) -> str | None:

@@ -49,23 +49,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from hwprune.graph.space import PruningSpace
+from hwprune.importance.active import channel_maps, group_items, layer_importances
+from hwprune.importance.data import ccp_scores, taylor_scores
+from hwprune.importance.dcp import dcp_scores
+from hwprune.importance.magnitude import magnitude_scores, member_magnitude_scores
+from hwprune.importance.scores import ChannelScores, network_mean
 
 Batches = Iterable
-
-
-class ChannelScores(dict):
-    """gid -> per-channel scores over the group's root indices. ``criterion``:
-    the name it was computed with; ``scale``: ``group`` (mean 1 per group),
-    ``network`` (mean 1 over every channel of the network) or ``members``
-    (mean = the number of conv/linear layers the group touches)."""
-
-    def __init__(self, scores: dict, criterion: str, scale: str):
-        super().__init__(scores)
-        self.criterion, self.scale = criterion, scale
 
 
 @dataclass(frozen=True)
@@ -105,56 +98,7 @@ def _get(name: str) -> Criterion:
         raise UserError(f"unknown importance {name!r}; choose one of {', '.join(_REGISTRY)}") from None
 
 
-def root_handler(module):
-    if isinstance(module, torch.nn.Linear):
-        return tp.prune_linear_out_channels
-    return tp.prune_conv_out_channels
-
-
-def per_group_mean(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    out = {}
-    for gid, s in scores.items():
-        s = np.nan_to_num(np.asarray(s, dtype=float), nan=0.0)
-        mean = s.mean()
-        out[gid] = s / mean if mean > 0 else np.ones_like(s)
-    return out
-
-
-def network_mean(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    flat = np.concatenate([np.nan_to_num(np.asarray(s, dtype=float), nan=0.0) for s in scores.values()]) \
-        if scores else np.zeros(0)
-    mean = float(flat.mean()) if flat.size else 0.0
-    if not mean > 0:
-        return {gid: np.ones(len(s)) for gid, s in scores.items()}
-    return {gid: np.nan_to_num(np.asarray(s, dtype=float), nan=0.0) / mean for gid, s in scores.items()}
-
-
-def ordered_scores(order: list[int], steps: np.ndarray, most_important_first: bool) -> np.ndarray:
-    """Scores that rank channels exactly in ``order`` and carry the size of each
-    step. ``steps[t]`` belongs to ``order[t]``; with ``most_important_first``
-    (a forward selection, steps = gains) the scores are the running minimum of
-    the steps, otherwise (a backward elimination, steps = losses) their running
-    maximum. Steps are floored at 1e-3 of the largest, and a tiny rank term
-    breaks ties so sorting the scores gives back ``order``."""
-    steps = np.asarray(steps, dtype=float)
-    n = len(order)
-    if most_important_first:
-        mono = np.minimum.accumulate(steps)
-    else:
-        mono = np.maximum.accumulate(steps)
-    top = float(np.max(np.abs(steps))) if n else 0.0
-    floor = 1e-3 * top if top > 0 else 1.0
-    mono = np.maximum(mono, floor)
-    rank = np.arange(n, dtype=float)
-    tie = floor * 1e-3 * ((n - rank) if most_important_first else (rank + 1)) / max(n, 1)
-    out = np.zeros(n)
-    out[np.asarray(order, dtype=int)] = mono + tie
-    return out
-
-
 # ---- magnitude criteria -------------------------------------------------------
-
-from hwprune.importance.magnitude import magnitude_scores, member_magnitude_scores  # noqa: E402
 
 
 def _l1(space):
@@ -166,7 +110,6 @@ def _l2(space):
 
 
 def _bn_scale(space):
-    from hwprune.importance.active import group_items
     sums = {g.gid: np.zeros(g.size) for g in space.groups}
     counts = {g.gid: np.zeros(g.size) for g in space.groups}
     for gid, mod, _, _, idxs, roots in group_items(space):
@@ -189,7 +132,7 @@ def _bn_scale(space):
 
 # ---- CPMC ---------------------------------------------------------------------
 
-def _removal_costs(space: PruningSpace) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+def removal_costs(space: PruningSpace) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """FLOPs and conv/linear weights lost per channel, for every group (per segment)."""
     full = space.full_choice()
 
@@ -214,7 +157,6 @@ def _removal_costs(space: PruningSpace) -> tuple[dict[int, np.ndarray], dict[int
 
 
 def _cpmc(space):
-    from hwprune.importance.active import group_items
     weight = {g.gid: np.zeros(g.size) for g in space.groups}
     with torch.no_grad():
         for gid, mod, _, role, idxs, roots in group_items(space):
@@ -232,7 +174,7 @@ def _cpmc(space):
                     continue
                 per = a.sum(dim=0)[idxs]
             np.add.at(weight[gid], roots, per.cpu().numpy() / fro)
-    flops, params = _removal_costs(space)
+    flops, params = removal_costs(space)
     w_n, c_n, p_n = network_mean(weight), network_mean(flops), network_mean(params)
     tiny = 1e-12
     raw = {gid: w_n[gid] * np.maximum(c_n[gid] * p_n[gid], tiny) ** -0.25 for gid in w_n}
@@ -240,17 +182,14 @@ def _cpmc(space):
 
 
 def _taylor(space, batches):
-    from hwprune.importance.data import taylor_scores
     return taylor_scores(space, batches)
 
 
 def _ccp(space, batches):
-    from hwprune.importance.data import ccp_scores
     return ccp_scores(space, batches)
 
 
 def _dcp(space, batches):
-    from hwprune.importance.dcp import dcp_scores
     return dcp_scores(space, batches)
 
 
@@ -320,7 +259,6 @@ def weight_tables(space: PruningSpace, scores: dict) -> dict[str, np.ndarray | N
     a depthwise conv's weight connects channel j to itself: ``r_out[j]``), so
     the objective still counts only active weights but ranks them by the
     criterion."""
-    from hwprune.importance.active import channel_maps, layer_importances
     base = layer_importances(space)
     if getattr(scores, "criterion", "l1") == "l1":
         return base

@@ -41,13 +41,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwprune.graph.space import PruningSpace
-from hwprune.importance.criteria import magnitude_scores, network_mean, ordered_scores
+from hwprune.graph.space import PruningSpace, model_device
+from hwprune.importance.active import group_items
+from hwprune.importance.magnitude import magnitude_scores
+from hwprune.importance.scores import network_mean, ordered_scores
 
 
 def consumers(space: PruningSpace) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
     """Layer name -> [(gid, its input indices, their root indices)] over the groups it reads."""
-    from hwprune.importance.active import group_items
     out: dict[str, list] = {}
     for gid, mod, name, role, idxs, roots in group_items(space):
         if role != "in" or not isinstance(mod, (nn.Conv2d, nn.Linear)) or name is None:
@@ -59,18 +60,13 @@ def consumers(space: PruningSpace) -> dict[str, list[tuple[int, np.ndarray, np.n
     return out
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def gate_gradients(space: PruningSpace, batches):
     """Yield, per batch, ``{gid: a}`` with ``a`` float64 ``[batch, group size]``
     (see the module docstring), and the set of groups some consumer reads."""
     model = space.model
     cons = consumers(space)
     modules = {name: model.get_submodule(name) for name in cons}
-    dev = _device(model)
+    dev = model_device(model)
     gates: dict[str, torch.Tensor] = {}
 
     def pre_hook(name):

@@ -49,9 +49,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwprune.graph.space import PruningSpace
-from hwprune.importance.criteria import magnitude_scores, ordered_scores, per_group_mean
-from hwprune.importance.data import _device, consumers
+from hwprune.graph.space import PruningSpace, model_device
+from hwprune.importance.data import consumers
+from hwprune.importance.magnitude import magnitude_scores
+from hwprune.importance.scores import ordered_scores, per_group_mean
 
 SAMPLES = 64
 POSITIONS = 16
@@ -210,7 +211,7 @@ def dcp_scores(space: PruningSpace, batches, samples: int = SAMPLES, positions: 
     modules = {name: model.get_submodule(name) for name in cons}
     cap = _Capture(modules, samples, positions)
     hooks = [m.register_forward_pre_hook(cap.hook(n)) for n, m in modules.items()]
-    dev = _device(model)
+    dev = model_device(model)
     ys, classes = [], 0
     try:
         with torch.no_grad():

@@ -6,11 +6,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, root_handler
+from hwprune.importance.active import group_items
+from hwprune.importance.scores import per_group_mean
 
 
 def _magnitude_raw(space: PruningSpace, p: int) -> dict[int, np.ndarray]:
-    from hwprune.importance.criteria import root_handler
     imp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
     scores = {}
     with torch.no_grad():
@@ -24,7 +25,6 @@ def _magnitude_raw(space: PruningSpace, p: int) -> dict[int, np.ndarray]:
 def magnitude_scores(space: PruningSpace, p: int = 1) -> dict[int, np.ndarray]:
     """Torch-Pruning's group magnitude (mean over the group's members), mean 1
     per group: the fill-in for groups another criterion cannot score."""
-    from hwprune.importance.criteria import per_group_mean
     return per_group_mean(_magnitude_raw(space, p))
 
 
@@ -61,7 +61,6 @@ def member_magnitude_scores(space: PruningSpace, p: int = 1) -> dict[int, np.nda
     stream read by seven convs weighs seven, as much as the weights it takes
     with it (a per-group mean would make it weigh one, and a latency-greedy
     selector would strip it first: it touches the most layers)."""
-    from hwprune.importance.active import group_items
     out = {g.gid: np.zeros(g.size) for g in space.groups}
     for gid, mod, _, role, idxs, roots in group_items(space):
         norms = _slice_norms(mod, role, idxs, p)  # from detached weights: no autograd

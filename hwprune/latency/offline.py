@@ -44,7 +44,7 @@ from pathlib import Path
 from hwprune.errors import UserError
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement
-from profilers.profile_io import _check_header, _parse_row, profile_files  # the file format's own checks
+from profilers.profile_io import check_header, parse_row, profile_files
 
 log = logging.getLogger("hwprune")
 
@@ -102,7 +102,7 @@ def read_profile(path: str | Path) -> ProfileData:
     if not lines:
         raise _bad(path, 1, "empty file")
     try:
-        header = _check_header(path, json.loads(lines[0]))
+        header = check_header(path, json.loads(lines[0]))
     except json.JSONDecodeError as exc:
         raise _bad(path, 1, f"not JSON ({exc.msg})") from None
     except ValueError as exc:
@@ -117,7 +117,7 @@ def read_profile(path: str | Path) -> ProfileData:
         kind = row.get("type", "layer" if "spec" in row else None) if isinstance(row, dict) else None
         if kind == "layer":
             try:
-                key, timing = _parse_row(path, i, text)
+                key, timing = parse_row(path, i, text)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
             layers.append(Measurement(header["device"], LayerSpec.from_key(key), timing))
@@ -141,7 +141,7 @@ def find_profile(device: str, folder: str | Path) -> Path | None:
     for p in profile_files(folder):
         try:
             with open(p, encoding="utf-8") as f:
-                h = _check_header(p, json.loads(f.readline()))
+                h = check_header(p, json.loads(f.readline()))
         except (OSError, UnicodeDecodeError, ValueError):
             continue
         if h["device"] == device and (best is None or str(h.get("date", "")) > best[0]):

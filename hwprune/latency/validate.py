@@ -37,7 +37,7 @@ import torch
 import latency_models
 from hwprune import devices
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import Choice, PruningSpace, group_options
 from hwprune.graph.subnets import build, random_choices
 from hwprune.latency.profiling import (
     Profiler,
@@ -48,7 +48,6 @@ from hwprune.latency.profiling import (
     model_protocol,
     sample_specs,
 )
-from hwprune.select.core import Choice, group_options
 from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
 from latency_models.metrics import Accuracy, accuracy
 from profilers import Measurement, MeasurementStore, Timing

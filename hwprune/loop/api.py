@@ -8,12 +8,12 @@ import torch
 
 from hwprune import devices
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, group_options
 from hwprune.importance import criteria as importance
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
 from hwprune.latency.profiling import measure_latency as _measure
 from hwprune.loop.engine import calibrate
-from hwprune.select.core import Evaluator, group_options
+from hwprune.select.evaluator import Evaluator
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore
 

@@ -33,12 +33,13 @@ from torch import nn
 
 from hwprune import devices
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
 from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
-from hwprune.select.core import SELECTORS, Evaluator, group_options, select
+from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, Problem, floor_options
+from hwprune.select.selectors import SELECTORS, select
 from hwprune.version import __version__
 from profilers import MeasurementStore
 

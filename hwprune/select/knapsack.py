@@ -33,7 +33,9 @@ import time
 
 import numpy as np
 
-from hwprune.select.core import Choice, Selection, greedy_limits
+from hwprune.graph.space import Choice
+from hwprune.select.evaluator import Selection
+from hwprune.select.greedy import greedy_limits
 
 
 def _mck(values: list[np.ndarray], costs: list[np.ndarray], cap: float, bins: int) -> list[int] | None:

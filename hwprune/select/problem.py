@@ -36,10 +36,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import Choice, PruningSpace
 from hwprune.importance.active import ActiveImportance, channel_maps, extra_params_per_channel
 from hwprune.importance.criteria import weight_tables
-from hwprune.select.core import Choice, Evaluator, Limit, Selection
+from hwprune.select.evaluator import Evaluator, Limit, Selection
 from latency_models.memory import layer_activation_bytes
 
 

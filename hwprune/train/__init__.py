@@ -1,1 +1,1 @@
-"""Training: one loop for the demo and fine-tuning, distributed fine-tuning, data loaders."""
+"""Training: one loop for the demo and fine-tuning, and distributed fine-tuning."""

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwprune.select.qcqp.model import MilpModel
+
 MAX_TABLE_ENTRIES = 8_000_000
 
 
@@ -162,8 +164,7 @@ def tables_of(problem):
     """``(model, objective tables, resource rows, objective constant)`` of
     ``problem`` as fractions of the full network's importance (rows divided by
     their limits); None when a layer's width sums several groups (links)."""
-    from hwprune.select.qcqp.milp import _Model
-    model = _Model(problem)
+    model = MilpModel(problem)
     obj = model.objective_terms()
     rows = [row for r in problem.resources for row in model.resource_rows(r)]
     if model.links:

@@ -43,6 +43,7 @@ import numpy as np
 
 from hwprune.select.qcqp.dual import Bound, bound_of, lagrangian_bound, priced, tables_of
 from hwprune.select.qcqp.dual import node_keys as _nodes
+from hwprune.select.qcqp.model import run_milp
 
 
 def _reduce(arr, key, size: dict, starts: dict, fn) -> np.ndarray:
@@ -86,7 +87,6 @@ def certify(problem, choice: dict, time_limit_s: float, mip_rel_gap: float = 1e-
     """Bound the full grid's optimum of ``problem`` and certify ``choice``
     (see the module docstring); the plan returned is ``choice`` or a better
     one the relaxation found. None without a bound (see above)."""
-    from hwprune.select.qcqp.milp import run_milp
     t0 = time.perf_counter()
     parts = tables_of(problem)
     if parts is None:
