@@ -29,9 +29,10 @@ from hwprune.errors import UserError
 from hwprune.export.parity import check_parity
 from hwprune.latency.profiling import Progress, measure_latency
 from hwprune.loop.engine import count_params, prune
-from hwprune.report import atomic_write_bytes, atomic_write_text, write_demo_report
+from hwprune.report import write_demo_report
 from hwprune.train.loop import evaluate, train
 from profilers import MeasurementStore
+from profilers.atomic import atomic_write_bytes, atomic_write_text
 from profilers.onnx_export import to_onnx_bytes
 
 log = logging.getLogger("hwprune")

@@ -16,7 +16,7 @@ import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from profilers.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from profilers.atomic import atomic_write_bytes, atomic_write_text
 
 ROW_FIELDS = (("measured_ms", "measured ms"), ("predicted_ms", "predicted ms"), ("params", "params"),
               ("flops", "FLOPs"), ("accuracy", "test accuracy"))

@@ -281,7 +281,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             return self._error(400, "Content-Length is not a number")
         if n > self.server.max_bytes:
             return self._error(413, f"body of {n} bytes is over the agent's size limit of "
-                                    f"{self.server.max_bytes} bytes (start it with a larger --max-mb)",
+                                    f"{self.server.max_bytes} bytes (start it with a larger --max-upload-mib)",
                                unread=n)
         body = self.rfile.read(n)
         if len(body) != n:

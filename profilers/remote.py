@@ -28,7 +28,7 @@ class RemoteError(RuntimeUnavailable):
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:.3g} MB"
+    return f"{n / 1024 / 1024:.3g} MiB"
 
 
 def _shapes(feeds: dict | None) -> dict | None:
@@ -76,7 +76,7 @@ class RemoteRuntime(OnnxModuleMeasurer):
             limit = self.info().get("max_bytes") if path != "/info" else None
             if isinstance(limit, int) and len(body) > limit:
                 raise RemoteError(f"the upload ({_mb(len(body))}) is over the size limit of the agent at "
-                                  f"{self.address} ({_mb(limit)}); restart the agent with a larger --max-mb")
+                                  f"{self.address} ({_mb(limit)}); restart the agent with a larger --max-upload-mib")
         req = urllib.request.Request(self._url(path, query), data=body, method=method,
                                      headers={"Authorization": f"Bearer {self.token}",
                                               "Content-Type": "application/octet-stream", **(headers or {})})
@@ -92,7 +92,7 @@ class RemoteRuntime(OnnxModuleMeasurer):
             reason = getattr(exc, "reason", None) or exc
             if body and isinstance(reason, (ConnectionResetError, BrokenPipeError)):
                 raise RemoteError(f"the agent at {self.address} closed the connection during an upload of "
-                                  f"{_mb(len(body))} (over its size limit?); check the agent's --max-mb "
+                                  f"{_mb(len(body))} (over its size limit?); check the agent's --max-upload-mib "
                                   f"and its log") from None
             raise RemoteError(f"no hwprune agent reachable at {self.address} ({reason}); start one on the "
                               f"board with `hwprune agent --host ADDRESS --port {self.port}` and check "

@@ -1,36 +1,31 @@
 """GPU benchmark: profile the zoo on a GPU, measure its channel step, validate
 the latency model on random sub-networks, and prune resnet50 to GPU budgets.
 
-Phases (``--phases``, run in the order given; each writes its results into
-``bench_gpu.json`` as soon as an item is done, so a run stopped by
-``--deadline-s`` keeps what it finished, and a second run with the same
-``--store`` re-measures nothing already stored):
+Phases (``--phases``, in the order given; each item's result is written into
+``bench_gpu.json`` when done, so a run stopped by ``--deadline-s`` keeps it and
+a rerun with the same ``--store`` re-measures nothing stored):
 
 1. ``env``: the GPU, driver, CUDA, cuDNN and torch versions.
-2. ``steps``: the channel step of every device at every batch: a 3x3 conv
-   64 -> 4..256 channels on 56x56 inputs, 3 passes (``profilers.steps``).
+2. ``steps``: each device's channel step at each batch (``profilers.steps``).
 3. ``profile``: every layer shape the engine samples for each model, device
    and batch (what ``hwprune profile`` measures), plus whole-network
    measurements of uniform sub-networks at 0/25/50/75/100 % width (the rows
    the latency model's remainder is fitted from).
 4. ``validate``: ``--samples`` random sub-networks per (model, device, batch)
-   in ``--validate``, each measured interleaved with the full network and
-   predicted; the share within +-5 % and +-10 %, RMSPE and the largest error.
-   The layer shapes of every sub-network are kept in the JSON, so other
-   latency models can be scored offline on the same measurements.
+   in ``--validate``, measured interleaved with the full network and predicted;
+   share within +-5 %/+-10 %, RMSPE, largest error; their layer shapes are kept
+   in the JSON so other latency models can be scored offline.
 5. ``prune``: ``--prune-model`` at ``--prune-batch`` pruned with ``--selector``
    to each of ``--budgets`` (fractions of its measured latency) on each
    device, then baseline and pruned network re-measured interleaved 5 times;
    the drift-free ratio ``(pruned / baseline) / fraction`` should lie in
    [0.90, 1.03].
-6. ``rescore`` (no GPU needed): every registered latency model of
-   :mod:`latency_models`, fitted on the stored layer measurements (the store,
-   or the committed ``devices/profiles/*-h200.jsonl`` when the store lacks
-   them) and the stored whole-network rows, scored on the stored validation
-   sub-networks.
+6. ``rescore`` (no GPU needed): every registered latency model, fitted on the
+   stored layer measurements (the store, else the committed ``*-h200.jsonl``
+   profiles) and whole-network rows, scored on the stored sub-networks.
 
-Writes ``bench_gpu.json`` and ``bench_gpu.md`` into ``--out``; the store
-(``--store``) holds every layer measurement for exporting device profiles.
+Writes ``bench_gpu.json`` and ``bench_gpu.md`` into ``--out``; ``--store`` keeps
+every layer measurement for exporting device profiles.
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def wait_port(proc, timeout_s=60.0) -> int:
 
 @pytest.fixture(scope="module")
 def agents():
-    procs = {"main": start_agent(), "tiny": start_agent("--max-mb", "0.01")}  # start both, then wait
+    procs = {"main": start_agent(), "tiny": start_agent("--max-upload-mib", "0.01")}  # start both, then wait
     try:
         yield {name: wait_port(p) for name, p in procs.items()}
     finally:
@@ -112,7 +112,7 @@ def test_oversized_upload_is_refused(agents):
     big = LayerSpec("conv", 64, 64, kernel=(3, 3), padding=(1, 1), height=8, width=8)  # ~150 kB of weights
     with pytest.raises(RemoteError) as e:
         runtime(agents["tiny"]).measure_spec(big, protocol=QUICK)
-    assert "size limit" in str(e.value) and "--max-mb" in str(e.value)
+    assert "size limit" in str(e.value) and "--max-upload-mib" in str(e.value)
     status, body = raw_post(agents["tiny"], "/measure", b"\0" * 200_000)  # the agent's own check
     assert status == 413 and "size limit" in body["error"]
 

@@ -4,7 +4,8 @@ import pytest
 from hwprune import zoo
 from hwprune.graph.space import PruningSpace, group_options, width_grid
 from hwprune.select.evaluator import Evaluator
-from hwprune.select.greedy import greedy
+from hwprune.select.problem import Problem
+from hwprune.select.selectors import select
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec
 
@@ -25,6 +26,12 @@ class FlopsModel(NetworkLatencyModel):
 
     def layer_ms(self, spec: LayerSpec) -> float:
         return spec.flops / 1e6
+
+
+def greedy(ev, options, target_ms):
+    """The greedy selector under one latency target on device "d"."""
+    problem = Problem(ev.space, options, ev.scores, evaluators={"d": ev}).with_latency({"d": target_ms})
+    return select("greedy", problem, infeasible="smallest")
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,7 @@ def scaled(problem, **fracs):
     val = {k: lo[k] + f * (hi[k] - lo[k]) for k, f in fracs.items()}
     lat = tuple((d, val[f"latency_ms[{d}]"]) for d in problem.evaluators if f"latency_ms[{d}]" in val)
     cons = Constraints(latency_ms=lat, max_flops=val.get("flops"), max_params=val.get("params"),
-                       max_memory_mb=val.get("memory_mb"))
+                       max_memory_mib=val.get("memory_mib"))
     return Problem(problem.space, problem.options, problem.scores, cons, problem.evaluators)
 
 
@@ -136,7 +136,7 @@ CASES = [  # (latency models, constraint fractions)
     ({"flops": FlopsModel()}, {"latency_ms[flops]": 0.4}),
     ({"table": TableModel()}, {"latency_ms[table]": 0.5}),
     ({"flops": FlopsModel()}, {"latency_ms[flops]": 0.7, "params": 0.5}),
-    ({"flops": FlopsModel()}, {"memory_mb": 0.5, "params": 0.6}),
+    ({"flops": FlopsModel()}, {"memory_mib": 0.5, "params": 0.6}),
     ({"a": TableModel(1), "b": TableModel(2)}, {"latency_ms[a]": 0.6, "latency_ms[b]": 0.45, "flops": 0.8}),
 ]
 
@@ -166,7 +166,7 @@ def test_active_objective_params_flops_memory_match_the_pruned_model(name):
         assert obj.value(choice) == pytest.approx(active, rel=1e-9)
         assert params.value(choice) == sum(p.numel() for p in pruned.parameters())
         assert flops.value(choice) == sum(l.spec.flops for l in PruningSpace(pruned, x).layers)
-        assert memory.value(choice) == pytest.approx(4e-6 * max(acts), rel=1e-12)
+        assert memory.value(choice) == pytest.approx(4 * max(acts) / 2 ** 20, rel=1e-12)  # MiB
     assert obj.fraction(problem.largest()) == pytest.approx(1.0)
     assert sum(float(weight_importance(space.model.get_submodule(l.name)).sum())
                for l in space.layers) == pytest.approx(obj.full)
@@ -233,17 +233,17 @@ def test_floors_and_ceilings_bound_every_group():
 
 
 @pytest.mark.parametrize("bound,needle", [("max_flops", "max_flops"), ("max_params", "max_params"),
-                                          ("max_memory_mb", "max_memory_mb"), ("latency", "latency budget")])
+                                          ("max_memory_mib", "max_memory_mib"), ("latency", "latency budget")])
 def test_infeasible_constraints_name_the_constraint_and_the_smallest_value(bound, needle):
     problem, _ = make("residual")
     smallest = problem.usage(problem.smallest())
-    key = {"max_flops": "flops", "max_params": "params", "max_memory_mb": "memory_mb"}.get(bound)
+    key = {"max_flops": "flops", "max_params": "params", "max_memory_mib": "memory_mib"}.get(bound)
     if key:
         cons = Constraints(**{bound: 0.5 * smallest[key]})
-        value = problem.meters[key].fmt(smallest[key])
+        value = problem.resources_by_name[key].fmt(smallest[key])
     else:
         cons = Constraints(latency_ms=(("flops", 0.5 * smallest["latency_ms[flops]"]),))
-        value = problem.meters["latency_ms[flops]"].fmt(smallest["latency_ms[flops]"])
+        value = problem.resources_by_name["latency_ms[flops]"].fmt(smallest["latency_ms[flops]"])
     bad = Problem(problem.space, problem.options, problem.scores, cons, problem.evaluators)
     for s in SELECTORS:
         with pytest.raises(UserError, match=needle) as err:

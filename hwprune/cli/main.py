@@ -130,7 +130,8 @@ def cmd_prune(args) -> int:
     from hwprune.export.parity import check_parity
     from hwprune.graph.plans import checkpoint, load_model
     from hwprune.loop.engine import prune
-    from hwprune.report import atomic_write_bytes, format_table
+    from hwprune.report import format_table
+    from profilers.atomic import atomic_write_bytes
     from profilers.onnx_export import to_onnx_bytes
     budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
@@ -231,12 +232,12 @@ def cmd_agent(args) -> int:
                 "max_bytes": server.max_bytes}
         token = f"token: {server.token}" if source is None else f"token: the one given by {source}"
         emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
-                          f"uploads up to {args.max_mb:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
+                          f"uploads up to {args.max_upload_mib:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
                           f"on the host: HWPRUNE_AGENT_TOKEN=<token> hwprune profile --device {device} "
                           f"--model resnet20")
         sys.stdout.flush()
     try:
-        serve(args.host, args.port, args.token or env or None, max(1, int(args.max_mb * 1024 * 1024)),
+        serve(args.host, args.port, args.token or env or None, max(1, int(args.max_upload_mib * 1024 * 1024)),
               args.threads, on_ready=ready)
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="token clients must send (default $HWPRUNE_AGENT_TOKEN, else a new "
                     "one is generated and printed)")
     sp.add_argument("--threads", type=_count, default=1, help="ONNX Runtime intra-op threads (default 1)")
-    sp.add_argument("--max-mb", type=positive_arg, default=256.0, help="largest upload accepted, in MB "
+    sp.add_argument("--max-upload-mib", type=positive_arg, default=256.0, help="largest upload accepted, in MiB "
                     "(default 256)")
     sp.set_defaults(func=cmd_agent)
     return p

@@ -61,8 +61,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-flops", type=amount, help="FLOPs bound (2 x multiply-accumulates of the conv and "
                     "linear layers), e.g. 40M or 4.1e7")
     sp.add_argument("--max-params", type=amount, help="parameter count bound, e.g. 500k")
-    sp.add_argument("--max-memory-mb", type=_number, help="peak activation memory bound in MB: the largest "
-                    "input + output of one conv/linear layer, fp32")
+    sp.add_argument("--max-memory-mib", type=_number, help="peak activation memory bound in MiB (2^20 bytes): "
+                    "the largest input + output of one conv/linear layer, fp32")
     sp.add_argument("--min-ratio", type=fraction, default=0.1, help="every group keeps at least this share "
                     "of its channels, and at least one device step (default 0.1)")
     sp.add_argument("--max-ratio", type=fraction, help="every group keeps at most this share of its channels")
@@ -98,5 +98,5 @@ def constraints_from_args(args):
         raise UserError("a budget in % applies to --device only (--device D --budget-ms 50%); "
                         "give the other devices' budgets in ms")
     cons = Constraints(latency_ms=named, max_flops=args.max_flops, max_params=args.max_params,
-                       max_memory_mb=args.max_memory_mb, min_ratio=args.min_ratio, max_ratio=args.max_ratio)
+                       max_memory_mib=args.max_memory_mib, min_ratio=args.min_ratio, max_ratio=args.max_ratio)
     return (plain[0] if plain else None), cons

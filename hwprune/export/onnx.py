@@ -32,7 +32,7 @@ from hwprune.export.parity import (
     parity_row,
     random_batches,
 )
-from hwprune.report import atomic_write_bytes
+from profilers.atomic import atomic_write_bytes
 from profilers.onnx_export import OPSET, feeds, to_onnx_bytes
 
 log = logging.getLogger("hwprune")

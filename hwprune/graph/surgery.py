@@ -26,7 +26,7 @@ def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
     inputs = _one_sample(space.example_inputs)
     try:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
-    except Exception:  # a model whose forward needs the full batch
+    except (RuntimeError, ValueError):  # a forward that needs the example's batch (a reshape to it, say)
         model, inputs = copy.deepcopy(space.model).eval(), space.example_inputs
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
     for g in space.groups:

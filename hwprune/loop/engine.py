@@ -124,9 +124,9 @@ def _budgets(device: str | None, budget_ms, constraints: Constraints) -> tuple[s
             raise UserError(f"two latency budgets for {name} ({budget_ms} and {budgets[name]} ms); give one")
         budgets = {name: budget_ms, **{d: ms for d, ms in budgets.items() if d != name}}
     if not budgets and all(v is None for v in (constraints.max_flops, constraints.max_params,
-                                               constraints.max_memory_mb)):
+                                               constraints.max_memory_mib)):
         raise UserError("no budget given: give a latency budget (--budget-ms) or a FLOPs, parameter or "
-                        "memory bound (--max-flops, --max-params, --max-memory-mb)")
+                        "memory bound (--max-flops, --max-params, --max-memory-mib)")
     return device or next(iter(budgets), "ort-cpu-1t"), budgets
 
 

@@ -41,14 +41,14 @@ class Evaluator:
     """Predicted latency and kept importance of a choice, with per-layer caching.
 
     ``model`` may be None for an evaluator used only for importance and kept
-    channels. Latency = (sum of per-layer costs + c0) x correction, where a
+    channels. Latency = sum of per-layer costs + c0, where a
     layer's cost is its model prediction times ``1 + c3`` plus the remainder's
     per-layer terms, ``c1 x`` its output activation elements ``+ c2 x`` its
     weight elements, so the sum equals ``NetworkLatencyModel.predict``."""
 
     def __init__(self, space: PruningSpace, model: NetworkLatencyModel | None,
-                 scores: dict[int, np.ndarray], correction: float = 1.0):
-        self.space, self.model, self.correction = space, model, correction
+                 scores: dict[int, np.ndarray]):
+        self.space, self.model, self.scores = space, model, scores
         self._cache: dict[tuple[int, int, int], float] = {}
         self.order = {}
         self.prefix = {}
@@ -99,7 +99,7 @@ class Evaluator:
     def latency_ms(self, choice: Choice) -> float:
         widths = self.space.layer_widths
         total = sum(self.layer_ms(i, *widths(layer, choice)) for i, layer in enumerate(self.space.layers))
-        return (total + self.const_ms()) * self.correction
+        return total + self.const_ms()
 
     def importance(self, choice: Choice) -> float:
         return float(sum(p[k] for gid, ks in choice.items() for p, k in zip(self.prefix[gid], ks)))
@@ -122,7 +122,7 @@ class Limit:
     def layer_values(self, choice: Choice) -> list[float]:
         raise NotImplementedError
 
-    def measure(self, choice: Choice) -> tuple[float, bool]:
+    def load(self, choice: Choice) -> tuple[float, bool]:
         """(load, holds): the load greedy reduces (the value; for a per-layer
         resource the summed excess over the limit) and whether the bound holds."""
         bound = self.limit * (1 + REL_TOL)
@@ -133,11 +133,5 @@ class Limit:
         return v, v <= bound
 
 
-class LatencyLimit(Limit):
-    def __init__(self, ev: Evaluator, limit: float):
-        self.ev, self.limit = ev, float(limit)
-
-    def value(self, choice: Choice) -> float:
-        return self.ev.latency_ms(choice)
 
 

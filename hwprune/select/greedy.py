@@ -3,17 +3,7 @@ then spend the slack, then swap levels between groups (see :mod:`hwprune.select.
 from __future__ import annotations
 
 from hwprune.graph.space import Choice
-from hwprune.select.evaluator import Evaluator, LatencyLimit, Limit, Selection
-
-
-def greedy(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], target_ms: float,
-           start: Choice | None = None, swap: bool = True) -> Selection:
-    """One latency target: cut from ``start`` (default: the full network) until
-    the prediction meets ``target_ms``, grow into the slack, then (``swap``)
-    the local search."""
-    choice, feasible = greedy_limits(ev, options, [LatencyLimit(ev, target_ms)], start, swap)
-    return Selection(choice, ev.kept(choice), ev.latency_ms(choice), ev.importance(choice), feasible,
-                     status="heuristic")
+from hwprune.select.evaluator import Evaluator, Limit
 
 
 def greedy_limits(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], limits: list[Limit],
@@ -30,13 +20,13 @@ def greedy_limits(ev: Evaluator, options: dict[int, list[tuple[int, ...]]], limi
 
     def state(lv):
         ch = choice_of(lv)
-        loads = [lim.measure(ch) for lim in limits]
+        loads = [lim.load(ch) for lim in limits]
         return ch, [m[0] for m in loads], all(m[1] for m in loads)
 
     cur_ch, cur_load, ok = state(level)
     cur_imp = ev.importance(cur_ch)
     while not ok:
-        violated = [k for k, lim in enumerate(limits) if not lim.measure(cur_ch)[1]]
+        violated = [k for k, lim in enumerate(limits) if not lim.load(cur_ch)[1]]
         best, landing = None, None
         for gid, i in level.items():
             if i == 0:

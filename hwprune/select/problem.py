@@ -16,9 +16,9 @@ Resources, each a function of the group widths:
   at their widths, plus per-channel parameters of other modules in a group
   (BatchNorm's weight and bias), plus the rest unchanged. Equals
   ``sum(p.numel() for p in pruned.parameters())``.
-- ``memory_mb``: peak activation memory, defined as the largest
-  ``input + output`` activation of a single conv/linear layer, fp32, in MB
-  (10^6 bytes), at batch size of the example input. The live set across
+- ``memory_mib``: peak activation memory, defined as the largest
+  ``input + output`` activation of a single conv/linear layer, fp32, in MiB
+  (2^20 bytes), at batch size of the example input. The live set across
   residual branches is not modelled (it would be one such linear bound per
   point of the execution order).
 
@@ -56,7 +56,7 @@ class Constraints:
     latency_ms: tuple[tuple[str, float], ...] = ()
     max_flops: float | None = None
     max_params: float | None = None
-    max_memory_mb: float | None = None
+    max_memory_mib: float | None = None
     min_ratio: float = 0.1
     max_ratio: float | None = None
 
@@ -68,7 +68,7 @@ class Constraints:
             if dev in seen:
                 raise UserError(f"two latency budgets for device {dev}; give one per device")
             seen.add(dev)
-        for name in ("max_flops", "max_params", "max_memory_mb"):
+        for name in ("max_flops", "max_params", "max_memory_mib"):
             v = getattr(self, name)
             if v is not None and not _finite_positive(v):
                 raise UserError(f"{name} {v!r} is not a positive number")
@@ -86,7 +86,7 @@ class Constraints:
 
     def to_json(self) -> dict:
         return {"latency_ms": dict(self.latency_ms), "max_flops": self.max_flops,
-                "max_params": self.max_params, "max_memory_mb": self.max_memory_mb,
+                "max_params": self.max_params, "max_memory_mib": self.max_memory_mib,
                 "min_ratio": self.min_ratio, "max_ratio": self.max_ratio}
 
 
@@ -171,13 +171,13 @@ class LatencyBudget(Resource):
 
     @property
     def const(self) -> float:
-        return self.ev.const_ms() * self.ev.correction
+        return self.ev.const_ms()
 
     def layer_cost(self, i: int, n_in: int, n_out: int) -> float:
-        return self.ev.layer_ms(i, n_in, n_out) * self.ev.correction
+        return self.ev.layer_ms(i, n_in, n_out)
 
     def layer_grid(self, i, n_in, n_out):
-        return self.ev.layer_ms_grid(i, n_in, n_out) * self.ev.correction
+        return self.ev.layer_ms_grid(i, n_in, n_out)
 
     def value(self, choice: Choice) -> float:
         return self.ev.latency_ms(choice)
@@ -243,21 +243,24 @@ class ParamsBudget(Resource):
         return f"{v:.6g} parameters"
 
 
+MIB = 2 ** 20  # bytes
+
+
 class MemoryBudget(Resource):
-    name = "memory_mb"
+    name = "memory_mib"
     per_layer = True
 
     def _layer(self, i, n_in, n_out):
-        return 1e-6 * layer_activation_bytes(self.space.layers[i].spec, 4, n_in, n_out)
+        return layer_activation_bytes(self.space.layers[i].spec, 4, n_in, n_out) / MIB
 
     def layer_grid(self, i, n_in, n_out):
         return self._layer(i, np.asarray(n_in, dtype=float), np.asarray(n_out, dtype=float))
 
     def label(self) -> str:
-        return f"max_memory_mb {self.limit:.6g} MB (--max-memory-mb)"
+        return f"max_memory_mib {self.limit:.6g} MiB (--max-memory-mib)"
 
     def fmt(self, v: float) -> str:
-        return f"{v:.6g} MB of activations (largest layer input + output, fp32)"
+        return f"{v:.6g} MiB of activations (largest layer input + output, fp32)"
 
 
 class Problem:
@@ -281,15 +284,15 @@ class Problem:
         for d, ev in self.evaluators.items():
             if d not in lat:
                 lat[d] = LatencyBudget(ev, d, None)
-        self.meters: dict[str, Resource] = {lat[d].name: lat[d].with_limit(budgets.get(d))
+        self.resources_by_name: dict[str, Resource] = {lat[d].name: lat[d].with_limit(budgets.get(d))
                                             for d in self.evaluators}
         for key, cls, limit in (("flops", FlopsBudget, constraints.max_flops),
                                 ("params", ParamsBudget, constraints.max_params),
-                                ("memory_mb", MemoryBudget, constraints.max_memory_mb)):
+                                ("memory_mib", MemoryBudget, constraints.max_memory_mib)):
             if key not in self._shared:
                 self._shared[key] = cls(space, None, self.ev.order) if cls is ParamsBudget else cls(space, None)
-            self.meters[key] = self._shared[key].with_limit(limit)
-        self.resources = [r for r in self.meters.values() if math.isfinite(r.limit)]
+            self.resources_by_name[key] = self._shared[key].with_limit(limit)
+        self.resources = [r for r in self.resources_by_name.values() if math.isfinite(r.limit)]
 
     def with_latency(self, budgets: dict[str, float]) -> Problem:
         """The same problem with other latency budgets (caches shared)."""
@@ -319,13 +322,13 @@ class Problem:
         return {gid: opts[-1] for gid, opts in self.options.items()}
 
     def violated(self, choice: Choice) -> list[Resource]:
-        return [r for r in self.resources if not r.measure(choice)[1]]
+        return [r for r in self.resources if not r.load(choice)[1]]
 
     def feasible(self, choice: Choice) -> bool:
         return not self.violated(choice)
 
     def usage(self, choice: Choice) -> dict[str, float]:
-        return {name: float(r.value(choice)) for name, r in self.meters.items()}
+        return {name: float(r.value(choice)) for name, r in self.resources_by_name.items()}
 
     def infeasible_message(self, bad: list[Resource]) -> str:
         smallest = self.smallest()

@@ -16,8 +16,7 @@ scores, one :class:`Evaluator` per device and every constraint):
   importance per unit of normalised cost that still fit. When a cut satisfies
   every constraint, the cut losing least importance is taken (not the best
   ratio), and a final local search swaps one level between two groups while
-  that gains importance within the constraints. With one latency target this
-  is exactly the single-budget greedy of :func:`greedy`.
+  that gains importance within the constraints (:mod:`hwprune.select.greedy`).
 - ``knapsack``: HALP's multiple-choice knapsack by dynamic programming
   (:mod:`hwprune.select.knapsack`).
 - ``qcqp``: the exact discrete QCQP of Jeong et al. as a MILP solved by HiGHS
