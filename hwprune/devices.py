@@ -1,9 +1,15 @@
-"""Device descriptors (``devices/*.toml``) and opening their runtimes.
+"""Device descriptors (``*.toml``) and opening their runtimes.
 
-The folder is found from ``$HWPRUNE_DEVICES_DIR`` or next to the package.
+Built-in descriptors and committed profiles ship inside the installed package
+``devices`` (package data, read with :mod:`importlib.resources`). A user's own
+descriptors and profiles live in ``$XDG_CONFIG_HOME/hwprune/devices`` (default
+``~/.config/hwprune/devices``; ``*.toml`` there, profiles in ``profiles/``) and
+override built-ins of the same name. ``$HWPRUNE_DEVICES_DIR`` names one folder
+that replaces both (for a fleet's own set of devices, or for tests).
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +18,8 @@ import tomllib
 
 import profilers
 from hwprune.errors import UserError
+
+ENV_VAR = "HWPRUNE_DEVICES_DIR"
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,28 @@ class Device:
                             f"(see README, 'Devices') or pick another device") from None
 
 
-def devices_dir() -> Path:
-    env = os.environ.get("HWPRUNE_DEVICES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "devices"
+def builtin_dir() -> Path:
+    """The descriptors and profiles shipped with the package."""
+    return Path(os.fspath(importlib.resources.files("devices")))
+
+
+def user_dir() -> Path:
+    """Where a user's own descriptors and profiles go (``$HWPRUNE_DEVICES_DIR`` when set)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "hwprune" / "devices"
+
+
+def search_dirs() -> list[Path]:
+    """Descriptor folders in the order read (a later one overrides a name)."""
+    return [user_dir()] if os.environ.get(ENV_VAR) else [builtin_dir(), user_dir()]
+
+
+def profile_dirs() -> list[Path]:
+    """Profile folders, the user's first."""
+    return [d / "profiles" for d in reversed(search_dirs())]
 
 
 def load(path: Path) -> Device:
@@ -52,13 +79,15 @@ def load(path: Path) -> Device:
 
 
 def all_devices() -> dict[str, Device]:
-    folder = devices_dir()
-    if not folder.is_dir():
-        raise UserError(f"no device folder at {folder}; set HWPRUNE_DEVICES_DIR")
+    env = os.environ.get(ENV_VAR)
+    if env and not Path(env).is_dir():
+        raise UserError(f"{ENV_VAR}={env} is not a folder; point it at a folder of device .toml files "
+                        f"or unset it to use the built-in devices")
     out = {}
-    for p in sorted(folder.glob("*.toml")):
-        d = load(p)
-        out[d.name] = d
+    for folder in search_dirs():
+        for p in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+            d = load(p)
+            out[d.name] = d
     return out
 
 
@@ -91,7 +120,7 @@ def machine_description() -> str:
     import onnxruntime as ort
     import torch
 
-    from profilers.ort_cpu import cpu_model
-    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}, "
+    from profilers.ort_cpu import cpu_isa, cpu_model
+    return (f"{cpu_model()} ({cpu_isa()}), {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")

@@ -9,7 +9,14 @@ import importlib
 
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Measurement, Timing
-from .store import MeasurementStore, StoreError, default_store_path, fingerprint_key
+from .store import (
+    MeasurementStore,
+    StoreError,
+    default_store_path,
+    fingerprint_key,
+    host_key_of,
+    measurement_key,
+)
 
 _RUNTIMES: dict[str, tuple[str, str]] = {
     "ort-cpu": ("profilers.ort_cpu", "OrtCpuRuntime"),
@@ -46,5 +53,5 @@ def create_runtime(kind: str, **options):
 
 __all__ = ["LayerSpec", "Measurement", "Timing", "Protocol", "measure", "measure_interleaved", "LAYER_PROTOCOL",
            "MODEL_PROTOCOL", "MeasurementStore", "StoreError", "default_store_path",
-           "fingerprint_key", "create_runtime", "list_runtimes", "register_runtime",
+           "fingerprint_key", "measurement_key", "host_key_of", "create_runtime", "list_runtimes", "register_runtime",
            "RuntimeUnavailable"]

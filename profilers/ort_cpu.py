@@ -29,6 +29,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_LEVELS = ("avx512f", "avx2", "avx", "sse4_2", "asimd", "neon")  # the widest vector unit first
+
+
+def cpu_isa() -> str:
+    """The widest SIMD instruction set the CPU reports (``avx512f``, ``avx2``,
+    ..., ``asimd`` on ARM); ``unknown`` where /proc/cpuinfo is not readable. Conv
+    kernels, and so a device's channel step, depend on it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return next((isa for isa in ISA_LEVELS if isa in flags), "other")
+    except OSError:
+        pass
+    return "unknown"
+
+
 class OrtCpuRuntime(OnnxModuleMeasurer):
     """Measures ONNX models on ONNX Runtime's CPU provider, fp32."""
 
@@ -42,7 +60,7 @@ class OrtCpuRuntime(OnnxModuleMeasurer):
         import onnxruntime
         fp = {"runtime": "onnxruntime-cpu", "version": onnxruntime.__version__,
               "threads": self.threads, "dtype": "fp32", "cpu": cpu_model(),
-              "machine": platform.machine()}
+              "isa": cpu_isa(), "machine": platform.machine()}
         if self.threads > 1:
             fp["intra_op_spinning"] = False
         return fp

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .specs import LayerSpec, Timing
-from .store import MeasurementStore, fingerprint_key
+from .store import MeasurementStore, fingerprint_key, host_key_of
 
 FORMAT = "hwprune-profile"
 VERSION = 1
@@ -51,9 +51,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 def export_profile(store: MeasurementStore, device_key: str, path: str | Path,
                    date: str | None = None) -> int:
     """Write every measurement of ``device_key`` (a fingerprint key whose
-    ``"device"`` field names the device) to ``path``; returns the row count."""
+    ``"device"`` field names the device, see :func:`measurement_key`) to
+    ``path``; returns the row count. The step is the host's (``timing`` aside)."""
     fp = json.loads(device_key)
-    step = store.get_meta(device_key, "step")
+    step = store.get_meta(host_key_of(device_key), "step")
     items = store.items(device_key)
     measured = isinstance(step, dict) and step.get("reliable", True)
     header = {"format": FORMAT, "version": VERSION, "device": fp.get("device"), "fingerprint": fp,
@@ -174,8 +175,9 @@ def import_profile(path: str | Path, store: MeasurementStore) -> int:
     header, rows = load_profile(path)
     key = fingerprint_key(header["fingerprint"])
     n = store.put_many(key, rows)
-    if header.get("step_channels") and store.get_meta(key, "step") is None:
-        store.put_meta(key, "step", {"step_channels": header["step_channels"], "source": str(path)})
+    host = host_key_of(key)
+    if header.get("step_channels") and store.get_meta(host, "step") is None:
+        store.put_meta(host, "step", {"step_channels": header["step_channels"], "source": str(path)})
     return n
 
 

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 from .specs import Timing
@@ -36,6 +37,22 @@ def default_store_path() -> Path:
 
 def fingerprint_key(fingerprint: dict) -> str:
     return json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+
+
+def measurement_key(fingerprint: dict, protocol) -> str:
+    """The key of measurements taken on ``fingerprint`` (device and host) with
+    ``protocol`` (a :class:`profilers.protocol.Protocol`: its clock, warm-up and
+    stopping rule), so rows timed one way never answer for rows timed another.
+    Rows stored under a key without ``timing`` (older stores) are never read
+    again; they stay in the file, harmless."""
+    return fingerprint_key({**fingerprint, "timing": asdict(protocol)})
+
+
+def host_key_of(key: str) -> str:
+    """The device-and-host part of a measurement key (``timing`` removed)."""
+    fp = json.loads(key)
+    fp.pop("timing", None)
+    return fingerprint_key(fp)
 
 
 _SCHEMA = """

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .ort_cpu import cpu_model
+from .ort_cpu import cpu_isa, cpu_model
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Timing
 from .torch_layers import layer_input, layer_module
@@ -50,7 +50,7 @@ class TorchCpuRuntime:
     def fingerprint(self) -> dict:
         return {"runtime": "torch-cpu", "version": torch.__version__, "threads": self.threads,
                 "dtype": "fp32", "memory_format": "channels_last" if self.channels_last else "contiguous",
-                "cpu": cpu_model(), "machine": platform.machine()}
+                "cpu": cpu_model(), "isa": cpu_isa(), "machine": platform.machine()}
 
     def _convert(self, t):
         if isinstance(t, torch.Tensor):

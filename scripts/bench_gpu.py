@@ -252,7 +252,7 @@ def layer_measurements(run: Run, device: str) -> list:
     if keys:
         return [Measurement(device, LayerSpec.from_key(k), t) for key in keys for k, t in run.store.items(key)]
     out = []
-    for path in profile_files(devices.devices_dir() / "profiles"):
+    for path in profile_files(devices.builtin_dir() / "profiles"):
         header, rows = load_profile(path)
         if header["device"] == device and header["fingerprint"].get("gpu") == run.data.get("env", {}).get("gpu"):
             out += [Measurement(device, LayerSpec.from_key(k), t) for k, t in rows]

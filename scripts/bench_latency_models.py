@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     try:
         store = MeasurementStore(store_path)
         for name in args.devices:
-            committed = devices.devices_dir() / "profiles" / f"{devices.get(name).name}.jsonl"
+            committed = devices.builtin_dir() / "profiles" / f"{devices.get(name).name}.jsonl"
             if committed.exists():
                 log(f"imported {import_profile(committed, store)} measurements from {committed}")
         header = {**common.machine_header(), "devices": args.devices, "models": args.models,

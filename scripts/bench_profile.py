@@ -70,7 +70,7 @@ def profile_once(dev, model_name: str, store_path: Path) -> dict:
     lat = fit_latency_model(prof, space, options)
     elapsed = time.perf_counter() - t0
     out = {"seconds": elapsed, "measured": prof.measured, "reused": prof.reused,
-           "layers": len(space.layers), "families": len(lat.families_), "stored": store.count(prof.fp)}
+           "layers": len(space.layers), "families": len(lat.families_), "stored": store.count(prof.rows_key)}
     store.close()
     return out
 
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from hwprune import devices
     from hwprune.errors import UserError
-    from profilers import MeasurementStore, StoreError, fingerprint_key
+    from profilers import MeasurementStore, StoreError, fingerprint_key, host_key_of
     try:
         dev = devices.get(args.device)
         rt = dev.open()
@@ -138,7 +138,8 @@ def main(argv=None) -> int:
             tmp = tempfile.TemporaryDirectory(prefix="bench_profile_")
             store_path = Path(tmp.name) / "store.sqlite"
         s = MeasurementStore(store_path)
-        held = s.count(fingerprint_key({"device": dev.name, **rt.fingerprint()}))
+        host = fingerprint_key({"device": dev.name, **rt.fingerprint()})
+        held = sum(s.count(k) for k in s.devices() if host_key_of(k) == host)
         s.close()
     except (UserError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     try:
         dev = devices.get(args.device)
         store = MeasurementStore(store_path)
-        committed = devices.devices_dir() / "profiles" / f"{dev.name}.jsonl"
+        committed = devices.builtin_dir() / "profiles" / f"{dev.name}.jsonl"
         if committed.exists():
             log(f"imported {import_profile(committed, store)} measurements from {committed}")
         header = {**common.machine_header(), "device": dev.name, "store": store_path,

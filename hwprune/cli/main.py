@@ -10,61 +10,21 @@ from pathlib import Path
 from hwprune.cli.common import EXIT_USAGE, emit, open_store, positive_arg, progress_bar, shape_arg
 
 
-def _profile_files(folder: Path) -> tuple[dict[str, list[dict]], list[str]]:
-    """Profile files under ``folder`` by device name, and lines for unreadable ones."""
-    from profilers.profile_io import profile_files, read_header
-    by_device: dict[str, list[dict]] = {}
-    bad = []
-    for p in profile_files(folder):
-        try:
-            h = read_header(p)
-        except ValueError as exc:
-            bad.append(str(exc))
-            continue
-        by_device.setdefault(h["device"], []).append(
-            {"file": str(p), "count": h.get("count"), "step_channels": h.get("step_channels"),
-             "date": h.get("date"), "fingerprint": h["fingerprint"]})
-    return by_device, bad
-
-
 def cmd_devices(args) -> int:
-    from hwprune import devices
-    from profilers import fingerprint_key
-    store = open_store(args)
-    folder = devices.devices_dir() / "profiles"
-    files, bad_files = _profile_files(folder)
-    rows, out = [], []
-    for name, d in devices.all_devices().items():
-        fp = None
-        try:
-            fp = {"device": name, **d.open().fingerprint()}
-            available, why = True, ""
-            n = store.count(fingerprint_key(fp))
-            step = store.get_meta(fingerprint_key(fp), "step")
-        except Exception as exc:  # a runtime that cannot run here
-            available, why, n, step = False, str(exc), 0, None
-        measured_step = step.get("step_channels") if isinstance(step, dict) else None
-        step_text = "-" if measured_step is None else \
-            f"{measured_step}{'' if step.get('reliable', True) else ' (noisy)'}"
-        profiles = [{**{k: v for k, v in f.items() if k != "fingerprint"},
-                     "matches_this_host": fp is not None and f["fingerprint"] == fp}
-                    for f in files.get(name, [])]
-        out.append({"name": name, "runtime": d.runtime, "available": available, "reason": why,
-                    "step_channels": d.step_channels, "measured_step_channels": measured_step,
-                    "measured_step_reliable": None if step is None else step.get("reliable", True),
-                    "stored_measurements": n, "profiles": profiles,
-                    "description": d.description, "descriptor": d.path})
-        prof_text = ", ".join(f"{Path(f['file']).name} ({f['count']}, "
-                              f"{'this host' if f['matches_this_host'] else 'other host'})"
-                              for f in profiles) or "-"
-        rows.append([name, "yes" if available else "no", d.step_channels,
-                     step_text, n, prof_text, d.description])
+    from hwprune.latency.inventory import grid_text, inventory, profiles_text
     from hwprune.report import format_table
-    text = format_table(["device", "available", "grid", "measured step", "stored", "profile files",
-                         "description"], rows) + f"\nstore: {store.path}\nprofiles: {folder}"
+    store = open_store(args)
+    infos, bad_files = inventory(store, measure_grid=args.measure_grid, progress=progress_bar())
+    rows = [[i.name, "yes" if i.available else "no", grid_text(i), i.stored_measurements, profiles_text(i),
+             i.description] for i in infos]
+    from hwprune import devices
+    folders = [str(f) for f in devices.profile_dirs()]
+    text = format_table(["device", "available", "grid (source)", "stored", "profile files", "description"], rows)
+    text += "".join(f"\n{i.name}: grid {i.grid['detail']}" for i in infos if i.available)
+    text += f"\nstore: {store.path}\nprofiles: {', '.join(folders)}"
     text += "".join(f"\nunreadable profile: {b}" for b in bad_files)
-    emit(args, {"devices": out, "store": str(store.path), "profiles_dir": str(folder),
-                 "unreadable_profiles": bad_files}, text)
+    emit(args, {"devices": [i.to_json() for i in infos], "store": str(store.path), "profiles_dirs": folders,
+                "unreadable_profiles": bad_files}, text)
     return 0
 
 
@@ -113,7 +73,7 @@ def cmd_profile(args) -> int:
     if args.export:
         from profilers.profile_io import export_profile
         try:
-            n = export_profile(prof.store, prof.fp, args.export)
+            n = export_profile(prof.store, prof.rows_key, args.export)
         except OSError as exc:
             raise UserError(f"cannot write the profile {args.export} ({exc.strerror or exc})") from None
         data["exported"], data["exported_measurements"] = str(args.export), n
@@ -320,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     from hwprune.cli.validate import add_arguments as add_validate_arguments
     add_validate_arguments(sp)
     sp.set_defaults(func=cmd_validate)
-    sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")
+    sp = sub.add_parser("devices", help="list devices, whether they run here, the channel grid each is pruned "
+                        "on (and where it came from), stored measurements and profiles")
     common(sp, model=False)
+    sp.add_argument("--measure-grid", action="store_true", help="measure the channel step of every device that "
+                    "runs here and has none stored yet (a few seconds each; prune does it on first use)")
     sp.set_defaults(func=cmd_devices)
     from hwprune.cli.compare import register as register_compare
     register_compare(sub, common)

@@ -129,7 +129,7 @@ def resolve_sides(names, space: PruningSpace, predicted_only=(), profiles=(),
         if prof.device not in names:
             raise UserError(f"profile {path} is for device {prof.device}, which is not one of --devices")
         given[prof.device] = prof
-    folder = Path(profiles_dir) if profiles_dir else devices_mod.devices_dir() / "profiles"
+    folders = [Path(profiles_dir)] if profiles_dir else devices_mod.profile_dirs()
     full_specs = space.specs(space.full_choice())
     sides = []
     for name in names:
@@ -145,9 +145,10 @@ def resolve_sides(names, space: PruningSpace, predicted_only=(), profiles=(),
             continue
         prof = given.get(name)
         if prof is None:
-            path = find_profile(name, folder)
+            path = find_profile(name, folders)
             if path is None:
-                raise UserError(f"{reason}, and no profile of {name} is in {folder}: measure it where it runs "
+                where = " or ".join(str(f) for f in folders)
+                raise UserError(f"{reason}, and no profile of {name} is in {where}: measure it where it runs "
                                 f"('hwprune profile --device {name} --model M --export FILE') and pass "
                                 f"--profile FILE")
             prof = read_profile(path)

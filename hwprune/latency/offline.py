@@ -134,11 +134,12 @@ def read_profile(path: str | Path) -> ProfileData:
     return ProfileData(str(path), header, tuple(layers), tuple(networks), dict(ignored))
 
 
-def find_profile(device: str, folder: str | Path) -> Path | None:
-    """The newest profile file in ``folder`` whose header names ``device``
-    (unreadable files are skipped)."""
+def find_profile(device: str, folders: str | Path | Sequence[str | Path]) -> Path | None:
+    """The newest profile file in ``folders`` (one folder or several) whose header
+    names ``device`` (unreadable files are skipped)."""
     best = None
-    for p in profile_files(folder):
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    for p in (p for folder in folders for p in profile_files(folder)):
         try:
             with open(p, encoding="utf-8") as f:
                 h = check_header(p, json.loads(f.readline()))

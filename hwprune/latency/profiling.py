@@ -9,6 +9,7 @@ measurement store first, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from hwprune.devices import Device
 from hwprune.errors import UserError
 from hwprune.graph.space import PruningSpace
 from latency_models import NetworkLatencyModel
-from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key
+from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key
 
 log = logging.getLogger("hwprune")
 Progress = Callable[..., Iterable]
@@ -88,6 +89,12 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
     return specs
 
 
+def default_layer_protocol(runtime) -> profilers.Protocol:
+    """The protocol ``runtime.measure_spec`` uses when given none."""
+    p = inspect.signature(runtime.measure_spec).parameters.get("protocol")
+    return p.default if p is not None and isinstance(p.default, profilers.Protocol) else profilers.LAYER_PROTOCOL
+
+
 class Profiler:
     """A device's runtime plus its store: measures layer specs and whole models."""
 
@@ -98,14 +105,16 @@ class Profiler:
         self.layer_kw = {} if layer_protocol is None else {"protocol": layer_protocol}
         self.runtime = device.open()
         self.store = store if store is not None else MeasurementStore()
-        self.fp = fingerprint_key({"device": device.name, **self.runtime.fingerprint()})
+        host = {"device": device.name, **self.runtime.fingerprint()}
+        self.fp = fingerprint_key(host)  # facts about the device on this host (its channel step)
+        self.rows_key = measurement_key(host, layer_protocol or default_layer_protocol(self.runtime))
         self.measured = 0
         self.reused = 0
 
     def measure_specs(self, specs: list[LayerSpec], progress: Progress | None = None) -> list[Measurement]:
         out, todo = [], []
         for s in dict.fromkeys(specs):
-            t = self.store.get(self.fp, s.key())
+            t = self.store.get(self.rows_key, s.key())
             if t is None:
                 todo.append(s)
             else:
@@ -114,7 +123,7 @@ class Profiler:
         it = progress(todo, desc=f"profiling {self.device.name}", unit="shape") if (progress and todo) else todo
         for s in it:
             t = self.runtime.measure_spec(s, **self.layer_kw)
-            self.store.put(self.fp, s.key(), t)
+            self.store.put(self.rows_key, s.key(), t)
             self.measured += 1
             out.append(Measurement(self.device.name, s, t))
         return out

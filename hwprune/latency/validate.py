@@ -205,7 +205,7 @@ def rescore(result: dict, model: torch.nn.Module, example_inputs, store: Measure
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     prof = Profiler(dev, store)
     specs = list(dict.fromkeys(sample_specs(space, options) + space.specs(space.full_choice())))
-    timings = [prof.store.get(prof.fp, sp.key()) for sp in specs]
+    timings = [prof.store.get(prof.rows_key, sp.key()) for sp in specs]
     if any(t is None for t in timings):
         raise UserError(f"{sum(t is None for t in timings)} layer shapes of this run are not in {store.path}")
     measurements = [Measurement(dev.name, sp, t) for sp, t in zip(specs, timings)]

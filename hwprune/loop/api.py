@@ -47,7 +47,7 @@ def stored_measurements(device: str, store: MeasurementStore | None = None) -> l
                 sources.append(store.items(key))
         except ValueError:
             continue
-    for path in profile_files(devices.devices_dir() / "profiles"):
+    for path in (p for folder in devices.profile_dirs() for p in profile_files(folder)):
         try:
             if read_header(path).get("device") == device:
                 sources.append(load_profile(path)[1])
@@ -75,7 +75,7 @@ def predict_stored(model: torch.nn.Module, example_inputs, device: str, store=No
         raise UserError(f"{device} cannot be measured here{f' ({why})' if why else ''} and has no stored "
                         f"measurements of {len(missing)} layer shape(s) of this model: {shown}{more}; profile "
                         f"them on the device (hwprune profile --device {device} --model M --export FILE) "
-                        f"and put FILE in {devices.devices_dir() / 'profiles'}")
+                        f"and put FILE in {devices.user_dir() / 'profiles'}")
     return lat.predict(specs)
 
 
