@@ -1,4 +1,5 @@
 """Errors that are the user's to fix: the CLI prints them as one ``error:`` line."""
+from profilers.registry import UnknownName
 
 
 class UserError(Exception):
@@ -12,3 +13,8 @@ class BelowSmallestError(UserError):
     def __init__(self, message: str, device: str, smallest_ms: float):
         super().__init__(message)
         self.device, self.smallest_ms = device, smallest_ms
+
+
+class UnknownNameError(UserError, UnknownName):
+    """A name no entry of one of hwprune's registries has (importance,
+    selector, zoo model); also a ``KeyError``. The message lists the known names."""

@@ -4,15 +4,18 @@ CIFAR-style models (32x32 input, 10 classes): ``resnet20``, ``resnet56``,
 ``vgg16``, ``mobilenetv2`` (stride-1 stem, as usual for CIFAR).
 ImageNet-style (224x224, 1000 classes): ``resnet18``, ``resnet50``.
 CIFAR ResNets use 1x1 conv + BN projection shortcuts when the shape changes.
+The names are registered in :data:`ZOO` (a :class:`profilers.registry.Registry`).
 """
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from hwprune.errors import UnknownNameError
+from profilers.registry import Registry
 
 
 def _cbr(cin, cout, k=3, stride=1, groups=1, act=True):
@@ -166,11 +169,12 @@ class ZooEntry:
     num_classes: int
 
 
-_ZOO: dict[str, ZooEntry] = {}
+ZOO = Registry("zoo model", error=UnknownNameError)
+"""Builders ``build(num_classes) -> nn.Module``, with the metadata ``input_shape`` and ``num_classes``."""
 
 
 def register(name: str, build: Callable[[int], nn.Module], input_shape, num_classes: int) -> None:
-    _ZOO[name] = ZooEntry(name, build, tuple(input_shape), num_classes)
+    ZOO.register(name, build, input_shape=tuple(input_shape), num_classes=int(num_classes))
 
 
 register("resnet20", lambda k: CifarResNet(20, k), (1, 3, 32, 32), 10)
@@ -182,13 +186,13 @@ register("resnet50", lambda k: ImageNetResNet(Bottleneck, (3, 4, 6, 3), k), (1, 
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _ZOO if fnmatch.fnmatch(n, pattern))
+    return ZOO.list(pattern)
 
 
 def entry(name: str) -> ZooEntry:
-    if name not in _ZOO:
-        raise KeyError(name)
-    return _ZOO[name]
+    """The zoo model ``name``; :class:`UnknownNameError` (a ``KeyError``) lists the names."""
+    meta = ZOO.metadata(name)
+    return ZooEntry(name, ZOO.get(name), meta["input_shape"], meta["num_classes"])
 
 
 def create(name: str, num_classes: int | None = None, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:

@@ -8,14 +8,14 @@ sums any of them over a network's layers and adds a fitted remainder.
 :mod:`latency_models.metrics` scores predictions against measurements.
 """
 from . import quadratic, lookup, linear, forest  # noqa: F401,I001  (registers the models in this order)
-from .base import LayerModel, NotFittedError, create, describe, list_models, model_from_dict, register
+from .base import MODELS, LayerModel, NotFittedError, create, describe, list_models, model_from_dict, register
 from .forest import ForestModel
 from .linear import FlopsLinearModel, ParamsLinearModel
 from .lookup import LookupTableModel, full_grid_size
 from .network import NetworkLatencyModel, activation_elements, weight_elements
 from .quadratic import QuadraticLayerModel, QuadraticModel
 
-__all__ = ["LayerModel", "NotFittedError", "create", "describe", "list_models", "model_from_dict", "register",
+__all__ = ["MODELS", "LayerModel", "NotFittedError", "create", "describe", "list_models", "model_from_dict", "register",
            "ForestModel", "FlopsLinearModel", "ParamsLinearModel", "LookupTableModel", "full_grid_size",
            "NetworkLatencyModel", "QuadraticLayerModel", "QuadraticModel", "activation_elements",
            "weight_elements"]

@@ -7,20 +7,22 @@ scikit-learn conventions: the constructor only stores its arguments,
 :meth:`LayerModel.predict` raises :class:`NotFittedError` before ``fit``, and
 ``to_dict`` / :func:`model_from_dict` round-trip a fitted model through JSON.
 
-Registered names (``list_models()``) map to a class and default arguments, so
+Registered names (:data:`MODELS`, a :class:`profilers.registry.Registry`;
+``list_models()``) map to a class and default arguments, so
 ``create("step-quadratic", step_channels=8)`` builds a fitted-to-be model; a
 network model (:class:`latency_models.network.NetworkLatencyModel`) takes any
 of them for its layers.
 """
 from __future__ import annotations
 
-import fnmatch
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from types import MappingProxyType
 
 import numpy as np
 
 from profilers import LayerSpec, Measurement
+from profilers.registry import Registry
 
 
 class NotFittedError(RuntimeError):
@@ -123,40 +125,38 @@ def family_groups(measurements: Iterable[Measurement]) -> dict[str, list[Measure
 
 
 # ---- registry -------------------------------------------------------------
-_REGISTRY: dict[str, tuple[Callable[..., LayerModel], dict, str]] = {}
-_CLASSES: dict[str, type] = {}
+MODELS = Registry("latency model", sort=False)  # registration order: the documented one
 
 
 def register(name: str, cls: type, description: str = "", **defaults) -> None:
     """Make ``create(name)`` build ``cls(**defaults)``."""
-    _REGISTRY[name] = (cls, dict(defaults), description)
-    _CLASSES[cls.__name__] = cls
+    MODELS.register(name, cls, description=description, defaults=MappingProxyType(dict(defaults)))
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching the wildcard ``pattern``, in registration order."""
-    return [n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)]
+    return MODELS.list(pattern)
 
 
 def describe(name: str) -> str:
-    return _REGISTRY[name][2]
+    return str(MODELS.metadata(name)["description"])
 
 
 def create(name: str, **kwargs) -> LayerModel:
     """A new, unfitted model of the registered ``name``; ``kwargs`` override its
     defaults (e.g. ``step_channels``). Arguments the class does not take are
-    ignored, so one call can configure every model."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown latency model {name!r}; known: {', '.join(_REGISTRY)}")
-    cls, defaults, _ = _REGISTRY[name]
+    ignored, so one call can configure every model. An unknown name raises
+    :class:`profilers.registry.UnknownName` (a ``KeyError``) listing the names."""
+    cls = MODELS.get(name)
     accepted = set(inspect.signature(cls.__init__).parameters)
-    args = {**defaults, **{k: v for k, v in kwargs.items() if k in accepted}}
-    return cls(**args)
+    args = {**MODELS.metadata(name)["defaults"], **{k: v for k, v in kwargs.items() if k in accepted}}
+    return MODELS.create(name, **args)
 
 
 def model_from_dict(d: dict) -> LayerModel:
     """Rebuild a fitted layer model written by ``to_dict``."""
-    cls = _CLASSES.get(d.get("class", ""))
+    classes = {cls.__name__: cls for cls in map(MODELS.get, MODELS.list())}
+    cls = classes.get(d.get("class", ""))
     if cls is None:
         raise ValueError(f"unknown latency model class {d.get('class')!r}")
     return cls.from_dict(d)

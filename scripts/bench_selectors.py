@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"zoo model names (default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--budgets", nargs="+", type=float, default=DEFAULT_BUDGETS,
                    help=f"fractions of the measured baseline (default: {' '.join(map(str, DEFAULT_BUDGETS))})")
-    p.add_argument("--selectors", nargs="+", default=list(SELECTORS), choices=SELECTORS)
+    p.add_argument("--selectors", nargs="+", default=SELECTORS.list(), choices=SELECTORS.list())
     p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
     p.add_argument("--time-limit-s", type=float, default=60.0, help="qcqp time limit per solve (default 60)")
     p.add_argument("--store", default=None, help="measurement store (default: a fresh temp file)")

@@ -97,8 +97,6 @@ def _profile_lines(device: str, rt: SimRuntime, specs, networks=(), extra=()) ->
 def sim(tmp_path, monkeypatch):
     """A devices folder with sim-flops and sim-memory (run here) and sim-far
     (its runtime cannot run here; a profile of it is on disk)."""
-    monkeypatch.setitem(profilers._RUNTIMES, "sim", (__name__, "SimRuntime"))
-    monkeypatch.setitem(profilers._RUNTIMES, "absent", ("hwprune_no_such_runtime_module", "Runtime"))
     folder = tmp_path / "devices"
     (folder / "profiles").mkdir(parents=True)
     for name, runtime, options in (("sim-flops", "sim", 'bound = "flops"'),
@@ -106,7 +104,9 @@ def sim(tmp_path, monkeypatch):
                                    ("sim-far", "absent", "")):
         (folder / f"{name}.toml").write_text(DESCRIPTOR.format(name=name, runtime=runtime, options=options))
     monkeypatch.setenv("HWPRUNE_DEVICES_DIR", str(folder))
-    return folder
+    with profilers.RUNTIMES.registered("sim", SimRuntime), \
+            profilers.RUNTIMES.registered("absent", "hwprune_no_such_runtime_module:Runtime"):
+        yield folder
 
 
 def _far_profile(folder: Path, model, x, networks: bool = True, also=()) -> Path:

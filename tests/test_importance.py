@@ -57,8 +57,8 @@ def trained():
 
 
 def test_registry_and_cli_choices():
-    assert importance.list_importances() == NAMES
-    assert [n for n in NAMES if importance.needs_data(n)] == DATA_NAMES
+    assert importance.CRITERIA.list() == NAMES
+    assert [n for n in NAMES if importance.CRITERIA.metadata(n)["needs_data"]] == DATA_NAMES
     prune = build_parser()._subparsers._group_actions[0].choices["prune"]
     choices = next(a.choices for a in prune._actions if a.dest == "importance")
     assert list(choices) == NAMES

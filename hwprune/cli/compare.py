@@ -25,7 +25,8 @@ def register(sub, common) -> None:
                     "50%% or 0.5 (default 50%%)")
     sp.add_argument("--out", required=True, help="output folder: report.md, report.html, compare.json, PNGs "
                     "(replaced atomically)")
-    sp.add_argument("--selector", choices=["greedy", "knapsack", "qcqp"], default="greedy")
+    from hwprune.select.selectors import SELECTORS
+    sp.add_argument("--selector", choices=SELECTORS.list(), default="greedy")
     sp.add_argument("--predicted", action="append", default=[], metavar="D",
                     help="take part with predictions from D's profile even though D runs here (repeatable)")
     sp.add_argument("--profile", action="append", default=[], metavar="FILE",

@@ -198,9 +198,9 @@ def data_for_importance(args, lm):
     """Training batches for a data-driven --importance (None without --data)."""
     from hwprune.datasets import load_loaders, num_outputs
     from hwprune.errors import UserError
-    from hwprune.importance import criteria as importance
+    from hwprune.importance.criteria import CRITERIA
     if args.data is None:
-        if importance.needs_data(args.importance):
+        if CRITERIA.metadata(args.importance)["needs_data"]:
             raise UserError(f"--importance {args.importance} needs data: add --data digits, --data FILE.npz "
                             f"(x [N,C,H,W] float, y [N] labels) or --data module:function")
         if args.finetune_epochs:

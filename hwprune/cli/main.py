@@ -309,10 +309,10 @@ def main(argv=None) -> int:
     from hwprune.errors import UserError
     from hwprune.export.parity import ExportError
     from hwprune.graph.space import GraphError
-    from profilers import RuntimeUnavailable, StoreError
+    from profilers import RuntimeUnavailable, StoreError, UnknownName
     try:
         return args.func(args)
-    except (UserError, StoreError, GraphError, ExportError, RuntimeUnavailable) as exc:
+    except (UserError, UnknownName, StoreError, GraphError, ExportError, RuntimeUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -66,13 +66,14 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--min-ratio", type=fraction, default=0.1, help="every group keeps at least this share "
                     "of its channels, and at least one device step (default 0.1)")
     sp.add_argument("--max-ratio", type=fraction, help="every group keeps at most this share of its channels")
-    sp.add_argument("--selector", choices=["greedy", "knapsack", "qcqp"], default="greedy",
+    from hwprune.select.selectors import SELECTORS
+    sp.add_argument("--selector", choices=SELECTORS.list(), default="greedy",
                     help="greedy (default), knapsack (HALP) or qcqp (exact MILP of Jeong et al. with HiGHS)")
     sp.add_argument("--time-limit-s", type=_number, default=60.0, help="qcqp: solver time limit per solve "
                     "(default 60)")
     from hwprune.cli.finetune import add_training_arguments
-    from hwprune.importance.criteria import list_importances
-    sp.add_argument("--importance", default="l1", choices=list_importances(),
+    from hwprune.importance.criteria import CRITERIA
+    sp.add_argument("--importance", default="l1", choices=CRITERIA.list(),
                     help="channel criterion: l1 (default), l2, bn-scale, cpmc; with --data also taylor, ccp, "
                     "dcp")
     sp.add_argument("--data", metavar="D", help="data for taylor/ccp/dcp and fine-tuning: digits, a .npz file "

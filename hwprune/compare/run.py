@@ -279,8 +279,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
     measured."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    if selector not in SELECTORS:
-        raise UserError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
+    SELECTORS.check(selector)  # an unknown name fails before anything is measured
     frac = parse_fraction(budget_frac)
     if int(repeats) < 1 or int(pareto_points) < 2 or int(curve_layers) < 0:
         raise UserError("repeats must be >= 1, pareto points >= 2 and curve layers >= 0")

@@ -3,12 +3,14 @@
 ``compute(name, space, data=None)`` turns a model (``space.model``) and its
 channel groups (``space.groups``) into per-channel scores: a
 :class:`ChannelScores` mapping each group id to an array over the group's
-root indices. Criteria that need data (``needs_data(name)``) take ``data``, an
-iterable of ``(inputs, labels)`` batches (a DataLoader); at most
-``max_batches`` of them are read. Every selector reads the same scores:
-greedy and knapsack keep the top-k channels of each segment and add up their
-scores; qcqp keeps the same top-k and maximises the importance of *active*
-weights, whose per-layer tables :func:`weight_tables` derives from the scores.
+root indices. The criteria are registered in :data:`CRITERIA` (a
+:class:`profilers.registry.Registry`); those that need data (their metadata
+``needs_data``) take ``data``, an iterable of ``(inputs, labels)`` batches (a
+DataLoader); at most ``max_batches`` of them are read. Every selector reads
+the same scores: greedy and knapsack keep the top-k channels of each segment
+and add up their scores; qcqp keeps the same top-k and maximises the
+importance of *active* weights, whose per-layer tables :func:`weight_tables`
+derives from the scores.
 
 Criteria (how each formula was made concrete):
 
@@ -44,58 +46,27 @@ Criteria (how each formula was made concrete):
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from hwprune.errors import UnknownNameError
 from hwprune.graph.space import PruningSpace
 from hwprune.importance.active import channel_maps, group_items, layer_importances
 from hwprune.importance.data import ccp_scores, taylor_scores
 from hwprune.importance.dcp import dcp_scores
 from hwprune.importance.magnitude import magnitude_scores, member_magnitude_scores
 from hwprune.importance.scores import ChannelScores, network_mean
+from profilers.registry import Registry
 
 Batches = Iterable
 
 
-@dataclass(frozen=True)
-class Criterion:
-    name: str
-    fn: Callable
-    needs_data: bool
-    help: str
-
-
-_REGISTRY: dict[str, Criterion] = {}
-
-
-def register(name: str, fn: Callable, needs_data: bool, help: str) -> None:
-    """Add a criterion: ``fn(space)`` or, when ``needs_data``, ``fn(space, batches)``
-    returning ``(gid -> scores, scale)``."""
-    _REGISTRY[name] = Criterion(name, fn, needs_data, help)
-
-
-def list_importances() -> list[str]:
-    return list(_REGISTRY)
-
-
-def needs_data(name: str) -> bool:
-    return _get(name).needs_data
-
-
-def describe(name: str) -> str:
-    return _get(name).help
-
-
-def _get(name: str) -> Criterion:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        from hwprune.errors import UserError
-        raise UserError(f"unknown importance {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+CRITERIA = Registry("importance", sort=False, error=UnknownNameError)  # registration order: the CLI's
+"""Every criterion: ``fn(space)`` or, with the metadata ``needs_data=True``,
+``fn(space, batches)``, returning ``(gid -> scores, scale)``; ``help`` describes it."""
 
 
 # ---- magnitude criteria -------------------------------------------------------
@@ -193,18 +164,23 @@ def _dcp(space, batches):
     return dcp_scores(space, batches)
 
 
-register("l1", _l1, False, "L1 norm of every coupled weight slice (Torch-Pruning group magnitude)")
-register("l2", _l2, False, "L2 norm of every coupled weight slice")
-register("bn-scale", _bn_scale, False, "|BatchNorm gamma| (network slimming), ranked network-wide")
-register("taylor", _taylor, True, "first-order Taylor estimate of the loss change when a channel is removed "
-         "(Molchanov et al. 2019), needs data")
-register("cpmc", _cpmc, False, "weights of the filter and of its consumers, FLOPs and parameters, "
-         "normalised network-wide (CPMC)")
-register("ccp", _ccp, True, "second-order loss change of removing channels together, Hessian from "
-         "gradients (CCP), needs data")
-register("dcp", _dcp, True, "auxiliary classifiers, reconstruction + cross-entropy, greedy by gradient "
-         "(DCP), needs data")
-IMPORTANCES = tuple(_REGISTRY)
+CRITERIA.register("l1", _l1, needs_data=False,
+                  help="L1 norm of every coupled weight slice (Torch-Pruning group magnitude)")
+CRITERIA.register("l2", _l2, needs_data=False, help="L2 norm of every coupled weight slice")
+CRITERIA.register("bn-scale", _bn_scale, needs_data=False,
+                  help="|BatchNorm gamma| (network slimming), ranked network-wide")
+CRITERIA.register("taylor", _taylor, needs_data=True,
+                  help="first-order Taylor estimate of the loss change when a channel is removed "
+                  "(Molchanov et al. 2019), needs data")
+CRITERIA.register("cpmc", _cpmc, needs_data=False,
+                  help="weights of the filter and of its consumers, FLOPs and parameters, normalised "
+                  "network-wide (CPMC)")
+CRITERIA.register("ccp", _ccp, needs_data=True,
+                  help="second-order loss change of removing channels together, Hessian from gradients "
+                  "(CCP), needs data")
+CRITERIA.register("dcp", _dcp, needs_data=True,
+                  help="auxiliary classifiers, reconstruction + cross-entropy, greedy by gradient (DCP), "
+                  "needs data")
 DEFAULT_BATCHES = 8
 
 
@@ -223,8 +199,8 @@ def _take(data, max_batches: int) -> list:
 def compute(name: str, space: PruningSpace, data: Batches | None = None,
             max_batches: int = DEFAULT_BATCHES) -> ChannelScores:
     """Per-channel scores of criterion ``name`` (see the module docstring)."""
-    crit = _get(name)
-    if crit.needs_data:
+    fn = CRITERIA.get(name)
+    if CRITERIA.metadata(name)["needs_data"]:
         if data is None:
             from hwprune.errors import UserError
             raise UserError(f"importance {name!r} needs data: pass --data digits, a .npz file with x and y, "
@@ -236,11 +212,11 @@ def compute(name: str, space: PruningSpace, data: Batches | None = None,
         was_training = space.model.training
         space.model.eval()
         try:
-            scores, scale = crit.fn(space, batches)
+            scores, scale = fn(space, batches)
         finally:
             space.model.train(was_training)
     else:
-        scores, scale = crit.fn(space)
+        scores, scale = fn(space)
     for g in space.groups:
         s = np.asarray(scores[g.gid], dtype=float)
         if s.shape != (g.size,) or not np.all(np.isfinite(s)):

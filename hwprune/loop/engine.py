@@ -147,8 +147,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     absolute budget measured earlier cannot."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    if selector not in SELECTORS:
-        raise UserError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
+    SELECTORS.check(selector)  # an unknown name fails before anything is measured
     cons = constraints or Constraints()
     if budget_fraction is not None:
         if budget_ms is not None:

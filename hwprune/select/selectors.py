@@ -5,9 +5,11 @@ the device step, the full width, and below one step the device's minimum,
 since latency is flat between grid points and widths off the grid buy nothing.
 Inside a segment the top-k channels by importance are kept.
 
-Three selectors share one interface, :func:`select` (``problem`` is a
-:class:`hwprune.select.problem.Problem`: the space, the options, the channel
-scores, one :class:`Evaluator` per device and every constraint):
+Three selectors, registered in :data:`SELECTORS` (a
+:class:`profilers.registry.Registry`), share one interface, :func:`select`
+(``problem`` is a :class:`hwprune.select.problem.Problem`: the space, the
+options, the channel scores, one :class:`Evaluator` per device and every
+constraint):
 
 - ``greedy``: start from the full network, repeatedly take the one-level width
   cut with the least importance lost per unit of constraint excess removed
@@ -30,20 +32,45 @@ from __future__ import annotations
 
 import time
 
-from hwprune.errors import UserError
+from hwprune.errors import UnknownNameError, UserError
 from hwprune.graph.space import Choice
 from hwprune.select.evaluator import Selection
 from hwprune.select.greedy import greedy_limits
 from hwprune.select.knapsack import knapsack
 from hwprune.select.qcqp.milp import solve
+from profilers.registry import Registry
 
-SELECTORS = ("greedy", "knapsack", "qcqp")
+SELECTORS = Registry("selector", error=UnknownNameError)
+"""Every selector: ``fn(problem, *, start, swap, smallest, time_limit_s, mip_rel_gap,
+max_options)`` returning a :class:`Selection` (``smallest``: the least choice,
+known to meet every constraint)."""
+
+
+@SELECTORS.register("greedy", objective="channel scores", help="greedy width cuts, then regrowth and swaps")
+def _greedy(problem, *, start, swap, smallest, **_) -> Selection:
+    t0 = time.perf_counter()
+    choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, start, swap)
+    if not ok:  # stuck where no single cut helps (a table that is not monotone): grow from the floor
+        choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, smallest, swap)
+    return problem.selection(choice, "greedy", status="heuristic", solve_s=time.perf_counter() - t0)
+
+
+@SELECTORS.register("knapsack", objective="channel scores", help="HALP's multiple-choice knapsack")
+def _knapsack(problem, *, start, **_) -> Selection:
+    return knapsack(problem, start=start)
+
+
+@SELECTORS.register("qcqp", objective="active-weight importance",
+                    help="exact MILP of Jeong et al. solved by HiGHS")
+def _qcqp(problem, *, time_limit_s, mip_rel_gap, max_options, **_) -> Selection:
+    return solve(problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap, max_options=max_options)
 
 
 def select(name: str, problem, *, start: Choice | None = None, swap: bool = True,
            infeasible: str = "raise", time_limit_s: float = 60.0, mip_rel_gap: float = 1e-3,
            max_options: int = 12) -> Selection:
-    """Choose widths with selector ``name`` under every constraint of ``problem``.
+    """Choose widths with selector ``name`` (one of :data:`SELECTORS`) under
+    every constraint of ``problem``.
 
     The smallest network the options allow is the least of every resource; if
     it breaks a constraint, no plan can meet it: ``infeasible="raise"`` raises
@@ -52,9 +79,10 @@ def select(name: str, problem, *, start: Choice | None = None, swap: bool = True
     ``start`` (a choice) seeds greedy and knapsack; qcqp solves from scratch,
     within ``time_limit_s``, to a relative MIP gap ``mip_rel_gap`` (0.1 %),
     searching groups of more than ``max_options`` widths coarse to fine
-    (:func:`hwprune.select.qcqp.milp.solve`)."""
-    if name not in SELECTORS:
-        raise UserError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+    (:func:`hwprune.select.qcqp.milp.solve`). An unknown ``name`` raises
+    :class:`hwprune.errors.UnknownNameError` (a :class:`UserError`) listing
+    the selectors."""
+    fn = SELECTORS.get(name)
     t0 = time.perf_counter()
     smallest = problem.smallest()
     bad = problem.violated(smallest)
@@ -62,11 +90,5 @@ def select(name: str, problem, *, start: Choice | None = None, swap: bool = True
         if infeasible == "raise":
             raise UserError(problem.infeasible_message(bad))
         return problem.selection(smallest, name, status="infeasible", solve_s=time.perf_counter() - t0)
-    if name == "greedy":
-        choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, start, swap)
-        if not ok:  # stuck where no single cut helps (a table that is not monotone): grow from the floor
-            choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, smallest, swap)
-        return problem.selection(choice, name, status="heuristic", solve_s=time.perf_counter() - t0)
-    if name == "knapsack":
-        return knapsack(problem, start=start)
-    return solve(problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap, max_options=max_options)
+    return fn(problem, start=start, swap=swap, smallest=smallest, time_limit_s=time_limit_s,
+              mip_rel_gap=mip_rel_gap, max_options=max_options)
