@@ -7,7 +7,7 @@ leaves a half-written report behind.
 
 ``rows`` maps a model label (``"baseline"``, ``"pruned"``) to a dict with the
 keys of :data:`ROW_FIELDS`; a missing value is shown as ``-``. ``rounds`` are
-the closed-loop rounds, as :class:`hwprune.loop.engine.Round` objects or dicts with
+the closed-loop rounds, as :class:`hwprune.loop.controller.Round` objects or dicts with
 ``target_ms``, ``predicted_ms`` and ``measured_ms``.
 """
 from __future__ import annotations

@@ -24,3 +24,20 @@ def shared_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "store.sqlite"
     os.environ["HWPRUNE_STORE"] = str(path)
     return MeasurementStore(path)
+
+
+@pytest.fixture
+def sim_devices(tmp_path, monkeypatch):
+    """A devices folder (HWPRUNE_DEVICES_DIR) for simulated devices, with the
+    runtimes they name registered: ``sim`` (tests/simruntime.py) and ``absent``
+    (one that cannot run here). This is the one place that registers runtimes
+    for tests. Add devices with ``sim_devices.add(name, bound=..., step=..., bias=...)``."""
+    from simruntime import SimDevices
+
+    import profilers
+    folder = tmp_path / "devices"
+    (folder / "profiles").mkdir(parents=True)
+    monkeypatch.setenv("HWPRUNE_DEVICES_DIR", str(folder))
+    with profilers.RUNTIMES.registered("sim", "simruntime:SimRuntime"), \
+            profilers.RUNTIMES.registered("absent", "hwprune_no_such_runtime_module:Runtime"):
+        yield SimDevices(folder, monkeypatch)

@@ -8,80 +8,22 @@ cross matrix) runs in seconds and its numbers can be checked exactly. The
 real CPU runtimes are tested in test_compare_runtimes.py.
 """
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import archs
 import pytest
-import torch
+from simruntime import SimRuntime
 
-import profilers
 from hwprune import UserError, zoo
 from hwprune.cli.main import main
 from hwprune.compare.run import run_compare
-from hwprune.graph.space import LAYER_TYPES, layer_input_shapes, layer_spec
 from hwprune.latency.offline import offline_model, read_profile
-from profilers import LayerSpec, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- simulated runtimes
-
-class SimRuntime:
-    """Latency = sum of per-layer costs + 10 us; a layer's cost rises in
-    blocks of ``step`` output channels and is proportional to its FLOPs
-    (``bound="flops"``) or to the activations it reads and writes
-    (``bound="memory"``)."""
-
-    def __init__(self, bound: str = "flops", step: int = 8):
-        self.bound, self.step = bound, int(step)
-
-    def fingerprint(self) -> dict:
-        return {"runtime": "sim", "bound": self.bound, "step": self.step}
-
-    def spec_ms(self, spec: LayerSpec) -> float:
-        out = math.ceil(spec.out_channels / self.step) * self.step
-        if self.bound == "flops":
-            return 0.002 + replace(spec, out_channels=out, groups=out if spec.depthwise else spec.groups).flops / 2e8
-        oh, ow = spec.out_hw
-        return 0.002 + (spec.in_channels * spec.height * spec.width + out * oh * ow) / 5e5
-
-    def module_ms(self, model, example_inputs) -> float:
-        example_inputs = tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor) else (example_inputs,)
-        shapes = layer_input_shapes(model, example_inputs)
-        mods = dict(model.named_modules())
-        return 0.01 + sum(self.spec_ms(layer_spec(mods[n], s)) for n, s in shapes.items()
-                          if isinstance(mods[n], LAYER_TYPES))
-
-    @staticmethod
-    def _timing(ms: float) -> Timing:
-        return Timing(ms, 0.0, 40, 0.0, True)
-
-    def measure_spec(self, spec, protocol=None):
-        return self._timing(self.spec_ms(spec))
-
-    def measure_module(self, model, example_inputs, protocol=None):
-        return self._timing(self.module_ms(model, example_inputs))
-
-    sessions: list = []  # models per interleaved measurement, in order
-
-    def measure_modules_interleaved(self, models, example_inputs, protocol=None):
-        SimRuntime.sessions.append(list(models))
-        return [self._timing(self.module_ms(m, example_inputs)) for m in models]
-
-
-DESCRIPTOR = """name = "{name}"
-runtime = "{runtime}"
-description = "simulated"
-[options]
-{options}
-[grid]
-step_channels = 8
-min_channels = 8
-"""
-
 
 def _profile_lines(device: str, rt: SimRuntime, specs, networks=(), extra=()) -> str:
     rows = [json.dumps({"spec": json.loads(s.key()), "median_ms": rt.spec_ms(s), "iqr_ms": 0.0, "runs": 30,
@@ -94,19 +36,13 @@ def _profile_lines(device: str, rt: SimRuntime, specs, networks=(), extra=()) ->
 
 
 @pytest.fixture
-def sim(tmp_path, monkeypatch):
+def sim(sim_devices):
     """A devices folder with sim-flops and sim-memory (run here) and sim-far
     (its runtime cannot run here; a profile of it is on disk)."""
-    folder = tmp_path / "devices"
-    (folder / "profiles").mkdir(parents=True)
-    for name, runtime, options in (("sim-flops", "sim", 'bound = "flops"'),
-                                   ("sim-memory", "sim", 'bound = "memory"\nstep = 16'),
-                                   ("sim-far", "absent", "")):
-        (folder / f"{name}.toml").write_text(DESCRIPTOR.format(name=name, runtime=runtime, options=options))
-    monkeypatch.setenv("HWPRUNE_DEVICES_DIR", str(folder))
-    with profilers.RUNTIMES.registered("sim", SimRuntime), \
-            profilers.RUNTIMES.registered("absent", "hwprune_no_such_runtime_module:Runtime"):
-        yield folder
+    sim_devices.add("sim-flops", bound="flops")
+    sim_devices.add("sim-memory", bound="memory", step=16)
+    sim_devices.add("sim-far", runtime="absent")
+    return sim_devices.folder
 
 
 def _far_profile(folder: Path, model, x, networks: bool = True, also=()) -> Path:

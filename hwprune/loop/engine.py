@@ -1,43 +1,53 @@
-"""The closed loop: profile, fit, select, cut, measure, correct, repeat.
+"""The closed loop's entry point: profile, fit, select, cut, measure, correct, repeat.
+
+:func:`prune` checks the inputs, builds the pruning space, the grid options
+and the channel scores, profiles and calibrates every device, then hands the
+loop to :class:`hwprune.loop.controller.Controller` (every decision of the
+loop is a method there) and assembles its :class:`PruneResult`.
 
 Each pruned candidate is measured interleaved with the original model and
 reported as ``(candidate / original) x baseline_ms``, so drift of the machine
 cancels; ``baseline_ms`` is the median of every measurement of the original
-(three at the start and one per round). The latency model's error is corrected
-after each measured round and the selection is redone, for at most
-``max_rounds`` rounds: the selector is re-run from the measured plan closest
-to the aim with the latency target scaled by that plan's measured / predicted
-ratio (greedy starts from that plan, knapsack relinearises around it, qcqp
-re-solves from scratch with the new target). The selector aims a little under
-the budget (``aim``) so that run-to-run noise of a re-measurement stays
-inside it; a round is accepted once its measured latency lies in
-``[accept_low, 1.0] x budget``. The answer is the measured plan that meets the
-budget with the most latency used; if none meets it, the fastest one measured.
+on that device (two at the start, three during calibration, one per round).
+The latency model's error is corrected after each measured round and the
+selection is redone, for at most ``max_rounds`` rounds: the selector is
+re-run from the measured plan closest to the aim with the latency target
+divided by that plan's measured / predicted ratio (greedy starts from that
+plan, knapsack relinearises around it, qcqp re-solves from scratch with the
+new target). The selector aims a little under the budget (``aim``) so that
+run-to-run noise of a re-measurement stays inside it; a round is accepted once
+its measured latency lies in ``[accept_low, 1.0] x budget``. The answer is the
+measured plan that meets the budget with the most latency used; if none meets
+it, the fastest one measured.
 
 Several devices: every device with a latency budget (and the primary device,
 ``device``) is profiled, fitted and calibrated; each plan is measured on every
 one of them and each device's target is corrected from its own measurements.
 "Latency used" is then the largest measured / budget ratio over the devices,
-and the loop also stops when the selector returns a plan already measured
-(another constraint binds). FLOPs, parameter and memory bounds are exact and
-checked before anything is measured.
+and a plan the selector returns twice (another constraint binds) nudges the
+targets a few times, then stops the loop. FLOPs, parameter and memory bounds
+are exact and checked before anything is measured.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 from torch import nn
 
 from hwprune import devices
+from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import PruningSpace, group_options
+from hwprune.graph.space import Choice, PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
 from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
-from hwprune.select.evaluator import Evaluator
+from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
+from hwprune.loop.meter import RelativeMeters
+from hwprune.select.evaluator import Evaluator, Selection
 from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
 from hwprune.version import __version__
@@ -45,18 +55,7 @@ from profilers import MeasurementStore
 
 log = logging.getLogger("hwprune")
 
-
-@dataclass(frozen=True)
-class Round:
-    """One measured plan; the first four fields are the primary device's
-    (``target_ms`` None where it has no budget), ``devices`` every device's."""
-    target_ms: float | None
-    predicted_ms: float
-    measured_ms: float
-    iqr_ms: float
-    devices: dict = field(default_factory=dict)
-    status: str = ""
-    solve_s: float = 0.0
+__all__ = ["PruneResult", "Round", "calibrate", "count_params", "make_plan", "prune"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,8 @@ def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list 
     return smallest_ms
 
 
+# ---------------------------------------------------------------- inputs
+
 def _budgets(device: str | None, budget_ms, constraints: Constraints) -> tuple[str, dict[str, float]]:
     """The primary device and every latency budget (device -> ms)."""
     budgets = dict(constraints.latency_ms)
@@ -130,10 +131,116 @@ def _budgets(device: str | None, budget_ms, constraints: Constraints) -> tuple[s
     return device or next(iter(budgets), "ort-cpu-1t"), budgets
 
 
+def _check_inputs(device: str | None, budget_ms, budget_fraction: float | None, selector: str,
+                  constraints: Constraints, max_rounds: int) -> Budgets:
+    """Every latency budget, or a one-line :class:`UserError` on bad input."""
+    SELECTORS.check(selector)  # an unknown name fails before anything is measured
+    if not max_rounds >= 1:
+        raise UserError(f"max_rounds {max_rounds} is below 1; give at least one round")
+    if budget_fraction is not None:
+        if budget_ms is not None:
+            raise UserError("give a budget in ms or as a fraction of the baseline, not both")
+        if not 0.0 < budget_fraction < float("inf"):
+            raise UserError(f"budget fraction {budget_fraction} is not positive; give e.g. 50%")
+        budget_ms = 1.0  # placeholder until the baseline is measured
+    primary, budgets = _budgets(device, budget_ms, constraints)
+    return Budgets(budgets, primary, budget_fraction)
+
+
+def _grid_options(space: PruningSpace, device: Device, cons: Constraints) -> dict:
+    """Each group's widths on the primary device's channel grid, above the constraints' floors."""
+    return floor_options(space, {g.gid: group_options(g, device.step_channels, device.min_channels)
+                                 for g in space.groups}, device.step_channels, cons)
+
+
+# ---------------------------------------------------------------- the devices
+
+def _calibrated(prof: Profiler, meter: RelativeMeter, space: PruningSpace, options, scores,
+                progress: Progress | None) -> tuple[Evaluator, float]:
+    """The device's latency model (layers profiled, remainder fitted on whole
+    networks) and its smallest network's measured ms."""
+    lat = fit_latency_model(prof, space, options, progress)
+    smallest_ms = calibrate(lat, space, meter.measure, options, scores,
+                            [(space.specs(space.full_choice()), meter.reference_ms)])
+    return Evaluator(space, lat, scores), smallest_ms
+
+
+def _check_above_smallest(budgets: dict[str, float], smallest_ms: dict[str, float]) -> None:
+    for d, b in budgets.items():
+        if b < smallest_ms[d]:
+            raise BelowSmallestError(f"budget {b:.3f} ms is below the smallest network the constraints allow "
+                                     f"({smallest_ms[d]:.3f} ms measured on {d}); raise the budget",
+                                     d, smallest_ms[d])
+
+
+@dataclass(frozen=True)
+class SelectorRun:
+    """The selector the loop calls: ``name`` on ``problem`` under the round's
+    latency targets, seeded with ``start`` (a measured plan) after the first round."""
+    name: str
+    problem: Problem
+    time_limit_s: float
+
+    def __call__(self, targets_ms: dict[str, float], start: Choice | None) -> Selection:
+        return select(self.name, self.problem.with_latency(targets_ms), start=start, swap=start is None,
+                      infeasible="smallest", time_limit_s=self.time_limit_s)
+
+
+def cut(space: PruningSpace, selection: Selection) -> nn.Module:
+    """The network with only ``selection``'s channels, its widths checked."""
+    pruned = apply_kept(space, selection.kept)
+    check_widths(space, pruned, selection.choice)
+    return pruned
+
+
+# ---------------------------------------------------------------- results
+
+def _unchanged(model: nn.Module, space: PruningSpace, meter: RelativeMeters, budgets: dict[str, float],
+               primary: str, extra: dict) -> PruneResult:
+    base = meter.reference_ms(primary)
+    note = ("every budget is above the measured baseline" if len(budgets) > 1 else
+            f"budget {budgets.get(primary, 0):.3f} ms is above the measured baseline {base:.3f} ms"
+            if budgets else "the full network meets every bound") + "; model returned unchanged"
+    full_kept = {g.gid: list(range(g.size)) for g in space.groups}
+    return PruneResult(model, base, base, base, make_plan(space, full_kept, primary, budgets.get(primary), extra),
+                       budgets.get(primary), primary, unchanged=True, note=note,
+                       devices={d: {"budget_ms": budgets.get(d), "baseline_ms": meter.reference_ms(d)}
+                                for d in meter.meters})
+
+
+def _above_baseline(budgets: dict[str, float], meter: RelativeMeters, margin: float) -> bool:
+    return all(b >= margin * meter.reference_ms(d) for d, b in budgets.items())
+
+
+def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Outcome, profs: dict,
+            smallest_ms: dict[str, float], extra: dict, t_start: float, profile_s: float) -> PruneResult:
+    """The result of the closed loop: its best trial, every device's numbers, stats, the selection."""
+    best, sel, primary = outcome.best, outcome.best.selection, loop.budgets.primary
+    budgets = loop.budgets_ms()
+    per_device = {d: {"budget_ms": budgets.get(d), "baseline_ms": loop.meter.reference_ms(d),
+                      "smallest_ms": smallest_ms[d], "predicted_ms": best.predicted_ms(d),
+                      "measured_ms": loop.measured_ms(best, d)} for d in profs}
+    stats = {"profile_s": profile_s, "total_s": time.perf_counter() - t_start,
+             "shapes_measured": sum(p.measured for p in profs.values()),
+             "shapes_reused": sum(p.reused for p in profs.values()),
+             "params_before": count_params(model), "params_after": count_params(best.model),
+             "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
+             "flops_after": sum(s.flops for s in space.specs(sel.choice)), "smallest_ms": smallest_ms[primary]}
+    selection = {"selector": sel.selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
+                 "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
+    return PruneResult(model=best.model.eval(), baseline_ms=loop.meter.reference_ms(primary),
+                       predicted_ms=sel.predicted_ms, measured_ms=loop.measured_ms(best, primary),
+                       plan=make_plan(space, sel.kept, primary, budgets.get(primary), extra),
+                       budget_ms=budgets.get(primary), device=primary, rounds=outcome.rounds, note=outcome.note,
+                       stats=stats, devices=per_device, selection=selection)
+
+
+# ---------------------------------------------------------------- prune
+
 def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms: float | None = None, *,
           selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
-          data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = 0.965,
-          accept_low: float = 0.93, time_limit_s: float = 60.0, progress: Progress | None = None,
+          data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = AIM,
+          accept_low: float = ACCEPT_LOW, time_limit_s: float = 60.0, progress: Progress | None = None,
           budget_fraction: float | None = None) -> PruneResult:
     """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
     bound in ``constraints`` (latency on other devices, FLOPs, parameters,
@@ -147,133 +254,38 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     absolute budget measured earlier cannot."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    SELECTORS.check(selector)  # an unknown name fails before anything is measured
     cons = constraints or Constraints()
-    if budget_fraction is not None:
-        if budget_ms is not None:
-            raise UserError("give a budget in ms or as a fraction of the baseline, not both")
-        if not 0.0 < budget_fraction < float("inf"):
-            raise UserError(f"budget fraction {budget_fraction} is not positive; give e.g. 50%")
-        budget_ms = 1.0  # placeholder until the baseline is measured
-    primary, budgets = _budgets(device, budget_ms, cons)
-    devs = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets])}
+    budgets = _check_inputs(device, budget_ms, budget_fraction, selector, cons, max_rounds)
+    primary = budgets.primary
+    devs = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets.ms])}
     t_start = time.perf_counter()
     model = model.eval()
     space = PruningSpace(model, example_inputs)
-    grid = devs[primary]
-    options = floor_options(space, {g.gid: group_options(g, grid.step_channels, grid.min_channels)
-                                    for g in space.groups}, grid.step_channels, cons)
+    options = _grid_options(space, devs[primary], cons)
     scores = importance.compute(importance_name, space, data)
     exact = Problem(space, options, scores, replace(cons, latency_ms=()))
     bad = exact.violated(exact.smallest())
     if bad:
         raise UserError(exact.infeasible_message(bad))
+
     profs = {d: Profiler(dev, store) for d, dev in devs.items()}
-    meters = {d: RelativeMeter(profs[d], model, example_inputs, initial=2) for d in devs}
-
-    def follow_baseline() -> None:
-        if budget_fraction is not None:
-            budgets[primary] = budget_fraction * meters[primary].reference_ms
-    follow_baseline()
-    full_kept = {g.gid: list(range(g.size)) for g in space.groups}
-    extra = {"selector": selector, "constraints": replace(cons, latency_ms=tuple(budgets.items())).to_json(),
+    meter = RelativeMeters({d: RelativeMeter(profs[d], model, example_inputs, initial=2) for d in devs})
+    extra = {"selector": selector,
+             "constraints": replace(cons, latency_ms=tuple(budgets.now(meter).items())).to_json(),
              **({"budget_fraction": budget_fraction} if budget_fraction is not None else {})}
-
-    def unchanged() -> PruneResult:
-        base = meters[primary].reference_ms
-        note = ("every budget is above the measured baseline" if len(budgets) > 1 else
-                f"budget {budgets.get(primary, 0):.3f} ms is above the measured baseline {base:.3f} ms"
-                if budgets else "the full network meets every bound") + "; model returned unchanged"
-        return PruneResult(model, base, base, base, make_plan(space, full_kept, primary, budgets.get(primary),
-                                                               extra), budgets.get(primary), primary,
-                           unchanged=True, note=note,
-                           devices={d: {"budget_ms": budgets.get(d), "baseline_ms": m.reference_ms}
-                                    for d, m in meters.items()})
     full_ok = exact.feasible(space.full_choice())
-    if full_ok and all(b >= 1.1 * meters[d].reference_ms for d, b in budgets.items()):
-        return unchanged()  # clearly above; near it, decide after more measurements
+    if full_ok and _above_baseline(budgets.now(meter), meter, 1.1):  # clearly above; near it, decide later
+        return _unchanged(model, space, meter, budgets.now(meter), primary, extra)
     evs, smallest_ms = {}, {}
     for d in devs:
-        lat = fit_latency_model(profs[d], space, options, progress)
-        smallest_ms[d] = calibrate(lat, space, meters[d].measure, options, scores,
-                                   [(space.specs(space.full_choice()), meters[d].reference_ms)])
-        evs[d] = Evaluator(space, lat, scores)
-    follow_baseline()
-    if full_ok and all(b >= meters[d].reference_ms for d, b in budgets.items()):
-        return unchanged()
+        evs[d], smallest_ms[d] = _calibrated(profs[d], meter.meters[d], space, options, scores, progress)
+    if full_ok and _above_baseline(budgets.now(meter), meter, 1.0):
+        return _unchanged(model, space, meter, budgets.now(meter), primary, extra)
     t_profile = time.perf_counter() - t_start
-    for d, b in budgets.items():
-        if b < smallest_ms[d]:
-            raise BelowSmallestError(f"budget {b:.3f} ms is below the smallest network the constraints allow "
-                                     f"({smallest_ms[d]:.3f} ms measured on {d}); raise the budget",
-                                     d, smallest_ms[d])
+    _check_above_smallest(budgets.now(meter), smallest_ms)
+
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
-    refs = {d: (lambda d=d: meters[d].reference_ms) for d in devs}
-    rounds, tried = [], []
-    start, targets = None, {d: b * aim for d, b in budgets.items()}
-
-    def used(ratios: dict) -> float:
-        return max((ratios[d] * refs[d]() / b for d, b in budgets.items()), default=0.0)
-
-    nudges = 0
-    while len(rounds) < max_rounds:
-        sel = select(selector, problem.with_latency(targets), start=start, swap=start is None,
-                     infeasible="smallest", time_limit_s=time_limit_s)
-        if any(sel.choice == t[0].choice for t in tried):
-            # a plan already measured: the corrected target moved less than one
-            # grid step, or another bound holds the plan. Move the target further
-            # in the direction the measurement asks for, a few times at most.
-            nudges += 1
-            u = used(anchor[2]) if budgets else 1.0
-            if nudges > 4 or accept_low <= u <= 1.0:
-                break
-            scale = (1.0 + 0.02 * nudges) if u < accept_low else 1.0 / (1.0 + 0.02 * nudges)
-            targets = {d: t * scale for d, t in targets.items()}
-            continue
-        pruned = apply_kept(space, sel.kept)
-        check_widths(space, pruned, sel.choice)
-        ratios, timings, per_dev = {}, {}, {}
-        for d in devs:
-            ratios[d], timings[d] = meters[d].ratio(pruned)
-        follow_baseline()
-        for d in devs:
-            per_dev[d] = {"target_ms": targets.get(d), "predicted_ms": sel.usage[f"latency_ms[{d}]"],
-                          "measured_ms": ratios[d] * refs[d](), "iqr_ms": timings[d].iqr_ms}
-        tried.append((sel, pruned, ratios))
-        p = per_dev[primary]
-        rounds.append(Round(p["target_ms"], p["predicted_ms"], p["measured_ms"], p["iqr_ms"],
-                            per_dev if len(devs) > 1 else {}, sel.status, sel.solve_s))
-        log.info("round %d (%s, %s): %s", len(rounds), selector, sel.status, ", ".join(
-            f"{d} predicted {v['predicted_ms']:.3f} ms, measured {v['measured_ms']:.3f} ms"
-            + (f" (budget {budgets[d]:.3f})" if d in budgets else "") for d, v in per_dev.items()))
-        if not budgets:
-            break
-        u = used(ratios)
-        at_full = all(sel.choice[gid] == opts[-1] for gid, opts in options.items())
-        if u <= 1.0 and (u >= accept_low or at_full):
-            break
-        # anchor on the measured plan closest to the aim: small moves from a
-        # measured network are predicted far better than a network from scratch
-        anchor = min(tried, key=lambda t: max(abs(t[2][d] * refs[d]() - b * aim) / b for d, b in budgets.items()))
-        start = anchor[0].choice
-        targets = {d: anchor[0].usage[f"latency_ms[{d}]"] * (b * aim) / (anchor[2][d] * refs[d]())
-                   for d, b in budgets.items()}
-    meeting = [t for t in tried if used(t[2]) <= 1.0]
-    pick = max if meeting else min
-    sel, pruned, ratios = pick(meeting or tried, key=lambda t: used(t[2]))
-    note = "" if meeting else f"budget not met after {len(rounds)} rounds; returning the fastest network measured"
-    pruned_specs = space.specs(sel.choice)
-    per_device = {d: {"budget_ms": budgets.get(d), "baseline_ms": refs[d](), "smallest_ms": smallest_ms[d],
-                      "predicted_ms": sel.usage[f"latency_ms[{d}]"], "measured_ms": ratios[d] * refs[d]()}
-                  for d in devs}
-    stats = {"profile_s": t_profile, "total_s": time.perf_counter() - t_start,
-             "shapes_measured": sum(p.measured for p in profs.values()),
-             "shapes_reused": sum(p.reused for p in profs.values()),
-             "params_before": count_params(model), "params_after": count_params(pruned),
-             "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
-             "flops_after": sum(s.flops for s in pruned_specs), "smallest_ms": smallest_ms[primary]}
-    selection = {"selector": selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
-                 "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
-    return PruneResult(pruned.eval(), refs[primary](), sel.predicted_ms, ratios[primary] * refs[primary](),
-                       make_plan(space, sel.kept, primary, budgets.get(primary), extra), budgets.get(primary),
-                       primary, tuple(rounds), False, note, stats, per_device, selection)
+    loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,
+                      problem.largest(), max_rounds=max_rounds, aim=aim, accept_low=accept_low)
+    outcome = loop.run()
+    return _result(model, space, loop, outcome, profs, smallest_ms, extra, t_start, t_profile)

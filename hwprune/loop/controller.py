@@ -1,0 +1,235 @@
+"""The closed loop's controller: select a plan, measure it, decide, repeat.
+
+Each round asks the selector for a plan under per-device latency targets,
+cuts it and measures it on every device (one call on a
+:class:`hwprune.loop.meter.PlanMeter`), then takes one of these decisions,
+each a method of :class:`Controller`:
+
+- :meth:`Controller.accepts`: stop at this plan, its latency used lies in
+  ``[accept_low, 1.0]`` (or at most 1.0 at full width, which cannot grow);
+  "latency used" (:meth:`Controller.used`) is the largest measured / budget
+  over the devices with a budget, so the worst device decides.
+- :meth:`Controller.nearest_to_aim` and :meth:`Controller.re_aim`: otherwise
+  anchor on the measured plan closest to ``aim x budget`` and scale each
+  device's target by that plan's predicted / measured ratio, starting the
+  selector from it (small moves from a measured network are predicted far
+  better than a network from scratch).
+- :meth:`Controller.nudge`: the selector returned a plan already measured
+  (the corrected target moved less than one grid step, or another bound holds
+  the plan): move every target further in the direction the measurement asks
+  for, by 2 % more at each nudge, at most 4 nudges in the whole loop.
+- :meth:`Controller.outcome`: after ``max_rounds`` measured rounds (or a stop),
+  the measured plan meeting every budget with the most latency used; if none
+  meets them, the fastest one measured, with a note saying so.
+
+Milliseconds are always a reading's ratio times the meter's *current*
+reference (the original's median so far), and a budget given as a fraction
+of the original follows it, so every comparison uses the latest reference.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hwprune.graph.space import Choice
+from hwprune.loop.meter import PlanMeter, Reading
+from hwprune.select.evaluator import Selection
+
+log = logging.getLogger("hwprune")
+
+AIM = 0.965          # the selector aims this far under the budget, so a re-measurement's noise stays inside
+ACCEPT_LOW = 0.93    # a plan using at least this share of the budget (and at most all of it) is accepted
+NUDGE_STEP = 0.02    # the k-th nudge scales the targets by 1 + k x NUDGE_STEP (or its inverse)
+MAX_NUDGES = 4       # nudges allowed in one loop
+
+
+@dataclass(frozen=True)
+class Round:
+    """One measured plan, as reported; the first four fields are the primary
+    device's (``target_ms`` None where it has no budget), ``devices`` every
+    device's (only when there are several)."""
+    target_ms: float | None
+    predicted_ms: float
+    measured_ms: float
+    iqr_ms: float
+    devices: dict = field(default_factory=dict)
+    status: str = ""
+    solve_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The latency budget (ms) of each device that has one. With
+    ``fraction``, the primary device's budget is that share of the original's
+    latency as the meter has measured it so far (it follows the host's drift;
+    its entry in ``ms`` is then a placeholder that keeps the devices' order)."""
+    ms: dict[str, float]
+    primary: str
+    fraction: float | None = None
+
+    def now(self, meter: PlanMeter) -> dict[str, float]:
+        if self.fraction is None:
+            return dict(self.ms)
+        return {**self.ms, self.primary: self.fraction * meter.reference_ms(self.primary)}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A plan the loop measured: the selection, the network cut to it, the
+    latency targets the selector was given, and one reading per device."""
+    selection: Selection
+    model: Any
+    targets_ms: dict[str, float]
+    readings: dict[str, Reading]
+
+    def predicted_ms(self, device: str) -> float:
+        return self.selection.usage[f"latency_ms[{device}]"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The plan the loop settles on (``best``), everything it measured and the
+    rounds as reported; ``note`` says when no plan met the budgets."""
+    best: Trial
+    trials: tuple[Trial, ...]
+    rounds: tuple[Round, ...]
+    note: str = ""
+
+
+class Selector(Protocol):
+    def __call__(self, targets_ms: dict[str, float], start: Choice | None) -> Selection:
+        """A plan under the latency ``targets_ms`` (device -> ms), seeded with ``start`` where given."""
+
+
+class Controller:
+    """Runs the loop (:meth:`run`) over ``select`` (the selector),
+    ``build`` (cuts a selection into a network) and ``meter`` (measures one on
+    every device), against ``budgets``. ``full``: the widest choice the
+    options allow. State: the measured ``trials``, their ``rounds`` as
+    reported, the current ``anchor`` and the ``nudges`` spent."""
+
+    def __init__(self, select: Selector, build: Callable[[Selection], Any], meter: PlanMeter, budgets: Budgets,
+                 full: Choice, *, max_rounds: int = 6, aim: float = AIM, accept_low: float = ACCEPT_LOW):
+        self.select, self.build, self.meter, self.budgets, self.full = select, build, meter, budgets, full
+        self.max_rounds, self.aim, self.accept_low = max_rounds, aim, accept_low
+        self.trials: list[Trial] = []
+        self.rounds: list[Round] = []
+        self.anchor: Trial | None = None
+        self.nudges = 0
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> Outcome:
+        targets, start = self.first_targets(), None
+        while len(self.trials) < self.max_rounds:
+            selection = self.select(targets, start)
+            if self.already_measured(selection):
+                targets = self.nudge(targets)
+                if targets is None:
+                    break
+                continue
+            trial = self.measure(selection, targets)
+            if self.accepts(trial):
+                break
+            self.anchor = self.nearest_to_aim()
+            start, targets = self.anchor.selection.choice, self.re_aim(self.anchor)
+        return self.outcome()
+
+    # ---------------------------------------------------------------- measurements
+
+    def budgets_ms(self) -> dict[str, float]:
+        return self.budgets.now(self.meter)
+
+    def measured_ms(self, trial: Trial, device: str) -> float:
+        """``trial``'s latency on ``device``: its ratio to the original times the current reference."""
+        return trial.readings[device].ratio * self.meter.reference_ms(device)
+
+    def used(self, trial: Trial) -> float:
+        """Latency used: the largest measured / budget over the devices with a budget (0.0 without any)."""
+        return max((self.measured_ms(trial, d) / b for d, b in self.budgets_ms().items()), default=0.0)
+
+    def measure(self, selection: Selection, targets: dict[str, float]) -> Trial:
+        """Cut ``selection``, measure it on every device, record the trial and its round."""
+        model = self.build(selection)
+        trial = Trial(selection, model, dict(targets), self.meter.measure(model))
+        self.trials.append(trial)
+        per_device = {d: {"target_ms": targets.get(d), "predicted_ms": trial.predicted_ms(d),
+                          "measured_ms": self.measured_ms(trial, d), "iqr_ms": r.iqr_ms}
+                      for d, r in trial.readings.items()}
+        p = per_device[self.budgets.primary]
+        self.rounds.append(Round(p["target_ms"], p["predicted_ms"], p["measured_ms"], p["iqr_ms"],
+                                 per_device if len(per_device) > 1 else {}, selection.status, selection.solve_s))
+        budgets = self.budgets_ms()
+        log.info("round %d (%s, %s): %s", len(self.rounds), selection.selector, selection.status, ", ".join(
+            f"{d} predicted {v['predicted_ms']:.3f} ms, measured {v['measured_ms']:.3f} ms"
+            + (f" (budget {budgets[d]:.3f})" if d in budgets else "") for d, v in per_device.items()))
+        return trial
+
+    # ---------------------------------------------------------------- decisions
+
+    def first_targets(self) -> dict[str, float]:
+        """Each device's first target: ``aim`` x its budget."""
+        return {d: b * self.aim for d, b in self.budgets_ms().items()}
+
+    def at_full(self, selection: Selection) -> bool:
+        return all(selection.choice[gid] == width for gid, width in self.full.items())
+
+    def accepts(self, trial: Trial) -> bool:
+        """Stop at ``trial``: its latency used lies in ``[accept_low, 1.0]``, or
+        it is at most 1.0 at full width; or there is no latency budget to
+        correct towards (one round only)."""
+        if not self.budgets_ms():
+            return True
+        u = self.used(trial)
+        return u <= 1.0 and (u >= self.accept_low or self.at_full(trial.selection))
+
+    def distance_to_aim(self, trial: Trial) -> float:
+        """The largest gap over the devices between measured and aimed latency, as a share of the budget."""
+        return max(abs(self.measured_ms(trial, d) - b * self.aim) / b for d, b in self.budgets_ms().items())
+
+    def nearest_to_aim(self) -> Trial:
+        """The anchor: the measured plan closest to the aim (the first of equals)."""
+        return min(self.trials, key=self.distance_to_aim)
+
+    def re_aim(self, anchor: Trial) -> dict[str, float]:
+        """New targets from the anchor: each device's ``aim x budget`` scaled by
+        the anchor's predicted / measured latency there, so that the latency
+        model, corrected by that ratio, hits the aim."""
+        return {d: anchor.predicted_ms(d) * (b * self.aim) / self.measured_ms(anchor, d)
+                for d, b in self.budgets_ms().items()}
+
+    def already_measured(self, selection: Selection) -> bool:
+        return any(selection.choice == t.selection.choice for t in self.trials)
+
+    def nudge_reference(self) -> Trial:
+        """The measured plan whose latency used says which way to nudge: the
+        anchor, i.e. the plan the current targets were corrected from. (A repeat
+        needs a measured plan, and every measured round that is not accepted
+        sets an anchor, so the anchor always exists here; the last measured
+        plan stands in should that ever change.)"""
+        return self.anchor if self.anchor is not None else self.trials[-1]
+
+    def nudge(self, targets: dict[str, float]) -> dict[str, float] | None:
+        """The selector returned a plan already measured: the targets scaled by
+        ``1 + k x NUDGE_STEP`` at the k-th nudge (up if the reference plan used
+        less than ``accept_low``, down by its inverse if it used more than the
+        budget). None: stop, after ``MAX_NUDGES`` nudges or when the reference
+        plan already lies in ``[accept_low, 1.0]``."""
+        self.nudges += 1
+        u = self.used(self.nudge_reference()) if self.budgets_ms() else 1.0
+        if self.nudges > MAX_NUDGES or self.accept_low <= u <= 1.0:
+            return None
+        step = 1.0 + NUDGE_STEP * self.nudges
+        scale = step if u < self.accept_low else 1.0 / step
+        return {d: t * scale for d, t in targets.items()}
+
+    def outcome(self) -> Outcome:
+        """The measured plan meeting every budget with the most latency used;
+        if none meets them, the fastest measured, with a note."""
+        meeting = [t for t in self.trials if self.used(t) <= 1.0]
+        if meeting:
+            return Outcome(max(meeting, key=self.used), tuple(self.trials), tuple(self.rounds))
+        return Outcome(min(self.trials, key=self.used), tuple(self.trials), tuple(self.rounds),
+                       f"budget not met after {len(self.rounds)} rounds; returning the fastest network measured")

@@ -1,0 +1,311 @@
+"""The closed loop, branch by branch, deterministically.
+
+The controller is driven by a fake selector (one group; a plan is a width,
+its predicted latency 0.1 ms per channel) and a fake meter that measures
+``predicted x bias`` against a fixed reference, so every decision can be
+checked exactly. End to end, :func:`hwprune.prune` runs on the simulated
+runtime of ``simruntime.py``, whose whole-model measurements carry a known bias.
+"""
+import archs
+import pytest
+
+import hwprune
+from hwprune import zoo
+from hwprune.loop.controller import ACCEPT_LOW, AIM, MAX_NUDGES, NUDGE_STEP, Budgets, Controller
+from hwprune.loop.engine import Round, count_params  # Round stays importable from the engine
+from hwprune.loop.meter import Reading
+from hwprune.select.evaluator import Selection
+from hwprune.select.problem import Constraints
+
+MS_PER_CHANNEL = 0.1
+REFERENCE_MS = 10.0
+
+
+# ---------------------------------------------------------------- fakes
+
+class FakeSelector:
+    """The widest of ``widths`` (up to ``max_width``, standing for a FLOPs
+    bound) whose predicted latency meets every target (the narrowest when none
+    does, as the engine's selector returns the smallest plan); records each
+    call's targets and start."""
+
+    def __init__(self, widths, devices=("d",), max_width=None):
+        self.widths, self.devices, self.calls = sorted(widths), devices, []
+        self.max_width = max_width or self.widths[-1]
+
+    def __call__(self, targets_ms, start):
+        self.calls.append((dict(targets_ms), start))
+        fits = [w for w in self.widths if w <= self.max_width
+                and all(w * MS_PER_CHANNEL <= t for t in targets_ms.values())]
+        w = max(fits, default=self.widths[0])
+        return Selection({0: (w,)}, {0: list(range(w))}, w * MS_PER_CHANNEL, float(w), bool(fits),
+                         selector="fake", status="heuristic",
+                         usage={f"latency_ms[{d}]": w * MS_PER_CHANNEL for d in self.devices})
+
+    def targets(self, i, device="d"):
+        return self.calls[i][0][device]
+
+
+class FakeMeter:
+    """Measures width w on device d at ``w x 0.1 ms x bias(d, w)``, as a ratio to a fixed reference."""
+
+    def __init__(self, bias=lambda d, w: 1.0, devices=("d",)):
+        self.bias, self.devices, self.measured = bias, devices, []
+
+    def reference_ms(self, device):
+        return REFERENCE_MS
+
+    def measure(self, width):
+        self.measured.append(width)
+        return {d: Reading(width * MS_PER_CHANNEL * self.bias(d, width) / REFERENCE_MS, 0.0) for d in self.devices}
+
+
+def table(**factors):
+    """A bias by width: ``table(w48=1.2)`` measures width 48 at 1.2x its prediction, others at 1.0x."""
+    return lambda d, w: factors.get(f"w{w}", 1.0)
+
+
+def controller(widths, budgets, bias=lambda d, w: 1.0, primary="d", max_rounds=6, max_width=None):
+    devices = tuple(dict.fromkeys([primary, *budgets]))
+    sel, meter = FakeSelector(widths, devices, max_width), FakeMeter(bias, devices)
+    loop = Controller(sel, lambda s: s.choice[0][0], meter, Budgets(dict(budgets), primary),
+                      {0: (max(widths),)}, max_rounds=max_rounds)
+    return loop, sel, meter
+
+
+FINE = range(1, 65)             # widths 1..64: predicted 0.1 .. 6.4 ms
+COARSE = (16, 32, 48, 64)
+
+
+# ---------------------------------------------------------------- accept
+
+def test_today_numbers():
+    assert (AIM, ACCEPT_LOW, NUDGE_STEP, MAX_NUDGES) == (0.965, 0.93, 0.02, 4)
+
+
+def test_milliseconds_and_a_budget_fraction_follow_the_current_reference():
+    """A reading is a ratio: its ms (and a budget given as a share of the
+    original) move with the reference; a round reports the ms at its time."""
+    meter = FakeMeter()
+    budgets = Budgets({"d": 1.0}, "d", fraction=0.5)  # 1.0: the placeholder
+    assert budgets.now(meter) == {"d": pytest.approx(5.0)}
+    loop = Controller(FakeSelector(FINE), lambda s: s.choice[0][0], meter, budgets, {0: (64,)})
+    out = loop.run()
+    assert out.best.model == 48 and out.rounds[0].target_ms == pytest.approx(5.0 * AIM)
+    meter.reference_ms = lambda device: 11.0
+    assert budgets.now(meter) == {"d": pytest.approx(5.5)}
+    assert loop.measured_ms(out.best, "d") == pytest.approx(4.8 * 1.1)
+    assert out.rounds[0].measured_ms == pytest.approx(4.8)
+
+
+def test_accepts_the_first_round_within_the_band():
+    loop, sel, meter = controller(FINE, {"d": 5.0})
+    out = loop.run()
+    assert sel.calls == [({"d": pytest.approx(5.0 * AIM)}, None)]
+    assert meter.measured == [48] and out.best.model == 48 and out.note == ""
+    r = out.rounds[0]
+    assert isinstance(r, Round) and r.target_ms == pytest.approx(4.825) and r.predicted_ms == pytest.approx(4.8)
+    assert r.measured_ms == pytest.approx(4.8) and r.status == "heuristic" and r.devices == {}
+    assert loop.used(out.best) == pytest.approx(0.96) and loop.anchor is None
+
+
+def test_accepts_a_plan_under_the_band_at_full_width():
+    loop, sel, _ = controller(FINE, {"d": 10.0})
+    out = loop.run()
+    assert len(out.rounds) == 1 and out.best.model == 64 and loop.used(out.best) == pytest.approx(0.64)
+    assert len(sel.calls) == 1 and loop.nudges == 0 and loop.anchor is None
+
+
+def test_without_a_latency_budget_one_round_is_measured():
+    """Only a FLOPs bound (here: at most 32 channels): the plan is measured and reported, nothing to correct."""
+    loop, sel, _ = controller(FINE, {}, max_width=32)
+    out = loop.run()
+    assert sel.calls == [({}, None)] and len(out.rounds) == 1 and out.rounds[0].target_ms is None
+    assert out.best.model == 32 and out.note == "" and loop.used(out.best) == 0.0
+
+
+# ---------------------------------------------------------------- re-aim
+
+def test_re_aims_from_the_measured_plan_by_its_measured_over_predicted_ratio():
+    """The runtime measures 1.2x the prediction everywhere: the second target
+    is the first plan's predicted x budget x aim / its measured, and lands."""
+    loop, sel, meter = controller(FINE, {"d": 5.0}, bias=lambda d, w: 1.2)
+    out = loop.run()
+    first, second = out.rounds
+    assert first.measured_ms == pytest.approx(5.76)
+    assert sel.targets(1) == pytest.approx(first.predicted_ms * 5.0 * AIM / first.measured_ms)
+    assert second.target_ms == pytest.approx(sel.targets(1))
+    assert sel.calls[1][1] == {0: (48,)}  # the selector starts from the anchor
+    assert loop.anchor is out.trials[0] and meter.measured == [48, 40]
+    assert out.best.model == 40 and loop.used(out.best) == pytest.approx(0.96) and out.note == ""
+
+
+def test_re_aims_from_the_nearest_measured_plan_and_nudges_the_way_it_asks():
+    """Round 1 (width 48) measures 1.05 x budget, round 2 (44) 0.616: the
+    nearest to the aim is round 1, so the targets are re-aimed from it again,
+    the selector repeats width 44, and the nudge follows round 1 (over the
+    budget: targets down), not the last round (under it)."""
+    loop, sel, meter = controller(FINE, {"d": 5.0}, bias=table(w48=1.09375, w44=0.7), max_rounds=3)
+    out = loop.run()
+    from_first = 4.8 * (5.0 * AIM) / 5.25
+    assert [sel.targets(i) for i in range(3)] == pytest.approx([5.0 * AIM, from_first, from_first])
+    assert sel.calls[2][1] == {0: (48,)} and loop.anchor is out.trials[0]
+    assert meter.measured == [48, 44, 43]  # the third selection (44 again) was not measured
+    assert sel.targets(3) == pytest.approx(from_first / (1 + NUDGE_STEP))
+    assert out.rounds[2].target_ms == pytest.approx(from_first / 1.02)
+    assert out.best.model == 43 and out.note == ""  # meets the budget with the most latency used
+
+
+# ---------------------------------------------------------------- nudge
+
+def test_nudges_a_repeated_plan_2_percent_more_each_time_and_stops_after_4():
+    """Width 32 uses 0.8 of the budget and the next grid point (48) is far:
+    re-aiming repeats 32, so the targets move up x1.02, x1.04, x1.06, x1.08,
+    then the loop stops with the plan it has."""
+    loop, sel, meter = controller(COARSE, {"d": 4.0})
+    out = loop.run()
+    targets = [sel.targets(i) for i in range(len(sel.calls))]
+    assert len(targets) == 2 + MAX_NUDGES and targets[1] == pytest.approx(targets[0])
+    steps = [b / a for a, b in zip(targets[1:], targets[2:])]
+    assert steps == pytest.approx([1.02, 1.04, 1.06, 1.08])
+    assert meter.measured == [32] and loop.nudges == MAX_NUDGES + 1
+    assert out.best.model == 32 and out.note == ""
+
+
+def test_a_nudge_that_finds_a_new_plan_measures_it():
+    loop, sel, meter = controller((16, 32, 41, 64), {"d": 4.0}, bias=table(w41=0.95))
+    out = loop.run()
+    assert meter.measured == [32, 41] and loop.nudges == 3
+    assert out.rounds[1].target_ms == pytest.approx(4.0 * AIM * 1.02 * 1.04 * 1.06)
+    assert out.best.model == 41 and loop.used(out.best) == pytest.approx(4.1 * 0.95 / 4.0)
+
+
+def test_nudges_down_when_even_the_smallest_plan_is_over_the_budget():
+    loop, sel, meter = controller(COARSE, {"d": 1.0})
+    out = loop.run()
+    targets = [sel.targets(i) for i in range(len(sel.calls))]
+    assert [b / a for a, b in zip(targets[1:], targets[2:])] == pytest.approx([1 / 1.02, 1 / 1.04, 1 / 1.06,
+                                                                               1 / 1.08])
+    assert meter.measured == [16] and out.best.model == 16
+    assert out.note == "budget not met after 1 rounds; returning the fastest network measured"
+
+
+def test_without_an_anchor_the_nudge_reads_the_last_measured_plan():
+    loop, sel, _ = controller(FINE, {"d": 5.0})
+    loop.run()
+    loop.nudges = 0
+    assert loop.nudge({"d": 4.0}) is None and loop.nudges == 1  # the last plan (0.96) is in the band
+
+
+# ---------------------------------------------------------------- several devices
+
+def test_several_devices_the_worst_device_decides():
+    """On its own, device a would accept width 48 (0.96); b measures 1.2x and
+    takes 1.152 of its budget, so both are re-aimed, each from its own ratio."""
+    bias = lambda d, w: 1.2 if d == "b" else 1.0  # noqa: E731
+    loop, sel, _ = controller(FINE, {"a": 5.0, "b": 5.0}, bias=bias, primary="a")
+    out = loop.run()
+    first, second = out.trials
+    assert loop.used(first) == pytest.approx(1.152) and len(out.rounds) == 2
+    assert sel.calls[1][0] == pytest.approx({"a": 4.825, "b": 4.8 * 4.825 / 5.76})
+    assert set(out.rounds[0].devices) == {"a", "b"}
+    assert out.rounds[0].devices["b"]["measured_ms"] == pytest.approx(5.76)
+    assert out.rounds[1].target_ms == pytest.approx(4.825)  # the primary device's own
+    assert out.best.model == 40 and loop.used(second) == pytest.approx(0.96)
+
+
+def test_a_primary_device_without_budget_is_measured_and_reported_but_does_not_decide():
+    bias = lambda d, w: 3.0 if d == "p" else 1.0  # noqa: E731
+    loop, sel, _ = controller(FINE, {"b": 5.0}, bias=bias, primary="p")
+    out = loop.run()
+    assert len(out.rounds) == 1 and out.rounds[0].target_ms is None
+    assert out.rounds[0].measured_ms == pytest.approx(14.4)
+    assert out.rounds[0].devices["b"]["target_ms"] == pytest.approx(4.825)
+
+
+# ---------------------------------------------------------------- give up
+
+def test_gives_up_after_max_rounds_returning_the_fastest_measured_plan():
+    """Every plan measures 5.5 ms against a 5 ms budget, but width 48 measures
+    5.1: it stays the anchor, and each new plan comes from nudging its targets
+    down (1/1.02, 1/1.04, ...). After 4 rounds the loop gives up with width 48."""
+    loop, sel, meter = controller(FINE, {"d": 5.0}, bias=lambda d, w: (5.1 if w == 48 else 5.5) / (0.1 * w),
+                                  max_rounds=4)
+    out = loop.run()
+    assert meter.measured == [48, 45, 44, 43] and len(out.rounds) == 4 and loop.nudges == 2
+    assert all(loop.used(t) > 1.0 for t in out.trials) and loop.anchor is out.trials[0]
+    assert out.best.model == 48
+    assert out.note == "budget not met after 4 rounds; returning the fastest network measured"
+
+
+def test_after_max_rounds_the_plan_meeting_the_budget_with_most_latency_used_wins():
+    """Measured: 48 at 0.9 of the budget, 51 at 0.8, then (nudged up from 48) 52 at 1.05."""
+    loop, _, meter = controller(FINE, {"d": 5.0}, bias=table(w48=4.5 / 4.8, w51=4.0 / 5.1, w52=5.25 / 5.2),
+                                max_rounds=3)
+    out = loop.run()
+    assert meter.measured == [48, 51, 52] and loop.nudges == 1
+    assert out.best.model == 48 and out.note == ""
+
+
+# ---------------------------------------------------------------- end to end, simulated runtime
+
+@pytest.fixture
+def sim_loop(sim_devices):
+    """resnet20 on a simulated runtime whose whole-model measurements are
+    1.6x the layer profile at half the parameters and exact at both ends
+    (calibrated on narrow networks and the full one, so mid-width plans are
+    mispredicted), and on a plain one."""
+    model, x = zoo.create("resnet20")
+    full = count_params(model)
+
+    def bump(m):
+        f = count_params(m) / full
+        return 1.0 + 2.4 * f * (1 - f)
+    sim_devices.add("sim-bump", bound="flops", bias=bump)
+    sim_devices.add("sim-plain", bound="memory", step=16)
+    return model, x
+
+
+def test_prune_on_a_biased_runtime_re_aims_and_meets_the_budget(sim_loop, store):
+    model, x = sim_loop
+    res = hwprune.prune(model, x, device="sim-bump", budget_fraction=0.55, store=store)
+    assert len(res.rounds) >= 2 and res.rounds[0].measured_ms > res.budget_ms  # mispredicted, corrected
+    first = res.rounds[0]
+    assert res.rounds[1].target_ms == pytest.approx(first.predicted_ms * res.budget_ms * AIM / first.measured_ms)
+    assert ACCEPT_LOW * res.budget_ms <= res.measured_ms <= res.budget_ms and res.note == ""
+    assert res.measured_ms == pytest.approx(res.rounds[-1].measured_ms)
+    assert res.stats["params_after"] < res.stats["params_before"] and not res.unchanged
+
+
+def test_prune_with_two_devices_meets_both_budgets(sim_loop, store):
+    model, x = sim_loop
+    plain = hwprune.measure_latency(model, x, device="sim-plain")
+    res = hwprune.prune(model, x, device="sim-bump", budget_fraction=0.7, store=store,
+                        constraints=Constraints(latency_ms=(("sim-plain", 0.6 * plain),)))
+    used = {d: v["measured_ms"] / v["budget_ms"] for d, v in res.devices.items()}
+    assert ACCEPT_LOW <= used["sim-plain"] <= 1.0  # the tighter device decides ...
+    assert used["sim-bump"] < ACCEPT_LOW  # ... though the primary alone would not have stopped here
+    assert all(set(r.devices) == {"sim-bump", "sim-plain"} for r in res.rounds)
+
+
+def test_prune_unchanged_when_the_budget_is_above_the_baseline(sim_loop, store):
+    model, x = sim_loop
+    far = hwprune.prune(model, x, device="sim-plain", budget_fraction=2.0, store=store)
+    near = hwprune.prune(model, x, device="sim-plain", budget_fraction=1.05, store=store)  # decided after calibration
+    for res in (far, near):
+        assert res.unchanged and res.model is model and res.rounds == ()
+        assert "above the measured baseline" in res.note and res.measured_ms == res.baseline_ms
+
+
+def test_prune_rejects_fewer_than_one_round(sim_loop, store):
+    model, x = sim_loop
+    with pytest.raises(hwprune.UserError, match="max_rounds"):
+        hwprune.prune(model, x, device="sim-plain", budget_fraction=0.5, store=store, max_rounds=0)
+
+
+def test_prune_on_a_tiny_model_with_a_constant_bias_is_calibrated(sim_devices, store):
+    """A constant bias is absorbed by the calibrated remainder: the plan lands in the band."""
+    sim_devices.add("sim-slow", bound="flops", bias=1.3)
+    model, x = archs.create("concat")
+    res = hwprune.prune(model, x, device="sim-slow", budget_fraction=0.6, store=store)
+    assert ACCEPT_LOW * res.budget_ms <= res.measured_ms <= res.budget_ms
