@@ -299,13 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_prune)
     from hwprune.cli.finetune import add_parser as add_finetune_parser
     add_finetune_parser(sub, common)
+    from profilers.onnx_export import OPSET
     sp = sub.add_parser("export", help="export a (pruned) model to ONNX or TensorRT")
     common(sp)
     sp.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
     sp.add_argument("--out", help="output file (default: model.onnx or model.engine next to the model); "
                     "a report goes to OUT.report.json, a TensorRT export also writes OUT with suffix .onnx")
     sp.add_argument("--force", action="store_true", help="replace existing output files")
-    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    sp.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     sp.add_argument("--dynamic-batch", action="store_true", help="export with a variable batch size")
     sp.add_argument("--max-batch", type=_count, default=32,
                     help="largest batch of a dynamic-batch TensorRT engine (default 32)")

@@ -59,6 +59,7 @@ from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
 from latency_models import NetworkLatencyModel
 from profilers import MeasurementStore
+from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
 MEASURED, PREDICTED = "measured", "predicted"
@@ -276,8 +277,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
     """Run the comparison (module docstring). Every device is checked (known,
     runs here or has a profile that covers the model) before anything is
     measured."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     if selector not in SELECTORS:
         raise UserError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
     frac = parse_fraction(budget_frac)
