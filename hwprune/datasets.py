@@ -233,6 +233,13 @@ def load_loaders(spec: str, example_input, num_classes: int | None = None, batch
     return _from_function(spec, shape, num_classes)
 
 
+def loaders_for(model: torch.nn.Module, spec: str, example_input, num_classes: int | None = None,
+                batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """:func:`load_loaders` for ``model``: labels must lie below ``num_classes``,
+    by default the model's output width."""
+    return load_loaders(spec, example_input, num_classes or num_outputs(model, example_input), batch_size, seed)
+
+
 def num_outputs(model: torch.nn.Module, example_input) -> int | None:
     """The model's number of classes (its output width on the example input)."""
     with torch.no_grad():

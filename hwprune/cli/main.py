@@ -123,36 +123,38 @@ def cmd_profile(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    import torch
+    import os
 
-    from hwprune.cli.prune import constraints_from_args
-    from hwprune.export.outdir import atomic_dir
-    from hwprune.export.parity import check_parity
-    from hwprune.graph.plans import checkpoint, load_model
+    from hwprune.cli.finetune import job_of, text_of
+    from hwprune.cli.finetune import run as finetune_into
+    from hwprune.cli.prune import budget_kwargs, check_data_options, constraints_from_args
+    from hwprune.errors import UserError
+    from hwprune.export.pruned import export_pruned, write_pruned
+    from hwprune.graph.plans import load_model
     from hwprune.loop.engine import prune
-    from hwprune.report import atomic_write_bytes, format_table
-    from profilers.onnx_export import to_onnx_bytes
+    from hwprune.report import format_table
     budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
-    from hwprune.cli.finetune import after_prune, data_for_importance, text_of
-    from hwprune.cli.prune import budget_kwargs
+    check_data_options(args)
+    data_loader = None
+    if args.data is not None:
+        from hwprune.datasets import loaders_for
+        data_loader = loaders_for(lm.model, args.data, lm.example_input, lm.num_classes, args.batch_size,
+                                  args.seed)[0]
     res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
-                data=data_for_importance(args, lm), store=open_store(args), progress=progress_bar())
+                data=data_loader, store=open_store(args), progress=progress_bar())
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
             "devices": res.devices, "constraints": res.plan.get("constraints"),
             "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
                                                  ("status", "mip_gap", "solve_s", "objective", "note")}}
-    with atomic_dir(Path(args.out), force=True) as tmp:
-        onnx_bytes = to_onnx_bytes(res.model, (lm.example_input,))
-        parity = check_parity(res.model, (lm.example_input,), onnx_bytes)
-        atomic_write_bytes(tmp / "model.onnx", onnx_bytes)
-        torch.save(checkpoint(res.model, lm.zoo_name, lm.num_classes, res.plan), tmp / "model.pt")
-        (tmp / "plan.json").write_text(json.dumps(res.plan, indent=1))
-        data["onnx_max_abs_diff"] = parity.max_abs_diff
-        (tmp / "result.json").write_text(json.dumps(data, indent=2, default=float))
+    export = export_pruned(res.model, (lm.example_input,), plan=res.plan, zoo_name=lm.zoo_name,
+                           num_classes=lm.num_classes)
+    data["onnx_max_abs_diff"] = export.parity.max_abs_diff
+    write_pruned(Path(args.out), export, {"result.json": json.dumps(data, indent=2, default=float)},
+                 replace_folder=True)
     data["out"] = str(args.out)
     rows = [["baseline", f"{res.baseline_ms:.3f}", "", data.get("params_before", ""), data.get("flops_before", "")],
             ["pruned", f"{res.measured_ms:.3f}", f"{res.predicted_ms:.3f}", data.get("params_after", ""),
@@ -171,10 +173,14 @@ def cmd_prune(args) -> int:
     if res.note:
         text += f"\nnote: {res.note}"
     text += f"\nwrote {args.out}/model.pt, plan.json, model.onnx"
-    ft = after_prune(args, lm, res)
-    if ft:
-        data["finetune"] = ft
-        text += "\n" + text_of(ft)
+    if args.finetune_epochs:   # fine-tune the pruned model into --out, the original as teacher
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("prune in one process, then fine-tune under torchrun: torchrun ... -m hwprune "
+                            "finetune --model OUT/model.pt --data D --epochs N")
+        if not res.unchanged:
+            data["finetune"] = finetune_into(job_of(args, args.finetune_epochs), res.model, lm.model, lm, res.plan,
+                                             Path(args.out))
+            text += "\n" + text_of(data["finetune"])
     emit(args, data, text)
     return 0
 
@@ -204,13 +210,6 @@ def cmd_demo(args) -> int:
              f"{100 * r['accuracy_after']:.1f} %"]]
     text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
     emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
-    return 0
-
-
-def cmd_validate(args) -> int:
-    from hwprune.cli.validate import run
-    data, text = run(args, progress_bar(), open_store(args))
-    emit(args, data, text)
     return 0
 
 
@@ -318,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="measure random sub-networks and score every latency model on them")
     common(sp)
     from hwprune.cli.validate import add_arguments as add_validate_arguments
+    from hwprune.cli.validate import cmd_validate
     add_validate_arguments(sp)
     sp.set_defaults(func=cmd_validate)
     sp = sub.add_parser("devices", help="list devices, whether they run here, and stored measurements")

@@ -27,9 +27,11 @@ times), keeping the attempt whose reference was closest. Scores:
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ from hwprune.latency.profiling import (
 from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
 from latency_models.metrics import Accuracy, accuracy
 from profilers import Measurement, MeasurementStore, Timing
+from profilers.atomic import atomic_write_bytes, atomic_write_text
 from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
@@ -258,5 +261,17 @@ def scatter_png(result: ValidationResult, models=None) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["validate", "rescore", "score", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow",
-           "check_models"]
+def write_validation(result: ValidationResult, out: Path) -> list[str]:
+    """``validation.json`` (:meth:`ValidationResult.to_dict`) and ``scatter.png``
+    into the folder ``out``, each atomically; returns their paths."""
+    files = [out / "validation.json", out / "scatter.png"]
+    try:
+        atomic_write_text(files[0], json.dumps(result.to_dict(), indent=1, default=float))
+        atomic_write_bytes(files[1], scatter_png(result))
+    except OSError as exc:
+        raise UserError(f"cannot write into {out} ({exc.strerror or exc})") from None
+    return [str(f) for f in files]
+
+
+__all__ = ["validate", "rescore", "score", "scatter_png", "write_validation", "measure_ratio", "ValidationResult",
+           "SubnetRow", "check_models"]
