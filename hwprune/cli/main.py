@@ -69,55 +69,29 @@ def cmd_devices(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    import datetime
-
     from hwprune import devices
     from hwprune.errors import UserError
     from hwprune.graph.plans import load_model
-    from hwprune.graph.space import PruningSpace, group_options
-    from hwprune.latency.profiling import Profiler, fit_latency_model
+    from hwprune.latency.profiling import profile_model
     if args.export and Path(args.export).is_dir():
         raise UserError(f"--export {args.export} is a folder; name a file (e.g. {args.export}/"
                         f"{args.device}.jsonl)")
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     dev = devices.get(args.device)
-    space = PruningSpace(lm.model, (lm.example_input,))
-    prof = Profiler(dev, open_store(args))
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    lat = fit_latency_model(prof, space, options, progress_bar())
-    step = prof.store.get_meta(prof.fp, "step")
-    step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine
-    if step_new:
-        from profilers.steps import detect_step
-        step = {**detect_step(prof.runtime, progress=progress_bar()).to_json(),
-                "detected_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        prof.store.put_meta(prof.fp, "step", step)
-    baseline = prof.measure_module(lm.model, (lm.example_input,))
-    data = {"device": dev.name, "model": lm.source, "groups": len(space.groups), "layers": len(space.layers),
-            "families": len(lat.families_), "shapes_measured": prof.measured, "shapes_reused": prof.reused,
-            "step_channels": step.get("step_channels"), "align_channels": step.get("align_channels"),
-            "step_detected_now": step_new,
-            "step_reliable": step.get("reliable", True),
-            "grid_step_channels": dev.step_channels,
-            "baseline_ms": baseline.median_ms, "baseline_iqr_ms": baseline.iqr_ms,
-            "sum_of_layers_ms": lat.layers_ms(space.specs(space.full_choice())), "store": str(prof.store.path)}
+    data, step = profile_model(lm.model, (lm.example_input,), dev, open_store(args), source=lm.source,
+                               export=args.export, progress=progress_bar())
+    step_new = data["step_detected_now"]
     text = (f"{dev.name}: {lm.source}: {data['layers']} layers, {data['groups']} channel groups, "
-            f"{data['families']} layer families\nmeasured {prof.measured} shapes, reused "
-            f"{prof.reused} from {prof.store.path}\nchannel step {step.get('step_channels')} "
+            f"{data['families']} layer families\nmeasured {data['shapes_measured']} shapes, reused "
+            f"{data['shapes_reused']} from {data['store']}\nchannel step {step.get('step_channels')} "
             + (f", widths off multiples of {step['align_channels']} run slower"
                if (step.get("align_channels") or 0) > (step.get("step_channels") or 0) else "")
             + f" ({'detected now' if step_new else 'stored'}; the device grid uses {dev.step_channels})"
             + ("" if step.get("reliable", True) else f"; noisy ({100 * step.get('noise_rel', 0):.0f} % run to "
                f"run, is the machine busy?), detected again next time")
-            + f"\nbaseline {baseline.median_ms:.3f} ms (IQR {baseline.iqr_ms:.3f})")
+            + f"\nbaseline {data['baseline_ms']:.3f} ms (IQR {data['baseline_iqr_ms']:.3f})")
     if args.export:
-        from profilers.profile_io import export_profile
-        try:
-            n = export_profile(prof.store, prof.fp, args.export)
-        except OSError as exc:
-            raise UserError(f"cannot write the profile {args.export} ({exc.strerror or exc})") from None
-        data["exported"], data["exported_measurements"] = str(args.export), n
-        text += f"\nexported {n} measurements of {dev.name} to {args.export}"
+        text += f"\nexported {data['exported_measurements']} measurements of {dev.name} to {args.export}"
     emit(args, data, text)
     return 0
 
