@@ -20,6 +20,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from profilers.inputs import as_inputs
+
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
@@ -67,80 +69,98 @@ def _fail(msg: str):
     raise UserError(msg)
 
 
-def _input_shape(example_input) -> tuple[int, ...]:
-    if isinstance(example_input, (tuple, list)):
-        if len(example_input) != 1:
-            _fail(f"--data needs a model with one input; this one has {len(example_input)}")
-        example_input = example_input[0]
-    return tuple(int(d) for d in example_input.shape)
+def input_shape(example_inputs) -> tuple[int, ...]:
+    """The shape of a model's one input; a model with several is a :class:`UserError`."""
+    inputs = as_inputs(example_inputs)
+    if len(inputs) != 1:
+        _fail(f"--data needs a model with one input; this one has {len(inputs)}")
+    return tuple(int(d) for d in inputs[0].shape)
 
 
-def _check_labels(y: torch.Tensor, num_classes: int | None, where: str) -> None:
-    if y.numel() and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
+def check_digits_shape(shape: tuple[int, ...]) -> None:
+    """The digits are 3xSxS images: refuse a model that takes other inputs."""
+    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        _fail(f"--data digits gives 3xSxS images; this model takes {list(shape)}; pass a .npz file "
+              f"with x of shape [N, {', '.join(map(str, shape[1:]))}]")
+
+
+def _check_labels(y, num_classes: int | None, where: str) -> None:
+    if len(y) and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
         _fail(f"{where}: label {bad} is out of range; labels must be class indices 0..{num_classes - 1} "
               f"(the model has {num_classes} outputs)" if num_classes is not None else
               f"{where}: label {bad} is negative; labels must be class indices >= 0")
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+def npz_arrays(path: Path, shape: tuple[int, ...], required=("x", "y")) -> dict[str, np.ndarray]:
+    """The arrays of a ``--data`` .npz file for a model whose input has
+    ``shape``; a missing file, another kind of file or a missing ``required``
+    array is one :class:`UserError` naming it (check them with :func:`checked_xy`)."""
     import zipfile
+    path = Path(path)
     if not path.is_file():
-        _fail(f"--data {path} does not exist; pass 'digits', a .npz file with x and y, or module:function")
+        _fail(f"--data {path} does not exist; pass 'digits', a .npz file with x and y, or module:function"
+              if "y" in required else f"--data {path} does not exist; pass 'digits' or a .npz file with x [and y]")
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except TypeError:  # a .npy: np.load gives an array, which is no context manager
         _fail(f"--data {path} is a single array; save it with numpy.savez(path, x=..., y=...)")
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         kind = "it holds object arrays" if "Object arrays" in str(exc) else "it is not a .npz archive"
         _fail(f"cannot read --data {path}: {kind}; save it with numpy.savez(path, x=..., y=...)")
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        _fail(f"--data {path} has no array {' or '.join(repr(k) for k in missing)} (it has: "
+              f"{', '.join(sorted(arrays)) or 'none'}); save inputs as x [N, "
+              f"{', '.join(map(str, shape[1:]))}] and integer labels as y [N]")
+    return arrays
 
 
-def _xy(arrays: dict, xk: str, yk: str, shape: tuple[int, ...], num_classes: int | None,
-        name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = arrays[xk], arrays[yk]
+def checked_xy(arrays: dict, shape: tuple[int, ...], name: str, num_classes: int | None = None,
+               xk: str = "x", yk: str = "y") -> tuple[np.ndarray, np.ndarray | None]:
+    """``arrays[xk]`` as float32 ``[N, *shape[1:]]`` and ``arrays[yk]`` as int64
+    class indices ``[N]`` (None where the file has no ``yk``); anything else is
+    one :class:`UserError` naming the array and the file ``name``."""
+    x, y = arrays[xk], arrays.get(yk)
     want = ", ".join(map(str, shape[1:]))
     if not np.issubdtype(x.dtype, np.floating):
         _fail(f"{xk} in {name} has dtype {x.dtype}; inputs must be floating point (float32)")
     if x.ndim != len(shape) or tuple(x.shape[1:]) != tuple(shape[1:]) or x.shape[0] < 1:
         _fail(f"{xk} in {name} has shape {list(x.shape)}; this model takes [N, {want}] with N >= 1")
-    if not np.issubdtype(y.dtype, np.integer):
+    if y is not None and not np.issubdtype(y.dtype, np.integer):
         _fail(f"{yk} in {name} has dtype {y.dtype}; labels must be integers (class indices)")
-    if y.shape != (x.shape[0],):
-        _fail(f"{yk} in {name} has shape {list(y.shape)}; it must be [{x.shape[0]}], one label per "
-              f"sample of {xk}")
+    if y is not None and y.shape != (x.shape[0],):
+        _fail(f"{yk} in {name} has shape {list(y.shape)}; it must be [{x.shape[0]}], one label per {xk}")
     if not np.all(np.isfinite(x)):
         _fail(f"{xk} in {name} contains NaN or infinite values")
-    yt = torch.from_numpy(y.astype(np.int64))
-    _check_labels(yt, num_classes, f"{yk} in {name}")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), yt
+    if y is not None:
+        _check_labels(y, num_classes, f"{yk} in {name}")
+    return np.ascontiguousarray(x, dtype=np.float32), None if y is None else y.astype(np.int64)
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
 
 def npz_datasets(path: Path, shape: tuple[int, ...], num_classes: int | None,
                  seed: int = SPLIT_SEED) -> tuple[TensorDataset, TensorDataset]:
     """``x`` [N, ...] float and ``y`` [N] integer labels; ``x_val``/``y_val`` if
     present, otherwise a fixed random 20 % of the samples (``seed``) is held out."""
-    arrays = _npz_arrays(path)
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        _fail(f"--data {path} has no array {' or '.join(repr(k) for k in missing)} (it has: "
-              f"{', '.join(sorted(arrays)) or 'none'}); save inputs as x [N, "
-              f"{', '.join(map(str, shape[1:]))}] and integer labels as y [N]")
-    x, y = _xy(arrays, "x", "y", shape, num_classes, path.name)
+    arrays = npz_arrays(path, shape)
+    x, y = checked_xy(arrays, shape, path.name, num_classes)
     if ("x_val" in arrays) != ("y_val" in arrays):
         _fail(f"--data {path} has only one of x_val and y_val; give both or neither")
     if "x_val" in arrays:
-        xv, yv = _xy(arrays, "x_val", "y_val", shape, num_classes, path.name)
-        return TensorDataset(x, y), TensorDataset(xv, yv)
+        return _tensors(x, y), _tensors(*checked_xy(arrays, shape, path.name, num_classes, "x_val", "y_val"))
     if len(x) < 2:
         _fail(f"--data {path} has {len(x)} sample; give at least 2 (or x_val and y_val)")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
     n_val = max(1, int(round(VAL_FRACTION * len(x))))
-    val, tr = perm[:n_val], perm[n_val:]
-    return TensorDataset(x[tr], y[tr]), TensorDataset(x[val], y[val])
+    val, tr = perm[:n_val].numpy(), perm[n_val:].numpy()
+    return _tensors(x[tr], y[tr]), _tensors(x[val], y[val])
 
 
 def _from_function(spec: str, shape: tuple[int, ...], num_classes: int | None):
@@ -196,13 +216,11 @@ def load_loaders(spec: str, example_input, num_classes: int | None = None, batch
     ``digits``, a ``.npz`` file (see :func:`npz_datasets`) or ``module:function``
     (its loaders are returned as they are, after checking a first batch of each).
     Every problem is one :class:`UserError` naming it."""
-    shape = _input_shape(example_input)
+    shape = input_shape(example_input)
     if int(batch_size) < 1:
         _fail(f"batch size must be at least 1, got {batch_size}")
     if spec == "digits":
-        if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
-            _fail(f"--data digits gives 3xSxS images; this model takes {list(shape)}; pass a .npz file "
-                  f"with x of shape [N, {', '.join(map(str, shape[1:]))}]")
+        check_digits_shape(shape)
         if num_classes is not None and num_classes < 10:
             _fail(f"--data digits has 10 classes; this model has {num_classes} outputs")
         return digits_loaders(batch_size=batch_size, seed=seed, size=shape[2])
@@ -215,9 +233,15 @@ def load_loaders(spec: str, example_input, num_classes: int | None = None, batch
     return _from_function(spec, shape, num_classes)
 
 
+def loaders_for(model: torch.nn.Module, spec: str, example_input, num_classes: int | None = None,
+                batch_size: int = 64, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """:func:`load_loaders` for ``model``: labels must lie below ``num_classes``,
+    by default the model's output width."""
+    return load_loaders(spec, example_input, num_classes or num_outputs(model, example_input), batch_size, seed)
+
+
 def num_outputs(model: torch.nn.Module, example_input) -> int | None:
     """The model's number of classes (its output width on the example input)."""
-    x = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     with torch.no_grad():
-        out = model.eval()(x)
+        out = model.eval()(*as_inputs(example_input))
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() >= 2 else None

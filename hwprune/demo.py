@@ -7,33 +7,27 @@ is fine-tuned with knowledge distillation from the trained original, and both
 are evaluated on the held-out split. The pruned network is exported to ONNX and
 checked against PyTorch with ONNX Runtime.
 
-Files written to ``out_dir`` (each atomically): ``model.onnx``, ``plan.json``,
-``model.pt`` (``{"state_dict", "plan", "zoo", "num_classes"}``: rebuild the zoo
-model, apply the plan's kept channels, load the state dict), ``report.md`` and
-``latency.png``.
+Files written to ``out_dir``: ``model.onnx``, ``plan.json`` and ``model.pt``
+(together, by :func:`hwprune.export.pruned.write_pruned`: rebuild the zoo model,
+apply the plan's kept channels, load the state dict), then ``report.md`` and
+``latency.png`` (each atomically).
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from pathlib import Path
-
-import torch
 
 from hwprune import devices, zoo
 from hwprune.datasets import digits_loaders
 from hwprune.devices import machine_description
 from hwprune.errors import UserError
-from hwprune.export.parity import check_parity
+from hwprune.export.pruned import MODEL_FILE, ONNX_FILE, PLAN_FILE, export_pruned, write_pruned
 from hwprune.latency.profiling import Progress, measure_latency
 from hwprune.loop.engine import count_params, prune
 from hwprune.report import write_demo_report
 from hwprune.train.loop import evaluate, train
 from profilers import MeasurementStore
-from profilers.atomic import atomic_write_bytes, atomic_write_text
-from profilers.onnx_export import to_onnx_bytes
 
 log = logging.getLogger("hwprune")
 
@@ -41,13 +35,6 @@ MODEL_NAME = "resnet20"
 NUM_CLASSES = 10
 TRAIN_LR = 0.05
 FINETUNE_LR = 0.01
-
-
-def _state_dict_bytes(model: torch.nn.Module, plan: dict) -> bytes:
-    buf = io.BytesIO()
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "plan": plan, "zoo": MODEL_NAME, "num_classes": NUM_CLASSES}, buf)
-    return buf.getvalue()
 
 
 def _check_args(budget_frac: float, epochs: int, finetune_epochs: int) -> None:
@@ -96,12 +83,11 @@ def run_demo(out_dir: Path, device: str = "ort-cpu-1t", budget_frac: float = 0.5
     log.info("pruned test accuracy %.4f", acc_pruned)
 
     t = time.perf_counter()
-    onnx_bytes = to_onnx_bytes(pruned, example)
     first_test = next(iter(test_loader))[0][:1]
-    onnx_rel = check_parity(pruned, example, onnx_bytes, more_inputs=[first_test]).max_rel_diff
-    onnx_path = atomic_write_bytes(out_dir / "model.onnx", onnx_bytes)
-    plan_path = atomic_write_text(out_dir / "plan.json", json.dumps(res.plan, indent=1) + "\n")
-    pt_path = atomic_write_bytes(out_dir / "model.pt", _state_dict_bytes(pruned, res.plan))
+    export = export_pruned(pruned, example, plan=res.plan, zoo_name=MODEL_NAME, num_classes=NUM_CLASSES,
+                           more_inputs=[first_test])
+    onnx_rel = export.parity.max_rel_diff
+    paths = write_pruned(out_dir, export)
     timings["export_s"] = time.perf_counter() - t
 
     st = res.stats
@@ -131,7 +117,7 @@ def run_demo(out_dir: Path, device: str = "ort-cpu-1t", budget_frac: float = 0.5
         "epochs": int(epochs), "finetune_epochs": int(finetune_epochs),
         "rounds": rounds, "onnx_max_rel_diff": onnx_rel,
         "shapes_measured": st.get("shapes_measured"), "shapes_reused": st.get("shapes_reused"),
-        "paths": {"onnx": str(onnx_path), "plan": str(plan_path), "state_dict": str(pt_path),
+        "paths": {"onnx": str(paths[ONNX_FILE]), "plan": str(paths[PLAN_FILE]), "state_dict": str(paths[MODEL_FILE]),
                   "report": str(md_path), "chart": str(png_path)},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "time_s": time.perf_counter() - t0,

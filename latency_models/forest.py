@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from profilers.specs import weight_count
+
 from .base import LayerModel, register
-from .linear import layer_params
 
 ESTIMATORS = ("forest", "gbrt")
 
@@ -29,7 +30,7 @@ def layer_features(spec) -> list[float]:
     return [lg(max(spec.in_channels, 1)), lg(max(spec.out_channels, 1)), float(spec.kernel[0]),
             float(spec.kernel[1]), float(spec.stride[0]), lg(spec.height * spec.width), lg(oh * ow),
             float(spec.depthwise), float(spec.kind == "linear"), lg(max(spec.flops, 1)),
-            lg(max(layer_params(spec), 1)), lg(spec.batch * spec.in_channels * spec.height * spec.width),
+            lg(max(weight_count(spec), 1)), lg(spec.batch * spec.in_channels * spec.height * spec.width),
             lg(spec.batch * spec.out_channels * oh * ow), lg(spec.groups)]
 
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from profilers.specs import weight_count
+
 from .base import LayerModel, register
-
-
-def layer_params(spec) -> int:
-    """Weights of one conv/linear layer (bias not counted)."""
-    return spec.out_channels * (spec.in_channels // spec.groups) * spec.kernel[0] * spec.kernel[1]
 
 
 class _ProxyLinear(LayerModel):
@@ -68,7 +65,7 @@ class ParamsLinearModel(_ProxyLinear):
     unit = 1e6
 
     def _x(self, spec) -> float:
-        return float(layer_params(spec))
+        return float(weight_count(spec))
 
 
 register("flops", FlopsLinearModel, "ms per GFLOP (+ a per-layer overhead), one line for every layer")

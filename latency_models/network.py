@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from profilers import LayerSpec, Measurement
+from profilers.specs import weight_count
 
 from .base import LayerModel, NotFittedError, create, family_groups, model_from_dict
 from .quadratic import QuadraticLayerModel, QuadraticModel
@@ -41,7 +42,7 @@ def weight_elements(specs: Iterable[LayerSpec]) -> int:
     """Weights of the layers: a network whose weights outgrow the CPU's caches
     streams them from memory on every run, which an isolated layer, measured
     warm, never does."""
-    return sum(s.out_channels * (s.in_channels // s.groups) * s.kernel[0] * s.kernel[1] for s in specs)
+    return sum(weight_count(s) for s in specs)
 
 
 def activation_elements(specs: Iterable[LayerSpec]) -> int:

@@ -8,13 +8,14 @@ import warnings
 
 import numpy as np
 
+from .inputs import as_inputs
+
 OPSET = 17
 
 
 def to_onnx_bytes(model, example_inputs, opset: int = OPSET, dynamic_batch: bool = False) -> bytes:
     import torch
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     names = [f"input{i}" for i in range(len(example_inputs))]
     dyn = {n: {0: "batch"} for n in names} if dynamic_batch else None
     if dyn is not None:
@@ -22,17 +23,14 @@ def to_onnx_bytes(model, example_inputs, opset: int = OPSET, dynamic_batch: bool
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), tuple(example_inputs), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(model.eval(), example_inputs, buf, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["output"], dynamic_axes=dyn,
                           do_constant_folding=True)
     return buf.getvalue()
 
 
 def feeds(example_inputs) -> dict[str, np.ndarray]:
-    import torch
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    return {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(example_inputs)}
+    return {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(as_inputs(example_inputs))}
 
 
 class OnnxModuleMeasurer:

@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_export import OPSET
 from .specs import LayerSpec
-
-OPSET = 17
 
 
 def input_shape(spec: LayerSpec) -> list[int]:

@@ -62,8 +62,17 @@ class LayerSpec:
     def flops(self) -> int:
         """Multiply-accumulates x 2 of this layer at its widths."""
         oh, ow = self.out_hw
-        per_out = (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
-        return 2 * self.batch * self.out_channels * oh * ow * per_out
+        return 2 * self.batch * oh * ow * weight_count(self)
+
+    def describe(self) -> str:
+        """The shape in a few words: ``conv 3x3/1 64->64 at 32x32``."""
+        if self.kind == "linear":
+            return f"linear {self.in_channels}->{self.out_channels}" + (f" x{self.batch}" if self.batch != 1 else "")
+        k, st = f"{self.kernel[0]}x{self.kernel[1]}", self.stride[0]
+        if self.depthwise:
+            return f"depthwise conv {k}/{st} {self.out_channels} at {self.height}x{self.width}"
+        g = f" groups {self.groups}" if self.groups > 1 else ""
+        return f"conv {k}/{st} {self.in_channels}->{self.out_channels}{g} at {self.height}x{self.width}"
 
     @classmethod
     def from_key(cls, key: str) -> LayerSpec:
@@ -71,6 +80,16 @@ class LayerSpec:
         for f in ("kernel", "stride", "padding", "dilation"):
             d[f] = tuple(d[f])
         return cls(**d)
+
+
+def weight_count(spec: LayerSpec, n_in=None, n_out=None):
+    """Weights of a conv or linear layer (bias not counted) at widths ``n_in``
+    and ``n_out`` (default: the spec's; numbers or numpy arrays). A depthwise
+    conv keeps one input channel per output channel at any width."""
+    n_in = spec.in_channels if n_in is None else n_in
+    n_out = spec.out_channels if n_out is None else n_out
+    per_out = 1 if spec.depthwise else n_in // spec.groups
+    return n_out * per_out * spec.kernel[0] * spec.kernel[1]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import logging
 
 import numpy as np
 
+from .inputs import as_inputs
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol
 from .specs import LayerSpec, Timing
 from .torch_cuda import gpu_fingerprint, measure_events, measure_events_interleaved, require_cuda
@@ -134,11 +135,9 @@ class TensorRTRuntime:
         if not self.strongly_typed:
             return to_onnx_bytes(model, example_inputs)
         torch = self._torch
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
         half = copy.deepcopy(model).eval().to("cuda", torch.float16)
         inputs = tuple(t.to("cuda", torch.float16) if t.is_floating_point() else t.to("cuda")
-                       for t in example_inputs)
+                       for t in as_inputs(example_inputs))
         return to_onnx_bytes(half, inputs)
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:

@@ -13,16 +13,11 @@ from contextlib import contextmanager
 
 import torch
 
+from .inputs import as_inputs
 from .ort_cpu import cpu_isa, cpu_model
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
 from .specs import LayerSpec, Timing
 from .torch_layers import layer_input, layer_module
-
-
-def as_tuple(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
 
 
 @contextmanager
@@ -65,7 +60,7 @@ class TorchCpuRuntime:
         m = copy.deepcopy(model).to("cpu", torch.float32).eval()
         if self.channels_last:
             m = m.to(memory_format=torch.channels_last)
-        inputs = tuple(self._convert(t) for t in as_tuple(example_inputs))
+        inputs = tuple(self._convert(t) for t in as_inputs(example_inputs))
         return lambda: m(*inputs)
 
     def measure_callable(self, run: Callable[[], object], protocol: Protocol) -> Timing:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .inputs import as_inputs
 from .protocol import MODEL_PROTOCOL, Protocol, measure, measure_interleaved, median_ci_rel
 from .specs import LayerSpec, Timing
 
@@ -192,9 +193,7 @@ class TorchCudaRuntime:
         m = copy.deepcopy(model).eval().to("cuda", self.torch_dtype)
         if self.channels_last:
             m = m.to(memory_format=torch.channels_last)
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        inputs = tuple(self._convert(t) for t in example_inputs)
+        inputs = tuple(self._convert(t) for t in as_inputs(example_inputs))
 
         def run():
             return m(*inputs)

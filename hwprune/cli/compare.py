@@ -56,10 +56,9 @@ def summary(data: dict) -> str:
 
 def cmd_compare(args) -> int:
     from hwprune.cli.common import emit, open_store, progress_bar
-    from hwprune.compare.report import write_report
+    from hwprune.compare.report import save_report
     from hwprune.compare.run import parse_fraction, run_compare
     from hwprune.errors import UserError
-    from hwprune.export.outdir import atomic_dir
     from hwprune.graph.plans import load_model
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -70,8 +69,7 @@ def cmd_compare(args) -> int:
                       selector=args.selector, store=open_store(args), predicted_only=args.predicted,
                       profiles=args.profile, curve_layers=args.curve_layers, pareto_points=args.pareto_points,
                       repeats=args.repeats, time_limit_s=args.time_limit_s, progress=progress_bar())
-    with atomic_dir(out, force=True) as tmp:
-        files = write_report(tmp, res.data)
+    files = save_report(out, res.data)
     emit(args, {**res.data, "out": str(out), "files": files},
           summary(res.data) + f"\nwrote {out}/" + ", ".join(files))
     return 0

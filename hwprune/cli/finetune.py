@@ -12,18 +12,16 @@ rank 0 writes the files.
 
 ``hwprune prune ... --data D --finetune-epochs N`` does the same into its
 ``--out`` folder once the pruned model is written, with the original model
-in memory as teacher.
+in memory as teacher. The job is :func:`hwprune.train.job.finetune_model`.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import sys
 from pathlib import Path
 
-STATE_FILE = "finetune-state.pt"
+STATE_FILE = "finetune-state.pt"   # hwprune.train.job.STATE_FILE, named here without importing torch
 
 
 def add_training_arguments(sp: argparse.ArgumentParser) -> None:
@@ -54,9 +52,11 @@ def add_parser(sub, common) -> None:
     sp.set_defaults(func=cmd_finetune)
 
 
-def progress_bar():
-    from hwprune.cli.common import progress_bar as bar
-    return bar()
+def job_of(args, epochs: int):
+    """The fine-tuning options on the command line as a :class:`hwprune.train.job.FinetuneJob`."""
+    from hwprune.train.job import FinetuneJob
+    return FinetuneJob(data=args.data, epochs=epochs, lr=args.lr, kd=not args.no_kd, batch_size=args.batch_size,
+                       seed=args.seed, train_device=args.train_device, restart=args.restart)
 
 
 def _default_teacher(model_path: Path) -> str | None:
@@ -68,64 +68,21 @@ def _default_teacher(model_path: Path) -> str | None:
     return src if isinstance(src, str) else None
 
 
-def _plan_of(path: str) -> dict | None:
-    import torch
-    p = Path(path)
-    p = p / "model.pt" if p.is_dir() else p
+def run(job, student, teacher, lm, plan, out: Path) -> dict:
+    """:func:`hwprune.train.job.finetune_model` with a progress bar; an
+    interrupted run prints how to resume it."""
+    from hwprune.cli.common import progress_bar
+    from hwprune.train.finetune import world
+    from hwprune.train.job import finetune_model
     try:
-        obj = torch.load(io.BytesIO(p.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return obj.get("plan") if isinstance(obj, dict) else None
-
-
-def run(args, student, teacher, example_input, zoo_name, num_classes, plan, out: Path) -> dict:
-    """Fine-tune ``student`` as ``args`` say, write the outputs into ``out``;
-    returns the figures (JSON-serialisable). Only rank 0 writes."""
-    import torch
-
-    from hwprune.datasets import load_loaders, num_outputs
-    from hwprune.errors import UserError
-    from hwprune.export.parity import check_parity
-    from hwprune.graph.plans import checkpoint
-    from hwprune.train.finetune import FinetuneConfig, finetune, init_distributed
-    from hwprune.train.loop import evaluate
-    from profilers.atomic import atomic_write_bytes, atomic_write_text
-    from profilers.onnx_export import to_onnx_bytes
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    rank, size, dev = init_distributed(args.train_device)
-    classes = num_classes or num_outputs(student, example_input)
-    train_loader, val_loader = load_loaders(args.data, example_input, classes, args.batch_size, args.seed)
-    cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, kd=not args.no_kd, seed=args.seed)
-    start_acc = evaluate(student, val_loader)
-    teacher_acc = evaluate(teacher, val_loader) if teacher is not None and cfg.kd else None
-    out.mkdir(parents=True, exist_ok=True)
-    state = out / STATE_FILE
-    try:
-        res = finetune(student, train_loader, val_loader, cfg, teacher=teacher if cfg.kd else None,
-                       checkpoint=state, restart=args.restart, progress=progress_bar() if rank == 0 else None,
-                       device=dev)
+        return finetune_model(student, teacher, lm.example_input, job, out, zoo_name=lm.zoo_name,
+                              num_classes=lm.num_classes, plan=plan, progress=progress_bar())
     except KeyboardInterrupt:
-        if rank == 0:
-            print(f"fine-tuning interrupted; its progress is in {state}: run hwprune finetune --model "
-                  f"{out}/model.pt --data {args.data} --epochs {args.epochs} (same options) to resume",
+        if world()[0] == 0:
+            print(f"fine-tuning interrupted; its progress is in {out / STATE_FILE}: run hwprune finetune --model "
+                  f"{out}/model.pt --data {job.data} --epochs {job.epochs} (same options) to resume",
                   file=sys.stderr)
         raise
-    student = student.cpu().eval()
-    data = {"out": str(out), "data": args.data, "epochs": cfg.epochs, "kd": cfg.kd, "lr": cfg.lr,
-            "batch_size": args.batch_size, "world_size": size, "resumed_from_epoch": res.resumed_from,
-            "accuracy_start": start_acc, "accuracy": res.val_accuracy, "teacher_accuracy": teacher_acc,
-            "history": res.history, "state": str(state), "time_s": res.time_s}
-    if rank == 0:
-        onnx_bytes = to_onnx_bytes(student, (example_input,))
-        data["onnx_max_abs_diff"] = check_parity(student, (example_input,), onnx_bytes).max_abs_diff
-        buf = io.BytesIO()
-        torch.save(checkpoint(student, zoo_name, num_classes, plan), buf)
-        atomic_write_bytes(out / "model.pt", buf.getvalue())
-        atomic_write_bytes(out / "model.onnx", onnx_bytes)
-        atomic_write_text(out / "finetune.json", json.dumps(data, indent=2, default=float) + "\n")
-    return data
 
 
 def text_of(d: dict) -> str:
@@ -159,8 +116,7 @@ def cmd_finetune(args) -> int:
             raise UserError("distillation needs the unpruned model: pass --teacher MODEL (zoo name or file), "
                             "or --no-kd")
         teacher = load_model(src, args.input_shape, args.trust_pickle).model
-    plan = _plan_of(args.model) if model_path.exists() else None
-    data = run(args, lm.model, teacher, lm.example_input, lm.zoo_name, lm.num_classes, plan, out)
+    data = run(job_of(args, args.epochs), lm.model, teacher, lm, lm.plan, out)
     try:
         if world()[0] == 0:
             emit(args, data, text_of(data))
@@ -176,35 +132,3 @@ def _shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def after_prune(args, lm, res) -> dict | None:
-    """``prune --finetune-epochs N``: fine-tune ``res.model`` into ``args.out``
-    with the original ``lm.model`` as teacher. None without ``--finetune-epochs``."""
-    from hwprune.errors import UserError
-    if not args.finetune_epochs:
-        return None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("prune in one process, then fine-tune under torchrun: torchrun ... -m hwprune "
-                        "finetune --model OUT/model.pt --data D --epochs N")
-    if res.unchanged:
-        return None
-    args.epochs = args.finetune_epochs
-    return run(args, res.model, lm.model, lm.example_input, lm.zoo_name, lm.num_classes, res.plan,
-               Path(args.out))
-
-
-def data_for_importance(args, lm):
-    """Training batches for a data-driven --importance (None without --data)."""
-    from hwprune.datasets import load_loaders, num_outputs
-    from hwprune.errors import UserError
-    from hwprune.importance.criteria import CRITERIA
-    if args.data is None:
-        if CRITERIA.metadata(args.importance)["needs_data"]:
-            raise UserError(f"--importance {args.importance} needs data: add --data digits, --data FILE.npz "
-                            f"(x [N,C,H,W] float, y [N] labels) or --data module:function")
-        if args.finetune_epochs:
-            raise UserError("--finetune-epochs needs --data (digits, a .npz file or module:function)")
-        return None
-    classes = lm.num_classes or num_outputs(lm.model, lm.example_input)
-    return load_loaders(args.data, lm.example_input, classes, args.batch_size, args.seed)[0]

@@ -29,91 +29,66 @@ def cmd_devices(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    import datetime
-
     from hwprune import devices
     from hwprune.errors import UserError
     from hwprune.graph.plans import load_model
-    from hwprune.graph.space import PruningSpace, group_options
-    from hwprune.latency.profiling import Profiler, fit_latency_model
+    from hwprune.latency.profiling import profile_model
     if args.export and Path(args.export).is_dir():
         raise UserError(f"--export {args.export} is a folder; name a file (e.g. {args.export}/"
                         f"{args.device}.jsonl)")
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     dev = devices.get(args.device)
-    space = PruningSpace(lm.model, (lm.example_input,))
-    prof = Profiler(dev, open_store(args))
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    lat = fit_latency_model(prof, space, options, progress_bar())
-    step = prof.store.get_meta(prof.fp, "step")
-    step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine
-    if step_new:
-        from profilers.steps import detect_step
-        step = {**detect_step(prof.runtime, progress=progress_bar()).to_json(),
-                "detected_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        prof.store.put_meta(prof.fp, "step", step)
-    baseline = prof.measure_module(lm.model, (lm.example_input,))
-    data = {"device": dev.name, "model": lm.source, "groups": len(space.groups), "layers": len(space.layers),
-            "families": len(lat.families_), "shapes_measured": prof.measured, "shapes_reused": prof.reused,
-            "step_channels": step.get("step_channels"), "align_channels": step.get("align_channels"),
-            "step_detected_now": step_new,
-            "step_reliable": step.get("reliable", True),
-            "grid_step_channels": dev.step_channels,
-            "baseline_ms": baseline.median_ms, "baseline_iqr_ms": baseline.iqr_ms,
-            "sum_of_layers_ms": lat.layers_ms(space.specs(space.full_choice())), "store": str(prof.store.path)}
+    data, step = profile_model(lm.model, (lm.example_input,), dev, open_store(args), source=lm.source,
+                               export=args.export, progress=progress_bar())
+    step_new = data["step_detected_now"]
     text = (f"{dev.name}: {lm.source}: {data['layers']} layers, {data['groups']} channel groups, "
-            f"{data['families']} layer families\nmeasured {prof.measured} shapes, reused "
-            f"{prof.reused} from {prof.store.path}\nchannel step {step.get('step_channels')} "
+            f"{data['families']} layer families\nmeasured {data['shapes_measured']} shapes, reused "
+            f"{data['shapes_reused']} from {data['store']}\nchannel step {step.get('step_channels')} "
             + (f", widths off multiples of {step['align_channels']} run slower"
                if (step.get("align_channels") or 0) > (step.get("step_channels") or 0) else "")
             + f" ({'detected now' if step_new else 'stored'}; the device grid uses {dev.step_channels})"
             + ("" if step.get("reliable", True) else f"; noisy ({100 * step.get('noise_rel', 0):.0f} % run to "
                f"run, is the machine busy?), detected again next time")
-            + f"\nbaseline {baseline.median_ms:.3f} ms (IQR {baseline.iqr_ms:.3f})")
+            + f"\nbaseline {data['baseline_ms']:.3f} ms (IQR {data['baseline_iqr_ms']:.3f})")
     if args.export:
-        from profilers.profile_io import export_profile
-        try:
-            n = export_profile(prof.store, prof.rows_key, args.export)
-        except OSError as exc:
-            raise UserError(f"cannot write the profile {args.export} ({exc.strerror or exc})") from None
-        data["exported"], data["exported_measurements"] = str(args.export), n
-        text += f"\nexported {n} measurements of {dev.name} to {args.export}"
+        text += f"\nexported {data['exported_measurements']} measurements of {dev.name} to {args.export}"
     emit(args, data, text)
     return 0
 
 
 def cmd_prune(args) -> int:
-    import torch
+    import os
 
-    from hwprune.cli.prune import constraints_from_args
-    from hwprune.export.outdir import atomic_dir
-    from hwprune.export.parity import check_parity
-    from hwprune.graph.plans import checkpoint, load_model
+    from hwprune.cli.finetune import job_of, text_of
+    from hwprune.cli.finetune import run as finetune_into
+    from hwprune.cli.prune import budget_kwargs, check_data_options, constraints_from_args
+    from hwprune.errors import UserError
+    from hwprune.export.pruned import export_pruned, write_pruned
+    from hwprune.graph.plans import load_model
     from hwprune.loop.engine import prune
     from hwprune.report import format_table
-    from profilers.atomic import atomic_write_bytes
-    from profilers.onnx_export import to_onnx_bytes
     budget_ms, cons = constraints_from_args(args)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
-    from hwprune.cli.finetune import after_prune, data_for_importance, text_of
-    from hwprune.cli.prune import budget_kwargs
+    check_data_options(args)
+    data_loader = None
+    if args.data is not None:
+        from hwprune.datasets import loaders_for
+        data_loader = loaders_for(lm.model, args.data, lm.example_input, lm.num_classes, args.batch_size,
+                                  args.seed)[0]
     res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
-                data=data_for_importance(args, lm), store=open_store(args), progress=progress_bar())
+                data=data_loader, store=open_store(args), progress=progress_bar())
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
             "devices": res.devices, "constraints": res.plan.get("constraints"),
             "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
                                                  ("status", "mip_gap", "solve_s", "objective", "note")}}
-    with atomic_dir(Path(args.out), force=True) as tmp:
-        onnx_bytes = to_onnx_bytes(res.model, (lm.example_input,))
-        parity = check_parity(res.model, (lm.example_input,), onnx_bytes)
-        atomic_write_bytes(tmp / "model.onnx", onnx_bytes)
-        torch.save(checkpoint(res.model, lm.zoo_name, lm.num_classes, res.plan), tmp / "model.pt")
-        (tmp / "plan.json").write_text(json.dumps(res.plan, indent=1))
-        data["onnx_max_abs_diff"] = parity.max_abs_diff
-        (tmp / "result.json").write_text(json.dumps(data, indent=2, default=float))
+    export = export_pruned(res.model, (lm.example_input,), plan=res.plan, zoo_name=lm.zoo_name,
+                           num_classes=lm.num_classes)
+    data["onnx_max_abs_diff"] = export.parity.max_abs_diff
+    write_pruned(Path(args.out), export, {"result.json": json.dumps(data, indent=2, default=float)},
+                 replace_folder=True)
     data["out"] = str(args.out)
     rows = [["baseline", f"{res.baseline_ms:.3f}", "", data.get("params_before", ""), data.get("flops_before", "")],
             ["pruned", f"{res.measured_ms:.3f}", f"{res.predicted_ms:.3f}", data.get("params_after", ""),
@@ -132,10 +107,14 @@ def cmd_prune(args) -> int:
     if res.note:
         text += f"\nnote: {res.note}"
     text += f"\nwrote {args.out}/model.pt, plan.json, model.onnx"
-    ft = after_prune(args, lm, res)
-    if ft:
-        data["finetune"] = ft
-        text += "\n" + text_of(ft)
+    if args.finetune_epochs:   # fine-tune the pruned model into --out, the original as teacher
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("prune in one process, then fine-tune under torchrun: torchrun ... -m hwprune "
+                            "finetune --model OUT/model.pt --data D --epochs N")
+        if not res.unchanged:
+            data["finetune"] = finetune_into(job_of(args, args.finetune_epochs), res.model, lm.model, lm, res.plan,
+                                             Path(args.out))
+            text += "\n" + text_of(data["finetune"])
     emit(args, data, text)
     return 0
 
@@ -165,13 +144,6 @@ def cmd_demo(args) -> int:
              f"{100 * r['accuracy_after']:.1f} %"]]
     text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
     emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
-    return 0
-
-
-def cmd_validate(args) -> int:
-    from hwprune.cli.validate import run
-    data, text = run(args, progress_bar(), open_store(args))
-    emit(args, data, text)
     return 0
 
 
@@ -260,13 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_prune)
     from hwprune.cli.finetune import add_parser as add_finetune_parser
     add_finetune_parser(sub, common)
+    from profilers.onnx_export import OPSET
     sp = sub.add_parser("export", help="export a (pruned) model to ONNX or TensorRT")
     common(sp)
     sp.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
     sp.add_argument("--out", help="output file (default: model.onnx or model.engine next to the model); "
                     "a report goes to OUT.report.json, a TensorRT export also writes OUT with suffix .onnx")
     sp.add_argument("--force", action="store_true", help="replace existing output files")
-    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    sp.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     sp.add_argument("--dynamic-batch", action="store_true", help="export with a variable batch size")
     sp.add_argument("--max-batch", type=_count, default=32,
                     help="largest batch of a dynamic-batch TensorRT engine (default 32)")
@@ -278,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="measure random sub-networks and score every latency model on them")
     common(sp)
     from hwprune.cli.validate import add_arguments as add_validate_arguments
+    from hwprune.cli.validate import cmd_validate
     add_validate_arguments(sp)
     sp.set_defaults(func=cmd_validate)
     sp = sub.add_parser("devices", help="list devices, whether they run here, the channel grid each is pruned "

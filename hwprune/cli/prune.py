@@ -84,6 +84,19 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     add_training_arguments(sp)
 
 
+def check_data_options(args) -> None:
+    """--importance and --finetune-epochs that need --data."""
+    from hwprune.errors import UserError
+    from hwprune.importance.criteria import CRITERIA
+    if args.data is not None:
+        return
+    if CRITERIA.metadata(args.importance)["needs_data"]:
+        raise UserError(f"--importance {args.importance} needs data: add --data digits, --data FILE.npz "
+                        f"(x [N,C,H,W] float, y [N] labels) or --data module:function")
+    if args.finetune_epochs:
+        raise UserError("--finetune-epochs needs --data (digits, a .npz file or module:function)")
+
+
 def constraints_from_args(args):
     """(the plain --budget-ms for --device or None, Constraints)."""
     from hwprune.errors import UserError

@@ -1,8 +1,7 @@
-"""``hwprune validate``: arguments, table and files (logic in :mod:`hwprune.latency.validate`)."""
+"""``hwprune validate``: arguments and table (the job and its files in :mod:`hwprune.latency.validate`)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -35,28 +34,22 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="folder for validation.json and scatter.png (default hwprune-validate)")
 
 
-def run(args, progress, store) -> tuple[dict, str]:
-    """(JSON data, text) of ``hwprune validate``."""
+def cmd_validate(args) -> int:
+    from hwprune.cli.common import emit, open_store, progress_bar
     from hwprune.errors import UserError
     from hwprune.graph.plans import load_model
-    from hwprune.latency.validate import check_models, scatter_png, validate
+    from hwprune.latency.validate import check_models, validate, write_validation
     from hwprune.report import format_table
-    from profilers.atomic import atomic_write_bytes, atomic_write_text
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder")
     names = check_models(args.models)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
     res = validate(lm.model, (lm.example_input,), args.device, args.samples, models=names,
-                   calibration=args.calibration, seed=args.seed, store=store, source=lm.source,
-                   progress=progress, clock=args.clock)
+                   calibration=args.calibration, seed=args.seed, store=open_store(args), source=lm.source,
+                   progress=progress_bar(), clock=args.clock)
     data = res.to_dict()
-    try:
-        atomic_write_text(out / "validation.json", json.dumps(data, indent=1, default=float))
-        atomic_write_bytes(out / "scatter.png", scatter_png(res))
-    except OSError as exc:
-        raise UserError(f"cannot write into {out} ({exc.strerror or exc})") from None
-    data["files"] = [str(out / "validation.json"), str(out / "scatter.png")]
+    data["files"] = write_validation(res, out)
     rows = [[n, f"{s.rmspe_pct:.1f}", f"{s.max_error_pct:.1f}", f"{s.mean_error_pct:+.1f}",
              f"{s.within_5_pct:.0f} %", f"{s.within_10_pct:.0f} %"] for n, s in res.scores.items()]
     text = format_table(["model", "RMSPE %", "max err %", "mean err %", "within 5 %", "within 10 %"], rows)
@@ -66,4 +59,5 @@ def run(args, progress, store) -> tuple[dict, str]:
              f"\nfitted on {res.layer_measurements} layer shapes ({res.shapes_measured} measured now; a full "
              f"lookup table needs {res.full_grid_measurements}) and {res.whole_model_measurements} whole networks"
              f"\nwrote {out}/validation.json, {out}/scatter.png")
-    return data, text
+    emit(args, data, text)
+    return 0

@@ -13,17 +13,6 @@ from profilers.steps import fit_step
 MEASURED = "measured"
 
 
-def describe(spec: LayerSpec) -> str:
-    """``conv 3x3/1 16->16 @32x32``, ``dwconv 3x3/2 96 @16x16``, ``linear 64->10``."""
-    if spec.kind != "conv":
-        return f"{spec.kind} {spec.in_channels}->{spec.out_channels}"
-    k, s = f"{spec.kernel[0]}x{spec.kernel[1]}", spec.stride[0]
-    if spec.depthwise:
-        return f"dwconv {k}/{s} {spec.out_channels} @{spec.height}x{spec.width}"
-    g = f" g{spec.groups}" if spec.groups > 1 else ""
-    return f"conv {k}/{s}{g} {spec.in_channels}->{spec.out_channels} @{spec.height}x{spec.width}"
-
-
 def prunable_dim(layer) -> str | None:
     """The width pruning changes: ``dw`` (a depthwise conv's channels), ``out``,
     ``in`` (a classifier, whose outputs are kept), or None (nothing prunable)."""
@@ -60,7 +49,7 @@ def layer_rows(space, sides) -> tuple[list[dict], dict[str, float]]:
             per[side.name] = {"ms": ms, "source": "measured layer" if measured is not None else "latency model",
                               "us_per_channel": 1e3 * ms / width if width else None,
                               "share": ms / side.baseline_ms}
-        rows.append({"name": layer.name, "shape": describe(spec), "dim": dim, "width": width, "devices": per})
+        rows.append({"name": layer.name, "shape": spec.describe(), "dim": dim, "width": width, "devices": per})
     other = {s.name: s.baseline_ms - sum(r["devices"][s.name]["ms"] for r in rows) for s in sides}
     return rows, other
 

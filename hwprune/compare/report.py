@@ -13,6 +13,7 @@ import io
 import json
 from pathlib import Path
 
+from hwprune.export.outdir import atomic_dir
 from hwprune.report import markdown_table
 
 PREDICTED_MARK = "*"
@@ -292,3 +293,10 @@ def write_report(folder: Path, data: dict) -> list[str]:
     (folder / "report.html").write_text(render_html(bl, pngs, bl[0][1]), encoding="utf-8")
     (folder / "compare.json").write_text(json.dumps(data, indent=1, default=float) + "\n", encoding="utf-8")
     return ["report.md", "report.html", "compare.json"] + list(pngs)
+
+
+def save_report(out: Path, data: dict) -> list[str]:
+    """The report files of :func:`write_report` as the folder ``out``, which
+    they replace in one rename; returns their names."""
+    with atomic_dir(Path(out), force=True) as tmp:
+        return write_report(tmp, data)

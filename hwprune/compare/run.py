@@ -59,6 +59,7 @@ from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
 from latency_models import NetworkLatencyModel
 from profilers import MeasurementStore
+from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
 MEASURED, PREDICTED = "measured", "predicted"
@@ -277,8 +278,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
     """Run the comparison (module docstring). Every device is checked (known,
     runs here or has a profile that covers the model) before anything is
     measured."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     SELECTORS.check(selector)  # an unknown name fails before anything is measured
     frac = parse_fraction(budget_frac)
     if int(repeats) < 1 or int(pareto_points) < 2 or int(curve_layers) < 0:

@@ -12,8 +12,8 @@ from hwprune.errors import UserError
 from hwprune.export.data import load_data
 from hwprune.export.onnx import dynamic_shapes, onnx_part, report_path, trtexec_command, write_onnx
 from hwprune.export.outdir import atomic_files, check_outputs
-from hwprune.export.parity import as_inputs
 from hwprune.report import format_table
+from profilers.inputs import as_inputs
 from profilers.onnx_export import OPSET
 
 
@@ -34,7 +34,7 @@ def export_model(model: torch.nn.Module, example_inputs, out, *, fmt: str = "onn
     if int8 and not data:
         raise UserError("--int8 needs calibration inputs: pass --data digits or --data FILE.npz")
     if not 7 <= opset <= 21:
-        raise UserError(f"--opset {opset} is outside 7..21 (17 is a safe default)")
+        raise UserError(f"--opset {opset} is outside 7..21 ({OPSET} is a safe default)")
     if int(max_batch) < 1:
         raise UserError(f"--max-batch {max_batch} must be at least 1")
     head = {"format": fmt, "model": source, "hwprune_version": __version__,

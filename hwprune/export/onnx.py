@@ -23,7 +23,6 @@ from hwprune.export.parity import (
     DYNAMIC_BATCHES,
     TOL_REL,
     ExportError,
-    as_inputs,
     check_parity,
     enforce,
     ort_runner,
@@ -33,6 +32,7 @@ from hwprune.export.parity import (
     random_batches,
 )
 from profilers.atomic import atomic_write_bytes
+from profilers.inputs import as_inputs
 from profilers.onnx_export import OPSET, feeds, to_onnx_bytes
 
 log = logging.getLogger("hwprune")

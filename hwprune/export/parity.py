@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from profilers.inputs import as_inputs
 from profilers.onnx_export import feeds
 
 TOL_REL = 1e-4          # ONNX Runtime vs PyTorch, relative to the largest |output|
@@ -30,10 +31,6 @@ class Parity:
     top1_agreement: float | None = None  # share of samples whose argmax matches PyTorch's
     accuracy_torch: float | None = None  # with labels only
     accuracy_export: float | None = None
-
-
-def as_inputs(example_inputs) -> tuple:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
 def _first(out) -> np.ndarray:

@@ -30,6 +30,7 @@ from hwprune.export.parity import (
     parity_row,
     random_batches,
 )
+from profilers.onnx_export import OPSET
 from profilers.tensorrt_rt import TensorRTRuntime
 
 log = logging.getLogger("hwprune")
@@ -208,7 +209,7 @@ def _half_onnx(torch, model, inputs, opset: int, dynamic: bool) -> bytes:
 
 def build_and_check(model, inputs: tuple, onnx_bytes: bytes, *, fp16: bool = False, int8: bool = False,
                     data: InputData | None = None, shapes: dict | None = None,
-                    opset: int = 17) -> tuple[bytes, dict, list[dict]]:
+                    opset: int = OPSET) -> tuple[bytes, dict, list[dict]]:
     """Build the engine, parity_of it with PyTorch and time it: (plan, report part, parity rows)."""
     from profilers.protocol import MODEL_PROTOCOL
     from profilers.torch_cuda import measure_events

@@ -40,6 +40,7 @@ class LoadedModel:
     source: str
     zoo_name: str | None = None
     num_classes: int | None = None
+    plan: dict | None = None          # the plan a hwprune checkpoint was pruned with
 
 
 def _zoo(name: str, num_classes: int | None = None) -> LoadedModel:
@@ -170,11 +171,24 @@ def load_model(spec: str, input_shape=None, trust_pickle: bool = False) -> Loade
         except RuntimeError as exc:
             raise UserError(f"weights in {path} do not fit model {obj['zoo']!r}: "
                             f"{str(exc).splitlines()[0][:200]}") from None
-        return LoadedModel(model.eval(), x, str(path), base.zoo_name, base.num_classes)
+        return LoadedModel(model.eval(), x, str(path), base.zoo_name, base.num_classes, obj.get("plan"))
     raise UserError(f"{path} is not a model file hwprune reads (expected a hwprune checkpoint, "
                     f"a {{'zoo', 'state_dict'}} dict, a torch.export or TorchScript file)")
 
 
-def checkpoint(model: nn.Module, zoo_name: str | None, num_classes: int | None, plan: dict) -> dict:
+def checkpoint(model: nn.Module, zoo_name: str | None = None, num_classes: int | None = None,
+               plan: dict | None = None, **training) -> dict:
+    """The one checkpoint format (``model.pt``, and fine-tuning's resumable
+    state): what rebuilds the architecture (zoo name, class count, plan) and
+    the weights, on the CPU; ``training`` adds fine-tuning's state (epoch,
+    optimizer, scheduler, ...) as further keys. :func:`load_model` reads it
+    with ``torch.load(weights_only=True)``."""
     return {"format": CHECKPOINT_FORMAT, "zoo": zoo_name, "num_classes": num_classes, "plan": plan,
-            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, **training}
+
+
+def checkpoint_bytes(ckpt: dict) -> bytes:
+    """A checkpoint as the bytes of its file."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()

@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from profilers import LayerSpec
+from profilers.inputs import as_inputs
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -128,7 +129,9 @@ def _output_layers(dg, layers: dict[nn.Module, str]) -> list[nn.Module]:
     return found
 
 
-def _role(dep) -> str | None:
+def dep_role(dep) -> str | None:
+    """``"out"`` or ``"in"``: which channels of its layer a torch_pruning
+    dependency prunes (None for the other handlers)."""
     name = dep.handler.__name__
     if name.endswith("out_channels"):
         return "out"
@@ -141,9 +144,7 @@ class PruningSpace:
     """Groups and layers of one model; see the module docstring."""
 
     def __init__(self, model: nn.Module, example_inputs):
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        self.example_inputs = tuple(example_inputs)
+        self.example_inputs = as_inputs(example_inputs)
         model.eval()
         try:
             shapes = layer_input_shapes(model, self.example_inputs)
@@ -182,8 +183,8 @@ class PruningSpace:
         root_dep = g[0].dep
         root_mod, root_fn = root_dep.target.module, root_dep.handler
         size = len(g[0].idxs)
-        members = [(name_of[d.target.module], _role(d), d) for d, _ in g
-                   if d.target.module in name_of and _role(d) is not None]
+        members = [(name_of[d.target.module], dep_role(d), d) for d, _ in g
+                   if d.target.module in name_of and dep_role(d) is not None]
         if size < 2 or any(_is_grouped(dg.model.get_submodule(n)) for n, _, _ in members):
             return None
         if root_mod not in name_of:
@@ -205,8 +206,8 @@ class PruningSpace:
             probe = dg.get_pruning_group(root_mod, root_fn, idxs=[r])
             sig = {}
             for d, i in probe:
-                if d.target.module in name_of and _role(d) is not None:
-                    key = (name_of[d.target.module], _role(d))
+                if d.target.module in name_of and dep_role(d) is not None:
+                    key = (name_of[d.target.module], dep_role(d))
                     sig[key] = sig.get(key, 0) + len(i)
             signature.append(tuple(sorted(sig.items())))
         order = sorted(set(signature), key=signature.index)
@@ -263,6 +264,11 @@ def group_options(g: ChannelGroup, step: int, min_width: int) -> list[tuple[int,
             ks.append(int(min(s.size, max(min(quantum, s.size), k))))
         options.add(tuple(ks))
     return sorted(options, key=sum)
+
+
+def uniform_choice(options: dict[int, list[tuple[int, ...]]], frac: float) -> Choice:
+    """Every group at the option ``frac`` of the way from its smallest (0) to its full width (1)."""
+    return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
 
 
 def root_handler(module):

@@ -28,15 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.graph.space import PruningSpace, root_handler
-
-
-def _role(handler_name: str) -> str | None:
-    if handler_name.endswith("out_channels"):
-        return "out"
-    if handler_name.endswith("in_channels"):
-        return "in"
-    return None
+from hwprune.graph.space import PruningSpace, dep_role, root_handler
 
 
 def group_items(space: PruningSpace):
@@ -52,7 +44,7 @@ def group_items(space: PruningSpace):
             roots = getattr(item, "root_idxs", None)
             if roots is None or len(roots) != len(item.idxs):
                 raise RuntimeError(f"torch_pruning gave no root indices for {name_of.get(mod)}")
-            yield (g.gid, mod, name_of.get(mod), _role(item.dep.handler.__name__),
+            yield (g.gid, mod, name_of.get(mod), dep_role(item.dep),
                    [int(i) for i in item.idxs], [int(r) for r in roots])
 
 

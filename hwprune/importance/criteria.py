@@ -60,6 +60,7 @@ from hwprune.importance.dcp import dcp_scores
 from hwprune.importance.magnitude import magnitude_scores, member_magnitude_scores
 from hwprune.importance.scores import ChannelScores, network_mean
 from profilers.registry import Registry
+from profilers.specs import weight_count
 
 Batches = Iterable
 
@@ -111,7 +112,7 @@ def removal_costs(space: PruningSpace) -> tuple[dict[int, np.ndarray], dict[int,
         flops = weights = 0.0
         for s in space.specs(choice):
             flops += s.flops
-            weights += s.out_channels * (s.in_channels // max(s.groups, 1)) * s.kernel[0] * s.kernel[1]
+            weights += weight_count(s)
         return flops, weights
 
     f0, w0 = totals(full)

@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_flatten
 
 from latency_models.memory import OpShape
 from latency_models.memory import peak_activation_bytes as _peak
+from profilers.inputs import as_inputs
 
 _SKIP = {"aten.detach.default", "aten.lift_fresh.default"}
 
@@ -76,8 +77,7 @@ class _Recorder(TorchDispatchMode):
 
 def trace_ops(model: torch.nn.Module, example_inputs) -> list[OpShape]:
     """The aten operations of one forward pass (no autograd), with shapes."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     rec = _Recorder()
     with torch.inference_mode(), rec:
         out = model(*example_inputs)
@@ -97,8 +97,7 @@ def measure_activation_bytes(model: torch.nn.Module, example_inputs, graph: bool
     """Measured peak activation memory (bytes) of one forward pass on the CPU
     (see the module docstring)."""
     from torch.profiler import ProfilerActivity, profile
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     if graph:
         model = torch.fx.symbolic_trace(model)
     with torch.inference_mode():

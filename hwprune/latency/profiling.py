@@ -235,3 +235,40 @@ def measure_latency(model: torch.nn.Module, example_inputs, device: Device,
 
 __all__ = ["Profiler", "fit_latency_model", "model_protocol", "layer_protocol", "device_clock", "sample_specs",
            "family_widths", "measure_latency", "profilers"]
+
+
+def profile_model(model: torch.nn.Module, example_inputs, device: Device, store: MeasurementStore | None = None,
+                  source: str = "model", export=None, progress: Progress | None = None) -> tuple[dict, dict]:
+    """The job of ``hwprune profile``: measure the model's layer shapes on
+    ``device`` (reusing stored ones), fit its latency model, detect the
+    device's channel step where none is stored (or the stored one was
+    measured on a busy machine), measure the whole model, and with ``export``
+    write the device's stored measurements to that file. Returns (figures,
+    JSON-serialisable; the step record)."""
+    from hwprune.graph.space import group_options
+    from hwprune.latency.grid import measure_step, stored_step
+    from profilers.profile_io import export_profile
+    space = PruningSpace(model, example_inputs)
+    prof = Profiler(device, store)
+    options = {g.gid: group_options(g, device.step_channels, device.min_channels) for g in space.groups}
+    lat = fit_latency_model(prof, space, options, progress)
+    step = stored_step(prof.store, prof.fp)
+    step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine
+    if step_new:
+        step = measure_step(prof.runtime, prof.store, prof.fp, progress)
+    baseline = prof.measure_module(model, example_inputs)
+    data = {"device": device.name, "model": source, "groups": len(space.groups), "layers": len(space.layers),
+            "families": len(lat.families_), "shapes_measured": prof.measured, "shapes_reused": prof.reused,
+            "step_channels": step.get("step_channels"), "align_channels": step.get("align_channels"),
+            "step_detected_now": step_new,
+            "step_reliable": step.get("reliable", True),
+            "grid_step_channels": device.step_channels,
+            "baseline_ms": baseline.median_ms, "baseline_iqr_ms": baseline.iqr_ms,
+            "sum_of_layers_ms": lat.layers_ms(space.specs(space.full_choice())), "store": str(prof.store.path)}
+    if export:
+        try:
+            n = export_profile(prof.store, prof.rows_key, export)
+        except OSError as exc:
+            raise UserError(f"cannot write the profile {export} ({exc.strerror or exc})") from None
+        data["exported"], data["exported_measurements"] = str(export), n
+    return data, step

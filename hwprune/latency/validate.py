@@ -27,9 +27,11 @@ times), keeping the attempt whose reference was closest. Scores:
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ import torch
 import latency_models
 from hwprune import devices
 from hwprune.errors import UserError
-from hwprune.graph.space import Choice, PruningSpace, group_options
+from hwprune.graph.space import PruningSpace, group_options, uniform_choice
 from hwprune.graph.subnets import build, random_choices
 from hwprune.latency.profiling import (
     Profiler,
@@ -51,6 +53,8 @@ from hwprune.latency.profiling import (
 from latency_models import NetworkLatencyModel, full_grid_size, weight_elements
 from latency_models.metrics import Accuracy, accuracy
 from profilers import Measurement, MeasurementStore, Timing
+from profilers.atomic import atomic_write_bytes, atomic_write_text
+from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
 UNIFORM = (0.0, 1 / 3, 2 / 3)
@@ -113,10 +117,6 @@ def measure_ratio(meter: RelativeMeter, model: torch.nn.Module, tolerance: float
     return best[1], best[2], attempt
 
 
-def _uniform(options, frac: float) -> Choice:
-    return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
-
-
 def check_models(names) -> list[str]:
     known = latency_models.list_models()
     names = list(names) if names else known
@@ -132,8 +132,7 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
              tolerance: float = 0.06, clock: str = "auto") -> ValidationResult:
     """Measure ``samples`` random sub-networks of ``model`` on ``device`` and
     score every latency model in ``models`` (default: every registered one)."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     if not isinstance(samples, int) or samples < 1:
         raise UserError(f"samples {samples!r} is not a positive integer")
     names = check_models(models)
@@ -152,7 +151,7 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     grid = full_grid_size({f: (ins, outs, b.depthwise) for f, (b, ins, outs) in fams.items()})
 
     meter = RelativeMeter(prof, model, example_inputs, initial=3, protocol=protocol)
-    plan = ([("calibration", _uniform(options, f)) for f in UNIFORM]
+    plan = ([("calibration", uniform_choice(options, f)) for f in UNIFORM]
             + [("calibration", c) for c in random_choices(options, calibration, seed=seed + 7919)]
             + [("validation", c) for c in random_choices(options, samples, seed=seed)])
     it = progress(plan, desc=f"measuring sub-networks on {dev.name}", unit="net") if progress else plan
@@ -196,8 +195,7 @@ def rescore(result: dict, model: torch.nn.Module, example_inputs, store: Measure
     """``result`` (a :meth:`ValidationResult.to_dict`) scored again with the
     current latency models: the same measured sub-networks and the layer
     measurements of the run (from ``store``); nothing is measured."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     names = check_models(models or list(result["scores"]))
     t0 = time.perf_counter()
     dev = devices.get(result["device"])
@@ -263,5 +261,17 @@ def scatter_png(result: ValidationResult, models=None) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["validate", "rescore", "score", "scatter_png", "measure_ratio", "ValidationResult", "SubnetRow",
-           "check_models"]
+def write_validation(result: ValidationResult, out: Path) -> list[str]:
+    """``validation.json`` (:meth:`ValidationResult.to_dict`) and ``scatter.png``
+    into the folder ``out``, each atomically; returns their paths."""
+    files = [out / "validation.json", out / "scatter.png"]
+    try:
+        atomic_write_text(files[0], json.dumps(result.to_dict(), indent=1, default=float))
+        atomic_write_bytes(files[1], scatter_png(result))
+    except OSError as exc:
+        raise UserError(f"cannot write into {out} ({exc.strerror or exc})") from None
+    return [str(f) for f in files]
+
+
+__all__ = ["validate", "rescore", "score", "scatter_png", "write_validation", "measure_ratio", "ValidationResult",
+           "SubnetRow", "check_models"]

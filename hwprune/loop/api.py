@@ -16,23 +16,9 @@ from hwprune.loop.engine import calibrate
 from hwprune.select.evaluator import Evaluator
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore
+from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
-
-
-def _tuple(example_inputs):
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-
-def describe_spec(s: LayerSpec) -> str:
-    """A layer shape in a few words: ``conv 3x3/1 64->64 at 32x32``."""
-    if s.kind == "linear":
-        return f"linear {s.in_channels}->{s.out_channels}" + (f" x{s.batch}" if s.batch != 1 else "")
-    k, st = f"{s.kernel[0]}x{s.kernel[1]}", s.stride[0]
-    if s.depthwise:
-        return f"depthwise conv {k}/{st} {s.out_channels} at {s.height}x{s.width}"
-    g = f" groups {s.groups}" if s.groups > 1 else ""
-    return f"conv {k}/{st} {s.in_channels}->{s.out_channels}{g} at {s.height}x{s.width}"
 
 
 def stored_measurements(device: str, store: MeasurementStore | None = None) -> list[Measurement]:
@@ -62,7 +48,7 @@ def predict_stored(model: torch.nn.Module, example_inputs, device: str, store=No
     """Predicted latency (ms) from stored measurements only: the sum of the
     layer predictions (no whole-model measurement, so no remainder). A layer
     family with no stored measurement is an error naming those layer shapes."""
-    example_inputs = _tuple(example_inputs)
+    example_inputs = as_inputs(example_inputs)
     space = PruningSpace(model.eval(), example_inputs)
     specs = space.specs(space.full_choice())
     ms = stored_measurements(device, store)
@@ -70,7 +56,7 @@ def predict_stored(model: torch.nn.Module, example_inputs, device: str, store=No
     lat = NetworkLatencyModel(step_channels=dev.step_channels).fit(ms) if ms else None
     missing = list(dict.fromkeys(specs if lat is None else lat.missing(specs)))
     if missing:
-        shown = "; ".join(describe_spec(s) for s in missing[:6])
+        shown = "; ".join(s.describe() for s in missing[:6])
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
         raise UserError(f"{device} cannot be measured here{f' ({why})' if why else ''} and has no stored "
                         f"measurements of {len(missing)} layer shape(s) of this model: {shown}{more}; profile "
@@ -94,7 +80,7 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     stored measurements (the store, or a profile file in
     ``devices/profiles/``), and missing layer shapes are an error naming them.
     """
-    example_inputs = _tuple(example_inputs)
+    example_inputs = as_inputs(example_inputs)
     dev = devices.get(device)
     if profile is False:
         return predict_stored(model, example_inputs, device, store, "profile=False")
@@ -120,4 +106,4 @@ def measure_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     :func:`predict_latency` calibrates (equal to wall-clock on an idle
     machine, not inflated by other processes' load)."""
     dev = devices.get(device)
-    return _measure(model.eval(), _tuple(example_inputs), dev, model_protocol(dev))
+    return _measure(model.eval(), as_inputs(example_inputs), dev, model_protocol(dev))

@@ -35,13 +35,12 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-import torch
 from torch import nn
 
 from hwprune import devices
 from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import Choice, PruningSpace, group_options
+from hwprune.graph.space import Choice, PruningSpace, group_options, uniform_choice
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
 from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
@@ -52,6 +51,7 @@ from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
 from hwprune.version import __version__
 from profilers import MeasurementStore
+from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
 
@@ -88,10 +88,6 @@ def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budg
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
 
 
-def _uniform(options, frac: float):
-    return {gid: opts[int(round(frac * (len(opts) - 1)))] for gid, opts in options.items()}
-
-
 def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None) -> float:
     """Fit the latency model's remainder from whole-model measurements of the
     smallest, quarter- and half-width sub-networks (plus ``rows`` already measured);
@@ -100,7 +96,7 @@ def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list 
     ev = Evaluator(space, lat, scores)
     smallest_ms = None
     for frac in (0.0, 0.25, 0.5):
-        choice = _uniform(options, frac)
+        choice = uniform_choice(options, frac)
         m = measure_ms(apply_kept(space, ev.kept(choice)))
         rows.append((space.specs(choice), m))
         smallest_ms = m if smallest_ms is None else smallest_ms
@@ -252,8 +248,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     that share of the original model's latency there, as the engine measures
     it interleaved with every candidate; it follows the host's drift, which an
     absolute budget measured earlier cannot."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     cons = constraints or Constraints()
     budgets = _check_inputs(device, budget_ms, budget_fraction, selector, cons, max_rounds)
     primary = budgets.primary

@@ -10,6 +10,7 @@ import numpy as np
 
 from hwprune.graph.space import Choice, PruningSpace
 from latency_models import NetworkLatencyModel
+from profilers.specs import weight_count
 
 REL_TOL = 1e-6  # a constraint holds when value <= limit * (1 + REL_TOL)
 
@@ -73,7 +74,7 @@ class Evaluator:
             groups = n_in if spec.depthwise else spec.groups
             spec = replace(spec, in_channels=n_in, out_channels=n_out, groups=groups)
             _, c1, c2, c3 = self._remainder()
-            weights = n_out * (n_in // groups) * spec.kernel[0] * spec.kernel[1]
+            weights = weight_count(spec)
             v = self._cache[key] = (1 + c3) * self.model.layer_ms(spec) + c1 * self._elems[i] * n_out + c2 * weights
         return v
 
@@ -88,8 +89,7 @@ class Evaluator:
         spec = self.space.layers[i].spec
         v = model.layer_widths_ms(spec, n_in, n_out)
         _, c1, c2, c3 = self._remainder()
-        groups = n_in if spec.depthwise else spec.groups
-        weights = n_out * (n_in // groups) * spec.kernel[0] * spec.kernel[1]
+        weights = weight_count(spec, n_in, n_out)
         return (1 + c3) * v + c1 * self._elems[i] * n_out + c2 * weights
 
     def const_ms(self) -> float:

@@ -41,6 +41,7 @@ from hwprune.importance.active import ActiveImportance, channel_maps, extra_para
 from hwprune.importance.criteria import weight_tables
 from hwprune.select.evaluator import Evaluator, Limit, Selection
 from latency_models.memory import layer_activation_bytes
+from profilers.specs import weight_count
 
 
 def _finite_positive(v) -> bool:
@@ -201,8 +202,7 @@ class FlopsBudget(Resource):
         spec = self.space.layers[i].spec  # LayerSpec.flops over arrays
         n_in, n_out = np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64)
         oh, ow = spec.out_hw
-        per_out = (1 if spec.depthwise else n_in // spec.groups) * spec.kernel[0] * spec.kernel[1]
-        return (2 * spec.batch * n_out * oh * ow * per_out).astype(float)
+        return (2 * spec.batch * oh * ow * weight_count(spec, n_in, n_out)).astype(float)
 
     def label(self) -> str:
         return f"max_flops {self.limit:.6g} (--max-flops)"
@@ -226,9 +226,7 @@ class ParamsBudget(Resource):
         self.const = float(total) - self.value(space.full_choice())
 
     def _layer(self, i, n_in, n_out):
-        spec = self.space.layers[i].spec
-        per_out = (1 if spec.depthwise else n_in // spec.groups) * spec.kernel[0] * spec.kernel[1]
-        return n_out * per_out + (n_out if self._bias[i] else 0)
+        return weight_count(self.space.layers[i].spec, n_in, n_out) + (n_out if self._bias[i] else 0)
 
     def layer_grid(self, i, n_in, n_out):
         return self._layer(i, np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64)).astype(float)

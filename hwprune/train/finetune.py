@@ -1,6 +1,6 @@
 """Fine-tuning a pruned network: distillation, checkpoints, resume, DDP.
 
-The same loop runs in one process or under ``torchrun`` with
+The training loop of :func:`hwprune.train.loop.fit` runs in one process or under ``torchrun`` with
 DistributedDataParallel (``init_distributed`` reads torchrun's environment;
 gloo on CPU, NCCL on GPUs):
 
@@ -14,8 +14,10 @@ gloo on CPU, NCCL on GPUs):
   process sees its shard, and the batch size is per process;
 - after every epoch: validation accuracy (each process evaluates the whole
   validation set, so no result needs gathering), a line in the history, and
-  the checkpoint (model, optimiser, schedule, history, RNG state) written
-  atomically by rank 0;
+  the checkpoint written atomically by rank 0: a model checkpoint of
+  :func:`hwprune.graph.plans.checkpoint` (zoo name, classes, plan, weights)
+  with the training state added (epoch, configuration, architecture, history,
+  optimiser, schedule, RNG state);
 - resume: a checkpoint of the same configuration and architecture is read
   back (``torch.load(weights_only=True)``) and training continues at the
   next epoch; the result equals an uninterrupted run. A checkpoint of another
@@ -31,23 +33,20 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from hwprune.errors import UserError
-from hwprune.train.loop import MOMENTUM, WEIGHT_DECAY, evaluate, kd_loss
+from hwprune.graph import plans
+from hwprune.train.loop import Progress, evaluate, fit
 from profilers.atomic import atomic_write_bytes
 
 log = logging.getLogger("hwprune")
-Progress = Callable[..., Iterable]
-FORMAT = "hwprune-finetune/1"
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ def load_checkpoint(path: Path) -> dict | None:
     except Exception as exc:
         raise UserError(f"cannot read fine-tuning checkpoint {path} ({type(exc).__name__}); delete it or "
                         f"pass --restart") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != plans.CHECKPOINT_FORMAT or "epoch" not in state:
         raise UserError(f"{path} is not a hwprune fine-tuning checkpoint; delete it or pass --restart")
     return state
 
@@ -163,28 +162,15 @@ def _resume_state(path: Path | None, cfg: dict, arch: list, restart: bool) -> di
     return state
 
 
-def _save(path: Path, model, opt, sched, epoch: int, cfg: dict, arch: list, history: list) -> None:
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, "epoch": epoch, "config": cfg, "architecture": arch, "history": history,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": torch.get_rng_state()}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _to_device(state, device):
-    if isinstance(state, torch.Tensor):
-        return state.to(device)
-    if isinstance(state, dict):
-        return {k: _to_device(v, device) for k, v in state.items()}
-    return state
-
-
 def finetune(model: nn.Module, train_loader, val_loader=None, config: FinetuneConfig | None = None, *,
              teacher: nn.Module | None = None, checkpoint: Path | str | None = None, restart: bool = False,
-             progress: Progress | None = None, device: torch.device | str | None = None) -> FinetuneResult:
+             progress: Progress | None = None, device: torch.device | str | None = None,
+             zoo_name: str | None = None, num_classes: int | None = None,
+             plan: dict | None = None) -> FinetuneResult:
     """Fine-tune ``model`` in place (see the module docstring); it is left in
-    eval mode on ``device``. ``teacher`` is used when ``config.kd``."""
+    eval mode on ``device``. ``teacher`` is used when ``config.kd``.
+    ``zoo_name``, ``num_classes`` and ``plan`` go into the checkpoint, which
+    then also loads as the model."""
     t0 = time.perf_counter()
     cfg = config or FinetuneConfig(epochs=1)
     if cfg.kd and teacher is None:
@@ -192,80 +178,33 @@ def finetune(model: nn.Module, train_loader, val_loader=None, config: FinetuneCo
     rank, size = world()
     device = torch.device(device) if device is not None else torch.device("cpu")
     loader, sampler = _sampled(train_loader, cfg.seed, rank, size)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise UserError("the training data yields no batches")
     cfg = FinetuneConfig(**{**asdict(cfg), "batch_size": int(getattr(loader, "batch_size", 0) or 0)})
     cfg_json, arch = _config_json(cfg, size), _architecture(model)
     path = Path(checkpoint) if checkpoint is not None else None
     model.to(device)
     kd_teacher = teacher.to(device).eval() if cfg.kd else None
-    torch.manual_seed(int(cfg.seed))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
     state = _resume_state(path, cfg_json, arch, restart)
-    start, history = 0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(_to_device(state["optimizer"], device))
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start, history = int(state["epoch"]), list(state["history"])
-        if rank == 0:
-            log.info("resuming fine-tuning from %s after epoch %d of %d", path, start, cfg.epochs)
-    distributed = dist.is_available() and dist.is_initialized()
-    net = nn.parallel.DistributedDataParallel(model) if distributed else model
-    for epoch in range(start, cfg.epochs):
-        t_ep = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        net.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss x samples, correct, samples
-        batches = loader
-        if progress is not None and rank == 0:
-            batches = progress(loader, desc=f"fine-tuning {epoch + 1}/{cfg.epochs}", unit="batch",
-                               total=steps_per_epoch)
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            logits = net(x)
-            if kd_teacher is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.no_grad():
-                    t_logits = kd_teacher(x)
-                loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_T)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums += torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), len(y)],
-                                 dtype=torch.float64)
-            if hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}")
-        if distributed:  # NCCL reduces device tensors only
-            reduced = sums.to(device)
-            dist.all_reduce(reduced)
-            sums = reduced.cpu()
-        if not math.isfinite(float(sums[0])):
-            raise FloatingPointError(f"fine-tuning diverged at epoch {epoch + 1} (loss is not finite); "
-                                     f"lower the learning rate")
-        val = evaluate(model, val_loader) if val_loader is not None else None
-        row = {"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
-               "val_accuracy": val, "lr": float(sched.get_last_lr()[0]), "time_s": time.perf_counter() - t_ep}
+    history = [] if state is None else list(state["history"])
+    if state is not None and rank == 0:
+        log.info("resuming fine-tuning from %s after epoch %d of %d", path, int(state["epoch"]), cfg.epochs)
+
+    def save(row: dict, training_state) -> None:
         history.append(row)
-        if rank == 0:
-            log.info("fine-tuning epoch %d/%d: loss %.4f, train accuracy %.4f%s", epoch + 1, cfg.epochs,
-                     row["loss"], row["train_accuracy"], "" if val is None else f", validation accuracy {val:.4f}")
-            if path is not None:
-                _save(path, model, opt, sched, epoch + 1, cfg_json, arch, history)
-        if distributed:
-            dist.barrier()
-    model.eval()
+        if rank == 0 and path is not None:
+            atomic_write_bytes(path, plans.checkpoint_bytes(plans.checkpoint(
+                model, zoo_name, num_classes, plan, **training_state(), config=cfg_json, architecture=arch,
+                history=history)))
+
+    distributed = dist.is_available() and dist.is_initialized()
+    fit(model, loader, cfg.epochs, lr=cfg.lr, teacher=kd_teacher, kd_alpha=cfg.kd_alpha, kd_T=cfg.kd_T,
+        seed=cfg.seed, device=device, sampler=sampler, val_loader=val_loader, resume=state,
+        distributed=distributed, rank=rank, on_epoch=save, progress=progress, per_batch=True,
+        desc="fine-tuning")
     last = history[-1]["val_accuracy"] if history else None
     if last is None and val_loader is not None:
         last = evaluate(model, val_loader)
+    start = 0 if state is None else int(state["epoch"])
     return FinetuneResult(cfg.epochs, start, history, last, str(path) if path else None, size,
                           time.perf_counter() - t0)
