@@ -31,6 +31,7 @@ class Device:
     step_channels: int
     min_channels: int
     path: str
+    align_channels: int = 0  # widths off this multiple run slower kernels (0: not known)
 
     def open(self):
         try:
@@ -72,7 +73,8 @@ def load(path: Path) -> Device:
                       description=str(data.get("description", "")),
                       options=tuple(sorted(data.get("options", {}).items())),
                       step_channels=int(grid.get("step_channels", 16)),
-                      min_channels=int(grid.get("min_channels", 8)), path=str(path))
+                      min_channels=int(grid.get("min_channels", 8)), path=str(path),
+                      align_channels=int(grid.get("align_channels", 0)))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"device file {path} is corrupt ({type(exc).__name__}: {exc}); "
                         f"restore it from the repository") from None

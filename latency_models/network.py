@@ -6,14 +6,21 @@ the step-aware quadratic). The remainder covers what is not a conv or linear
 layer (adds, pools, concats, BatchNorm where the runtime does not fuse it,
 session overhead), minus the per-call overhead counted once per isolated
 layer measurement, plus the cost of streaming weights that do not stay in
-cache in a whole network. It is ``c0 + c1 * activation_elements + c2 *
-weight_elements + c3 * sum(layer predictions)`` (c1, c2 >= 0, c3 >= -0.5),
-fitted from whole-model measurements
-(:meth:`NetworkLatencyModel.fit_remainder`). ``c3`` rescales the isolated
-layers to their cost inside the network: on ONNX Runtime an isolated small
-layer pays for its input's and output's layout reorders and the call, which a
-network pays once, so the sum of isolated mobilenetv2 layers is 1.3-4x the
-network (measured); it is fitted only from ``SCALE_MIN_ROWS`` networks on.
+cache in a whole network. It is ``c0 + c3 * sum(aligned layers) + c4 *
+sum(misaligned layers) + c1 * activation_elements + c2 * weight_elements``
+(c1, c2 >= 0, c3, c4 >= -0.5), fitted from whole-model measurements
+(:meth:`NetworkLatencyModel.fit_remainder`), its terms taken in that order as
+the rows allow (one term fewer than rows, so a fit never interpolates).
+``c3`` rescales the isolated layers to their cost inside the network: on ONNX
+Runtime an isolated layer on the blocked kernels pays for its input's and
+output's layout reorders and the call, which a network of such layers pays
+once (the sum of isolated aligned layers is 1.8-2.2x the network, measured on
+depthwise inverted-residual networks with AVX-512; 1.3-4x on mobilenetv2),
+while a layer off the alignment (``align_channels``, see
+:func:`latency_models.quadratic.misaligned`) runs plain kernels with no
+reorders of its own and costs about what it costs alone (0.95x): ``c4`` is
+its own scale, fitted where the rows' misaligned share varies (else it
+follows ``c3``).
 Every term runs over the layers, so every layer's share of the remainder is
 known (``layer_cost_ms``) and the selector's per-layer tables add up to
 :meth:`NetworkLatencyModel.predict`.
@@ -21,6 +28,7 @@ known (``layer_cost_ms``) and the selector's per-layer tables add up to
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -28,14 +36,13 @@ from profilers import LayerSpec, Measurement
 from profilers.specs import weight_count
 
 from .base import LayerModel, NotFittedError, create, family_groups, model_from_dict
-from .quadratic import QuadraticLayerModel, QuadraticModel
+from .quadratic import QuadraticLayerModel, QuadraticModel, misaligned
 
-SCALE_MIN_ROWS = 8  # whole-model measurements before the layer scale c3 is fitted
 # 1 + c3 >= this: the layers keep at least half their say. Unbounded, the fit
 # on ORT resnet56 and torch mobilenetv2 replaced them entirely by activations
 # and weights (nearly collinear with them), no more accurate on 50 other
 # networks (RMSPE 2.1 vs 2.3 % and 1.9 vs 1.9 %) and blind to the device step.
-MIN_LAYER_SCALE = 0.5
+MIN_LAYER_SCALE = 0.35
 
 
 def weight_elements(specs: Iterable[LayerSpec]) -> int:
@@ -70,15 +77,17 @@ class NetworkLatencyModel:
     selector; the least-squares quadratic smooths that out."""
 
     def __init__(self, layer_model: str | LayerModel = "step-quadratic", use_table: bool = False,
-                 step_channels: int | None = None):
+                 step_channels: int | None = None, align_channels: int | None = None):
         self.layer_model = layer_model
         self.use_table = use_table
         self.step_channels = step_channels
+        self.align_channels = align_channels
 
     def _new_layer_model(self) -> LayerModel:
         if isinstance(self.layer_model, LayerModel):
             return _fresh(self.layer_model)
-        extra = {} if self.step_channels is None else {"step_channels": self.step_channels}
+        extra = {k: v for k, v in (("step_channels", self.step_channels), ("align_channels", self.align_channels))
+                 if v is not None}
         return create(self.layer_model, **extra)
 
     def fit(self, measurements: Sequence[Measurement]) -> NetworkLatencyModel:
@@ -128,8 +137,12 @@ class NetworkLatencyModel:
 
     def layer_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
         """:meth:`layer_ms` of ``spec``'s family over arrays of widths (broadcast)."""
-        self._check()
         n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
+        if type(self).layer_ms is not NetworkLatencyModel.layer_ms:  # a subclass that predicts one spec at a time
+            flat = [self.layer_ms(replace(spec, in_channels=a, out_channels=b, groups=a if spec.depthwise else
+                                          spec.groups)) for a, b in zip(n_in.ravel().tolist(), n_out.ravel().tolist())]
+            return np.array(flat, dtype=float).reshape(n_in.shape)
+        self._check()
         v = np.asarray(self.layers_.predict_widths(spec, n_in, n_out), dtype=float).reshape(n_in.shape).copy()
         if self.use_table:
             for (a, b), ms in self.table_.get(spec.family(), {}).items():
@@ -140,64 +153,95 @@ class NetworkLatencyModel:
         return float(sum(self.layer_ms(s) for s in specs))
 
     # ---- remainder -----------------------------------------------------------
-    def remainder_coef(self) -> tuple[float, float, float, float]:
-        """``(c0, c1, c2, c3)``; terms a model was not fitted with are 0."""
-        c = tuple(getattr(self, "remainder_", ())) + (0.0, 0.0, 0.0, 0.0)
-        return float(c[0]), float(c[1]), float(c[2]), float(c[3])
+    def remainder_coef(self) -> tuple[float, float, float, float, float]:
+        """``(c0, c1, c2, c3, c4)``; terms a model was not fitted with are 0,
+        and ``c4`` (misaligned layers' scale) follows ``c3`` where not fitted."""
+        c = tuple(getattr(self, "remainder_", ()))
+        c = c + (0.0,) * (4 - len(c)) if len(c) < 4 else c
+        c4 = c[4] if len(c) > 4 else c[3]
+        return float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c4)
 
-    def _remainder_ms(self, specs: Sequence[LayerSpec], layers_ms: float) -> float:
-        c0, c1, c2, c3 = self.remainder_coef()
-        return c0 + c1 * activation_elements(specs) + c2 * weight_elements(specs) + c3 * layers_ms
+    def misaligned(self, spec: LayerSpec, n_in=None) -> np.ndarray:
+        """Whether input widths ``n_in`` (default the spec's) of ``spec`` are off the device's alignment."""
+        return misaligned(spec, spec.in_channels if n_in is None else n_in, self.align_channels)
 
-    def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
-        specs = list(specs)
-        return self._remainder_ms(specs, self.layers_ms(specs) if self.remainder_coef()[3] else 0.0)
+    def layer_cost_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
+        """A layer's cost inside the network over arrays of widths: its prediction
+        times its scale (``1 + c3``, or ``1 + c4`` off the alignment) plus its
+        share of the remainder's activation and weight terms (all but ``c0``)."""
+        n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
+        _, c1, c2, c3, c4 = self.remainder_coef()
+        scale = 1.0 + np.where(self.misaligned(spec, n_in), c4, c3)
+        oh, ow = spec.out_hw
+        return (scale * self.layer_widths_ms(spec, n_in, n_out) + c1 * spec.batch * oh * ow * n_out
+                + c2 * weight_count(spec, n_in, n_out))
 
     def layer_cost_ms(self, spec: LayerSpec) -> float:
         """The layer's prediction plus its share of the remainder (all but ``c0``)."""
-        _, c1, c2, c3 = self.remainder_coef()
-        return (1 + c3) * self.layer_ms(spec) + c1 * activation_elements([spec]) + c2 * weight_elements([spec])
+        return float(self.layer_cost_widths_ms(spec, spec.in_channels, spec.out_channels))
 
     def const_ms(self) -> float:
         """The part of the remainder no layer owns (``c0``)."""
         return self.remainder_coef()[0]
 
     def predict(self, specs: Sequence[LayerSpec]) -> float:
+        return self.const_ms() + float(sum(self.layer_cost_ms(s) for s in specs))
+
+    def remainder_ms(self, specs: Sequence[LayerSpec]) -> float:
         specs = list(specs)
-        layers = self.layers_ms(specs)
-        return layers + self._remainder_ms(specs, layers)
+        return self.predict(specs) - self.layers_ms(specs)
+
+    def _split(self, specs: Sequence[LayerSpec]) -> tuple[float, float]:
+        """(aligned, misaligned) sums of the layer predictions."""
+        on = off = 0.0
+        for s in specs:
+            ms = self.layer_ms(s)
+            if bool(self.misaligned(s)):
+                off += ms
+            else:
+                on += ms
+        return on, off
 
     def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> NetworkLatencyModel:
-        """Fit ``c0 + c1*activations + c2*weights + c3*layers`` (c1, c2 >= 0,
-        c3 >= MIN_LAYER_SCALE - 1) to ``measured - sum(layers)`` over whole-model measurements
-        ``rows = [(specs, ms), ...]``, by least squares on the relative error
-        (each row weighted by 1/ms, so a narrow network's few tenths of a ms
-        count as much as a wide one's); with fewer rows than terms, the later
-        terms are left at 0, and ``c3`` needs ``SCALE_MIN_ROWS`` rows."""
+        """Fit the remainder's terms to ``measured - sum(layers)`` over whole-model
+        measurements ``rows = [(specs, ms), ...]`` by least squares on the relative
+        error (each row weighted by 1/ms, so a narrow network's few tenths of a ms
+        count as much as a wide one's). Terms in order ``c0, c3, c4, c1, c2``,
+        one fewer than rows (all of them from six rows on); ``c4`` only where the
+        rows' misaligned share of the layers varies by more than 5 points (else
+        one scale for all layers); c1, c2 >= 0; c3, c4 >= MIN_LAYER_SCALE - 1."""
         from scipy.optimize import lsq_linear
         self._check()
         rows = list(rows)
         if not rows:
-            self.remainder_ = (0.0, 0.0, 0.0, 0.0)
+            self.remainder_ = (0.0, 0.0, 0.0, 0.0, 0.0)
             return self
         measured = np.array([ms for _, ms in rows], dtype=float)
-        layers = np.array([self.layers_ms(specs) for specs, _ in rows])
-        feats = np.array([[1.0, activation_elements(specs), weight_elements(specs), total]
-                          for (specs, _), total in zip(rows, layers)])
-        k = 4 if len(rows) >= SCALE_MIN_ROWS else min(3, len(rows))
-        scale = np.maximum(np.abs(feats[:, :k]).max(axis=0), 1.0)
+        split = np.array([self._split(specs) for specs, _ in rows])
+        layers = split.sum(axis=1)
+        share = split[:, 1] / np.maximum(layers, 1e-12)
+        two_scales = share.max() - share.min() > 0.05
+        cols = {"c0": np.ones(len(rows)), "c3": split[:, 0] if two_scales else layers, "c4": split[:, 1],
+                "c1": np.array([activation_elements(sp) for sp, _ in rows], dtype=float),
+                "c2": np.array([weight_elements(sp) for sp, _ in rows], dtype=float)}
+        order = [n for n in ("c0", "c3", "c4", "c1", "c2") if n != "c4" or two_scales][:max(1, len(rows) - 1)]
+        feats = np.stack([cols[n] for n in order], axis=1)
+        scale = np.maximum(np.abs(feats).max(axis=0), 1e-12)
         w = 1.0 / np.maximum(measured, 1e-9)
-        lower = np.array([-np.inf, 0.0, 0.0, MIN_LAYER_SCALE - 1.0])[:k] * np.r_[1.0, scale[1:]]  # scaled units
-        sol = lsq_linear(feats[:, :k] / scale * w[:, None], (measured - layers) * w,
-                         bounds=(lower, [np.inf] * k)).x
-        coef = [float(c) for c in sol / scale]
-        self.remainder_ = tuple(coef + [0.0] * (4 - len(coef)))
+        low = {"c0": -np.inf, "c3": MIN_LAYER_SCALE - 1.0, "c4": MIN_LAYER_SCALE - 1.0, "c1": 0.0, "c2": 0.0}
+        lower = np.array([low[n] for n in order]) * np.where(np.isin(order, ["c3", "c4"]), scale, 1.0)
+        sol = lsq_linear(feats / scale * w[:, None], (measured - layers) * w,
+                         bounds=(lower, [np.inf] * len(order))).x
+        coef = dict(zip(order, (float(c) for c in sol / scale)))
+        c3 = coef.get("c3", 0.0)
+        self.remainder_ = (coef.get("c0", 0.0), coef.get("c1", 0.0), coef.get("c2", 0.0), c3, coef.get("c4", c3))
         return self
 
     # ---- serialisation -----------------------------------------------------
     def to_dict(self) -> dict:
         self._check()
         return {"type": "network", "use_table": self.use_table, "step_channels": self.step_channels,
+                "align_channels": self.align_channels,
                 "layer_model": self.layer_model if isinstance(self.layer_model, str) else None,
                 "remainder": list(self.remainder_), "layers": self.layers_.to_dict(),
                 "table": {k: [[a, b, ms] for (a, b), ms in t.items()] for k, t in self.table_.items()}}
@@ -206,7 +250,8 @@ class NetworkLatencyModel:
     def from_dict(cls, d: dict) -> NetworkLatencyModel:
         layers = model_from_dict(d["layers"]) if "layers" in d else None
         m = cls(layer_model=d.get("layer_model") or (_fresh(layers) if layers else "quadratic-m6"),
-                use_table=d.get("use_table", False), step_channels=d.get("step_channels"))
+                use_table=d.get("use_table", False), step_channels=d.get("step_channels"),
+                align_channels=d.get("align_channels"))
         if layers is not None:
             m.layers_ = layers
         else:  # the earlier format: one quadratic per family

@@ -185,25 +185,76 @@ def test_forest_fits_its_training_points_and_refits_identically():
     assert np.array_equal(model_from_dict(forest.to_dict()).predict([m.spec for m in ms]), pred)
 
 
-def test_remainder_rescales_the_isolated_layers_given_enough_networks():
+def test_remainder_rescales_the_isolated_layers_first():
     """Networks that run at 0.6x their isolated layers' sum (plus a constant and
-    an activation term): with SCALE_MIN_ROWS networks the scale is recovered;
-    with fewer it is left at 0; it never goes below MIN_LAYER_SCALE."""
+    an activation term): the layer scale is the first term after the constant,
+    so two rows already find it; with every term the truth is recovered; the
+    scale never goes below MIN_LAYER_SCALE."""
     from latency_models import activation_elements
-    from latency_models.network import MIN_LAYER_SCALE, SCALE_MIN_ROWS
+    from latency_models.network import MIN_LAYER_SCALE
     net = NetworkLatencyModel("quadratic-m6").fit(samples())
     pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16), (64, 8), (8, 64)]
-    truth = lambda specs: 0.6 * net.layers_ms(specs) + 0.05 + 1e-6 * activation_elements(specs)  # noqa: E731
+    scaled = lambda specs: 0.6 * net.layers_ms(specs) + 0.05  # noqa: E731
+    net.fit_remainder([(network(a, b), scaled(network(a, b))) for a, b in pairs[:3]])  # c0, c3
+    assert net.remainder_ == pytest.approx((0.05, 0.0, 0.0, -0.4, -0.4), abs=1e-6)
+    truth = lambda specs: scaled(specs) + 1e-6 * activation_elements(specs)  # noqa: E731
     rows = [(network(a, b), truth(network(a, b))) for a, b in pairs]
-    assert len(rows) >= SCALE_MIN_ROWS
     net.fit_remainder(rows)
     assert net.remainder_[3] == pytest.approx(-0.4, abs=0.02)  # activations and layers are nearly collinear
     for a, b in ((20, 36), (60, 12)):
         assert net.predict(network(a, b)) == pytest.approx(truth(network(a, b)), rel=1e-3)
-    net.fit_remainder(rows[:SCALE_MIN_ROWS - 1])
-    assert net.remainder_[3] == 0.0
     net.fit_remainder([(network(a, b), 0.2 * net.layers_ms(network(a, b))) for a, b in pairs])
     assert net.remainder_[3] == pytest.approx(MIN_LAYER_SCALE - 1)  # the layers keep their floor
+
+
+def test_misaligned_layers_get_their_own_scale():
+    """On the runtime's blocked kernels a network pays 0.5x its isolated layers;
+    layers off the alignment run plain kernels at 0.95x. Rows whose misaligned
+    share varies recover both scales, and the selector's per-layer costs add up
+    to the network prediction."""
+    net = NetworkLatencyModel("quadratic-m6", align_channels=4).fit(samples())
+    pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (10, 30), (22, 14), (40, 58), (26, 26)]
+
+    def truth(specs):
+        off = net.misaligned  # the rule the model uses, checked on its own below
+        return 0.1 + sum((0.95 if bool(off(s)) else 0.5) * net.layer_ms(s) for s in specs)
+    net.fit_remainder([(network(a, b), truth(network(a, b))) for a, b in pairs])
+    c0, _, _, c3, c4 = net.remainder_coef()
+    assert (c0, c3, c4) == pytest.approx((0.1, -0.5, -0.05), abs=1e-4)
+    assert bool(net.misaligned(replace(CONV, in_channels=30)))
+    assert not bool(net.misaligned(replace(CONV, in_channels=32)))
+    assert not bool(net.misaligned(replace(CONV, in_channels=3)))  # an image's channels run their own kernel
+    for a, b in ((18, 36), (60, 12)):
+        specs = network(a, b)
+        assert net.predict(specs) == pytest.approx(truth(specs), rel=1e-6)
+        assert net.const_ms() + sum(net.layer_cost_ms(s) for s in specs) == pytest.approx(net.predict(specs))
+    aligned_only = [(network(a, b), truth(network(a, b))) for a, b in ((8, 8), (32, 16), (64, 64), (16, 48))]
+    net.fit_remainder(aligned_only)  # no misaligned share to tell the scales apart: one scale
+    assert net.remainder_coef()[3] == net.remainder_coef()[4]
+
+
+def test_off_alignment_widths_are_predicted_from_their_own_samples():
+    """A device whose plain kernels (input width not a multiple of 4) cost 1.6x
+    and do not round to the step: the step-aware quadratic keeps the aligned
+    law and learns the misaligned one from misaligned samples alone."""
+    def device(spec):
+        n = spec.in_channels
+        if n % 4 and n > 4:
+            return 1.6 * (0.02 + spec.flops / 2e10)
+        up = replace(spec, in_channels=-(-n // 8) * 8 if n > 8 else n, out_channels=-(-spec.out_channels // 8) * 8)
+        return 0.02 + up.flops / 2e10
+    widths_on, widths_off = (8, 16, 24, 32, 48, 64), (6, 13, 22, 30, 45, 61)
+    ms = [meas(replace(CONV, in_channels=a, out_channels=b), device(replace(CONV, in_channels=a, out_channels=b)))
+          for a in widths_on + widths_off for b in widths_on]
+    model = create("step-quadratic", step_channels=8, align_channels=4).fit(ms)
+    plain = create("step-quadratic", step_channels=8).fit(ms)
+    probe = [replace(CONV, in_channels=a, out_channels=b) for a in (10, 27, 37, 58) for b in (12, 40)]
+    err = lambda m: max(abs(float(m.predict([s])[0]) / device(s) - 1) for s in probe)  # noqa: E731
+    assert err(model) < 0.05 < err(plain)
+    aligned = [replace(CONV, in_channels=a, out_channels=b) for a in (20, 40) for b in (12, 40)]
+    assert max(abs(float(model.predict([s])[0]) / device(s) - 1) for s in aligned) < 0.05
+    again = model_from_dict(json.loads(json.dumps(model.to_dict())))
+    assert float(again.predict([probe[0]])[0]) == pytest.approx(float(model.predict([probe[0]])[0]))
 
 
 def test_remainder_is_fitted_on_relative_error():
@@ -213,8 +264,8 @@ def test_remainder_is_fitted_on_relative_error():
     net = NetworkLatencyModel("quadratic-m6").fit(ms)
     narrow, wide = network(8, 8), network(64, 64)
     layers_n, layers_w = net.layers_ms(narrow), net.layers_ms(wide)
-    net.fit_remainder([(narrow, layers_n * 0.8), (wide, layers_w * 1.2)])   # two rows: c0 and c1 only
-    assert net.remainder_[2:] == (0.0, 0.0)
+    net.fit_remainder([(narrow, layers_n * 0.8), (wide, layers_w * 1.2)])   # two rows: the constant only
+    assert net.remainder_[1:] == (0.0, 0.0, 0.0, 0.0)
     err_n = net.predict(narrow) / (layers_n * 0.8) - 1
     err_w = net.predict(wide) / (layers_w * 1.2) - 1
     assert abs(err_n) < 0.5 and abs(err_w) < 0.5

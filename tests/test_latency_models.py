@@ -50,14 +50,15 @@ def test_network_model_sums_families_and_fits_the_remainder():
     from dataclasses import replace
     specs_a = [replace(base, in_channels=32, out_channels=32), replace(other, in_channels=32, out_channels=16)]
     specs_b = [replace(base, in_channels=16, out_channels=48), replace(other, in_channels=48, out_channels=48)]
-    layers_a, layers_b = net.layers_ms(specs_a), net.layers_ms(specs_b)
+    layers_a = net.layers_ms(specs_a)
     assert layers_a == pytest.approx(0.04 + 0.004, rel=1e-6)
     from latency_models import activation_elements, weight_elements
     truth = lambda specs, layers: layers + 0.1 + 1e-5 * activation_elements(specs) + 2e-6 * weight_elements(specs)  # noqa: E731
-    specs_c = [replace(base, in_channels=48, out_channels=16), replace(other, in_channels=16, out_channels=32)]
-    layers_c = net.layers_ms(specs_c)
-    net.fit_remainder([(s, truth(s, l)) for s, l in ((specs_a, layers_a), (specs_b, layers_b), (specs_c, layers_c))])
-    assert net.remainder_ == pytest.approx((0.1, 1e-5, 2e-6, 0.0), rel=1e-4)  # three rows: no layer scale
+    more = [[replace(base, in_channels=a, out_channels=b), replace(other, in_channels=b, out_channels=a)]
+            for a, b in ((48, 16), (16, 16), (48, 32), (32, 48))]
+    rows = [(s, truth(s, net.layers_ms(s))) for s in [specs_a, specs_b, *more]]
+    net.fit_remainder(rows)  # six rows: every term (one scale: nothing is off an alignment)
+    assert net.remainder_ == pytest.approx((0.1, 1e-5, 2e-6, 0.0, 0.0), abs=1e-9)
     assert net.predict(specs_a) == pytest.approx(truth(specs_a, layers_a), rel=1e-9)
     with pytest.raises(KeyError):
         net.layer_ms(replace(base, kernel=(5, 5)))

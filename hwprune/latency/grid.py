@@ -46,9 +46,11 @@ class Grid:
     detail: str
     reliable: bool = True
     measured_s: float = 0.0
+    align_channels: int = 0
 
     def to_json(self) -> dict:
-        return {"step_channels": self.step_channels, "min_channels": self.min_channels, "source": self.source,
+        return {"step_channels": self.step_channels, "min_channels": self.min_channels,
+                "align_channels": self.align_channels, "source": self.source,
                 "detail": self.detail, "reliable": self.reliable, "measured_s": round(self.measured_s, 3)}
 
 
@@ -76,7 +78,8 @@ def _grid_of(step: dict) -> int:
 
 def descriptor_grid(device: Device) -> Grid:
     return Grid(device.name, device.step_channels, device.min_channels, "descriptor",
-                f"descriptor {device.path or device.name} (nothing measured on this host)")
+                f"descriptor {device.path or device.name} (nothing measured on this host)",
+                align_channels=device.align_channels)
 
 
 def resolve_grid(device: Device, store: MeasurementStore | None = None, *, override: int | None = None,
@@ -87,7 +90,8 @@ def resolve_grid(device: Device, store: MeasurementStore | None = None, *, overr
         if int(override) < 1:
             raise UserError(f"--grid {override} is not a positive number of channels")
         n = int(override)
-        return Grid(device.name, n, min(device.min_channels, n), "user", f"--grid {n}")
+        return Grid(device.name, n, min(device.min_channels, n), "user", f"--grid {n}",
+                    align_channels=device.align_channels)
     descriptor = descriptor_grid(device)
     if device.runtime == "remote":
         return descriptor
@@ -114,10 +118,11 @@ def resolve_grid(device: Device, store: MeasurementStore | None = None, *, overr
     detail = (f"measured on this host {when}: step {step['step_channels']}, alignment "
               f"{step.get('align_channels') or '-'}" + ("" if step.get("reliable", True) else "; noisy"))
     return Grid(device.name, n, min(device.min_channels, n), "measured", detail,
-                bool(step.get("reliable", True)), spent)
+                bool(step.get("reliable", True)), spent, int(step.get("align_channels") or 0))
 
 
 def with_grid(device: Device, grid: Grid) -> Device:
     """``device`` whose grid is ``grid`` (what the selector, the floors and the
     latency model read)."""
-    return replace(device, step_channels=grid.step_channels, min_channels=grid.min_channels)
+    return replace(device, step_channels=grid.step_channels, min_channels=grid.min_channels,
+                   align_channels=grid.align_channels)

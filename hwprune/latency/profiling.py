@@ -89,6 +89,32 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
     return specs
 
 
+def misaligned_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]], align: int | None,
+                     free: bool = False) -> list[LayerSpec]:
+    """Samples off the device's alignment (``align``): for each conv family that
+    can take a misaligned input width (one of its own widths is, or ``free``:
+    any width may be asked for), inputs half an alignment below a spread of its
+    widths and outputs across its range, so the latency model sees the plain
+    kernels the runtime falls back to there (:func:`latency_models.quadratic.misaligned`)."""
+    if not align or align <= 1:
+        return []
+    specs = []
+    for _, (b, ins, outs) in family_widths(space, options).items():
+        if b.kind != "conv" or (b.groups > 1 and not b.depthwise):  # grouped convs keep their widths
+            continue
+        own = [n for n in ins | {b.in_channels} if n % align and n > align]
+        if not (own or free):
+            continue
+        top = max(ins | {b.in_channels})
+        cands = sorted({n - align // 2 if n % align == 0 else n for n in ins if n > align} | set(own)
+                       | {align + 1} if top > align + 1 else set(own))
+        if b.depthwise:
+            specs += [replace(b, in_channels=n, out_channels=n, groups=n) for n in _spread(cands, 6)]
+        else:
+            specs += [replace(b, in_channels=a, out_channels=o) for a in _spread(cands, 4) for o in _spread(outs, 4)]
+    return specs
+
+
 def default_layer_protocol(runtime) -> profilers.Protocol:
     """The protocol ``runtime.measure_spec`` uses when given none."""
     p = inspect.signature(runtime.measure_spec).parameters.get("protocol")
@@ -217,12 +243,19 @@ def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | 
 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
-                      progress: Progress | None = None, layer_model="step-quadratic") -> NetworkLatencyModel:
+                      progress: Progress | None = None, layer_model="step-quadratic",
+                      free_widths: bool = False) -> NetworkLatencyModel:
     """Measure (or reuse) the sampled layer shapes and fit a network model whose
-    layers are ``layer_model`` (a registered name), at the device's step."""
-    specs = sample_specs(space, options) + space.specs(space.full_choice())
+    layers are ``layer_model`` (a registered name), at the device's step and
+    alignment. The model's own widths are always measured; so are widths off
+    the alignment where the model has some, or everywhere with ``free_widths``
+    (predictions for any width, not only the grid's)."""
+    dev = profiler.device
+    specs = (sample_specs(space, options) + space.specs(space.full_choice())
+             + misaligned_specs(space, options, dev.align_channels, free=free_widths))
     ms = profiler.measure_specs(specs, progress)
-    return NetworkLatencyModel(layer_model, step_channels=profiler.device.step_channels).fit(ms)
+    return NetworkLatencyModel(layer_model, step_channels=dev.step_channels,
+                               align_channels=dev.align_channels or None).fit(ms)
 
 
 def measure_latency(model: torch.nn.Module, example_inputs, device: Device,

@@ -4,13 +4,12 @@ the greedy cuts towards)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from hwprune.graph.space import Choice, PruningSpace
 from latency_models import NetworkLatencyModel
-from profilers.specs import weight_count
 
 REL_TOL = 1e-6  # a constraint holds when value <= limit * (1 + REL_TOL)
 
@@ -42,10 +41,9 @@ class Evaluator:
     """Predicted latency and kept importance of a choice, with per-layer caching.
 
     ``model`` may be None for an evaluator used only for importance and kept
-    channels. Latency = sum of per-layer costs + c0, where a
-    layer's cost is its model prediction times ``1 + c3`` plus the remainder's
-    per-layer terms, ``c1 x`` its output activation elements ``+ c2 x`` its
-    weight elements, so the sum equals ``NetworkLatencyModel.predict``."""
+    channels. Latency = sum of per-layer costs + c0, a layer's cost being
+    :meth:`NetworkLatencyModel.layer_cost_widths_ms` at its widths, so the sum
+    equals ``NetworkLatencyModel.predict``."""
 
     def __init__(self, space: PruningSpace, model: NetworkLatencyModel | None,
                  scores: dict[int, np.ndarray]):
@@ -62,39 +60,22 @@ class Evaluator:
             oh, ow = layer.spec.out_hw
             self._elems.append(layer.spec.batch * oh * ow)
 
-    def _remainder(self) -> tuple[float, float, float, float]:
-        return self.model.remainder_coef()
-
     def layer_ms(self, i: int, n_in: int, n_out: int) -> float:
-        """Uncorrected cost of layer ``i`` at widths (n_in, n_out)."""
+        """Cost of layer ``i`` at widths (n_in, n_out) inside the network
+        (:meth:`NetworkLatencyModel.layer_cost_widths_ms`)."""
         key = (i, n_in, n_out)
         v = self._cache.get(key)
         if v is None:
-            spec = self.space.layers[i].spec
-            groups = n_in if spec.depthwise else spec.groups
-            spec = replace(spec, in_channels=n_in, out_channels=n_out, groups=groups)
-            _, c1, c2, c3 = self._remainder()
-            weights = weight_count(spec)
-            v = self._cache[key] = (1 + c3) * self.model.layer_ms(spec) + c1 * self._elems[i] * n_out + c2 * weights
+            v = self._cache[key] = float(self.layer_ms_grid(i, np.array(n_in), np.array(n_out)))
         return v
 
     def layer_ms_grid(self, i: int, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
-        """:meth:`layer_ms` over arrays of widths (vectorised for a plain
-        :class:`NetworkLatencyModel`)."""
-        n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
-        model = self.model
-        if type(model).layer_ms is not NetworkLatencyModel.layer_ms:
-            flat = [self.layer_ms(i, a, b) for a, b in zip(n_in.ravel().tolist(), n_out.ravel().tolist())]
-            return np.array(flat, dtype=float).reshape(n_in.shape)
-        spec = self.space.layers[i].spec
-        v = model.layer_widths_ms(spec, n_in, n_out)
-        _, c1, c2, c3 = self._remainder()
-        weights = weight_count(spec, n_in, n_out)
-        return (1 + c3) * v + c1 * self._elems[i] * n_out + c2 * weights
+        """:meth:`layer_ms` over arrays of widths (vectorised)."""
+        return self.model.layer_cost_widths_ms(self.space.layers[i].spec, n_in, n_out)
 
     def const_ms(self) -> float:
-        """Uncorrected constant of the network latency (the remainder's c0)."""
-        return self._remainder()[0]
+        """The constant of the network latency (the remainder's c0)."""
+        return self.model.const_ms()
 
     def latency_ms(self, choice: Choice) -> float:
         widths = self.space.layer_widths
