@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import UnknownNameError
+from hwprune.zoo_free import ConcatNet, GroupedNet, InvResNet
 from profilers.registry import Registry
 
 
@@ -183,6 +184,9 @@ register("vgg16", lambda k: VGG16(k), (1, 3, 32, 32), 10)
 register("mobilenetv2", lambda k: MobileNetV2(k), (1, 3, 32, 32), 10)
 register("resnet18", lambda k: ImageNetResNet(BasicBlock, (2, 2, 2, 2), k), (1, 3, 224, 224), 1000)
 register("resnet50", lambda k: ImageNetResNet(Bottleneck, (3, 4, 6, 3), k), (1, 3, 224, 224), 1000)
+register("concatnet", lambda k: ConcatNet(classes=k), (1, 3, 64, 64), 10)    # free widths (zoo_free)
+register("invresnet", lambda k: InvResNet(classes=k), (1, 3, 64, 64), 10)
+register("groupednet", lambda k: GroupedNet(classes=k), (1, 3, 64, 64), 10)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -21,8 +21,8 @@ def use_repo_packages() -> None:
 
 def _cpu_model() -> str:
     use_repo_packages()
-    from profilers.ort_cpu import cpu_model
-    return cpu_model()
+    from profilers.ort_cpu import cpu_isa, cpu_model
+    return f"{cpu_model()} ({cpu_isa()})"
 
 
 def machine_header() -> dict:

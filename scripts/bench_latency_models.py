@@ -51,12 +51,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="output folder (default: scripts/results/)")
     p.add_argument("--rescore", metavar="JSON", help="score the current models on an earlier run's measurements "
                    "(needs that run's --store)")
+    p.add_argument("--free-widths", action="store_true", help="instead: the engine's latency model on random "
+                   "sub-networks with free (off-grid) widths of architectures outside the grid (default models "
+                   "concatnet invresnet groupednet, --samples 20, first --devices only), measured in fresh "
+                   "sessions in alternating blocks (see scripts/free_widths.py)")
     args = p.parse_args(argv)
     if args.rescore and not Path(args.rescore).is_file():
         p.error(f"--rescore {args.rescore}: no such file")
     unknown = [m for m in args.models if m not in zoo.list_models()]
     if unknown:
         p.error(f"unknown model(s) {unknown}; known: {' '.join(zoo.list_models())}")
+    if args.free_widths:
+        import free_widths
+        args.models = args.models if args.models != DEFAULT_MODELS else free_widths.DEFAULT_MODELS
+        args.samples = args.samples if "--samples" in (argv or sys.argv) else 20
     if args.samples < 1 or args.calibration < 0:
         p.error("--samples must be >= 1 and --calibration >= 0")
     return args
@@ -144,6 +152,26 @@ def rescore_file(args, log) -> int:
     return 0
 
 
+def run_free_widths(args, log) -> int:
+    """``--free-widths``: see scripts/free_widths.py."""
+    import free_widths as fw
+
+    from profilers import MeasurementStore
+    with tempfile.TemporaryDirectory(prefix="hwprune-bench-") as tmp:
+        store = MeasurementStore(args.store or str(Path(tmp) / "store.sqlite"))
+        header = {**common.machine_header(), "device": args.devices[0], "models": args.models,
+                  "samples": args.samples, "seed": args.seed}
+        runs, out = [], Path(args.out)
+        for name in args.models:
+            runs.append(fw.run_model(name, args.devices[0], args.samples, args.seed, store, log))
+            header["summary"] = fw.summary([r["error"] for run in runs for r in run["rows"]])
+            common.write_json(out / "bench_latency_models_free.json", {**header, "runs": runs})
+            common.write_atomic(out / "bench_latency_models_free.md",
+                                fw.render_md(header, runs, common.header_lines, common.md_table))
+        log(fw.render_md(header, runs, common.header_lines, common.md_table))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hwprune import devices, zoo
@@ -154,6 +182,8 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if args.free_widths:
+        return run_free_widths(args, log)
     if args.rescore:
         from hwprune.errors import UserError
         try:
