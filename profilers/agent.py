@@ -201,7 +201,7 @@ class AgentHandler(BaseHTTPRequestHandler):
     server_version = f"hwprune-agent/{AGENT_VERSION}"
     timeout = 120  # seconds a connection may stay silent
 
-    def log_message(self, format, *args):  # noqa: A002  (signature of the base class)
+    def log_message(self, format, *args):
         log.info("%s %s", self.address_string(), format % args)
 
     # --- replies -----------------------------------------------------------

@@ -71,7 +71,7 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, free_widths=True)
     protocol = model_protocol(dev)
-    measure = lambda m: prof.measure_module(m, (x,), protocol=protocol).median_ms  # noqa: E731
+    measure = lambda m: prof.measure_module(m, (x,), protocol=protocol).median_ms
     calibrate(lat, space, measure, options, criteria.compute("l1", space),
               [(space.specs(space.full_choice()), measure(model))])
     ev = Evaluator(space, lat, criteria.compute("l1", space))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bench_accuracy as bench  # noqa: E402
+import bench_accuracy as bench
 
-from hwprune import devices, zoo  # noqa: E402
+from hwprune import devices, zoo
 
 
 def test_torch_pruning_baseline_is_uniform_and_on_the_grid():

@@ -194,10 +194,10 @@ def test_remainder_rescales_the_isolated_layers_first():
     from latency_models.network import MIN_LAYER_SCALE
     net = NetworkLatencyModel("quadratic-m6").fit(samples())
     pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16), (64, 8), (8, 64)]
-    scaled = lambda specs: 0.6 * net.layers_ms(specs) + 0.05  # noqa: E731
+    scaled = lambda specs: 0.6 * net.layers_ms(specs) + 0.05
     net.fit_remainder([(network(a, b), scaled(network(a, b))) for a, b in pairs[:3]])  # c0, c3
     assert net.remainder_ == pytest.approx((0.05, 0.0, 0.0, -0.4, -0.4), abs=1e-6)
-    truth = lambda specs: scaled(specs) + 1e-6 * activation_elements(specs)  # noqa: E731
+    truth = lambda specs: scaled(specs) + 1e-6 * activation_elements(specs)
     rows = [(network(a, b), truth(network(a, b))) for a, b in pairs]
     net.fit_remainder(rows)
     assert net.remainder_[3] == pytest.approx(-0.4, abs=0.02)  # activations and layers are nearly collinear
@@ -249,7 +249,7 @@ def test_off_alignment_widths_are_predicted_from_their_own_samples():
     model = create("step-quadratic", step_channels=8, align_channels=4).fit(ms)
     plain = create("step-quadratic", step_channels=8).fit(ms)
     probe = [replace(CONV, in_channels=a, out_channels=b) for a in (10, 27, 37, 58) for b in (12, 40)]
-    err = lambda m: max(abs(float(m.predict([s])[0]) / device(s) - 1) for s in probe)  # noqa: E731
+    err = lambda m: max(abs(float(m.predict([s])[0]) / device(s) - 1) for s in probe)
     assert err(model) < 0.05 < err(plain)
     aligned = [replace(CONV, in_channels=a, out_channels=b) for a in (20, 40) for b in (12, 40)]
     assert max(abs(float(model.predict([s])[0]) / device(s) - 1) for s in aligned) < 0.05

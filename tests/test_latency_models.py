@@ -53,7 +53,7 @@ def test_network_model_sums_families_and_fits_the_remainder():
     layers_a = net.layers_ms(specs_a)
     assert layers_a == pytest.approx(0.04 + 0.004, rel=1e-6)
     from latency_models import activation_elements, weight_elements
-    truth = lambda specs, layers: layers + 0.1 + 1e-5 * activation_elements(specs) + 2e-6 * weight_elements(specs)  # noqa: E731
+    truth = lambda specs, layers: layers + 0.1 + 1e-5 * activation_elements(specs) + 2e-6 * weight_elements(specs)
     more = [[replace(base, in_channels=a, out_channels=b), replace(other, in_channels=b, out_channels=a)]
             for a, b in ((48, 16), (16, 16), (48, 32), (32, 48))]
     rows = [(s, truth(s, net.layers_ms(s))) for s in [specs_a, specs_b, *more]]

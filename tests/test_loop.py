@@ -202,7 +202,7 @@ def test_without_an_anchor_the_nudge_reads_the_last_measured_plan():
 def test_several_devices_the_worst_device_decides():
     """On its own, device a would accept width 48 (0.96); b measures 1.2x and
     takes 1.152 of its budget, so both are re-aimed, each from its own ratio."""
-    bias = lambda d, w: 1.2 if d == "b" else 1.0  # noqa: E731
+    bias = lambda d, w: 1.2 if d == "b" else 1.0
     loop, sel, _ = controller(FINE, {"a": 5.0, "b": 5.0}, bias=bias, primary="a")
     out = loop.run()
     first, second = out.trials
@@ -215,7 +215,7 @@ def test_several_devices_the_worst_device_decides():
 
 
 def test_a_primary_device_without_budget_is_measured_and_reported_but_does_not_decide():
-    bias = lambda d, w: 3.0 if d == "p" else 1.0  # noqa: E731
+    bias = lambda d, w: 3.0 if d == "p" else 1.0
     loop, sel, _ = controller(FINE, {"b": 5.0}, bias=bias, primary="p")
     out = loop.run()
     assert len(out.rounds) == 1 and out.rounds[0].target_ms is None

@@ -129,7 +129,7 @@ class _Inner:
     single-table rows applied as masks."""
 
     def __init__(self, obj: dict, rows: list, size: dict):
-        full = lambda k, v: full_table(k, v, size)  # noqa: E731
+        full = lambda k, v: full_table(k, v, size)
         self.size = size
         self.base = {k: full(k, v).copy() for k, v in obj.items()}
         self.priced: list[tuple[dict, float]] = []
