@@ -7,10 +7,12 @@ on one device:
 
 1. the device's grid (step and alignment) is the one measured on this host
    (:func:`hwprune.latency.grid.resolve_grid`);
-2. the latency model is fitted as the engine fits it, with free-width samples
-   (:func:`hwprune.latency.profiling.fit_latency_model` with ``free_widths``)
-   and calibrated on the full network and three uniform grid sub-networks
-   (:func:`hwprune.loop.engine.calibrate`);
+2. the latency model is fitted as ``predict_latency`` fits it for a given
+   network, with free-width samples and every sub-network's own layer shapes
+   measured and answered as measured
+   (:func:`hwprune.latency.profiling.fit_latency_model` with ``free_widths``,
+   ``also`` and ``use_table``), and calibrated on the full network and three
+   uniform grid sub-networks (:func:`hwprune.loop.engine.calibrate`);
 3. ``--samples`` random sub-networks with free widths (every group at least
    ``MIN_SHARE`` of its width) are predicted as a ratio to the full network's
    prediction, and measured as a user measures them: the pruned and the full
@@ -69,7 +71,10 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     space = PruningSpace(model, (x,))
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    lat = fit_latency_model(prof, space, options, free_widths=True)
+    choices = random_choices(free_options(space), samples, seed=seed)
+    # as predict_latency(sub-network) does: each network's own layer shapes are measured
+    lat = fit_latency_model(prof, space, options, free_widths=True, use_table=True,
+                            also=[s for c in choices for s in space.specs(c)])
     protocol = model_protocol(dev)
     measure = lambda m: prof.measure_module(m, (x,), protocol=protocol).median_ms
     calibrate(lat, space, measure, options, criteria.compute("l1", space),
@@ -79,7 +84,7 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     block = BLOCK_PROTOCOL if protocol is None else replace(BLOCK_PROTOCOL, clock=protocol.clock)
     full_run = block_runner(prof.runtime, model, (x,), block)
     rows = []
-    for i, choice in enumerate(random_choices(free_options(space), samples, seed=seed)):
+    for i, choice in enumerate(choices):
         predicted = ev.latency_ms(choice) / full_ms
         est = ratio_in_blocks(full_run, block_runner(prof.runtime, build(space, choice), (x,), block))
         rows.append({"widths": {str(g): list(w) for g, w in choice.items()}, "predicted_ratio": predicted,

@@ -244,17 +244,20 @@ def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
                       progress: Progress | None = None, layer_model="step-quadratic",
-                      free_widths: bool = False) -> NetworkLatencyModel:
+                      free_widths: bool = False, also=(), use_table: bool = False) -> NetworkLatencyModel:
     """Measure (or reuse) the sampled layer shapes and fit a network model whose
     layers are ``layer_model`` (a registered name), at the device's step and
-    alignment. The model's own widths are always measured; so are widths off
-    the alignment where the model has some, or everywhere with ``free_widths``
-    (predictions for any width, not only the grid's)."""
+    alignment. The model's own widths are always measured, and so are ``also``
+    (the shapes of networks to be predicted); so are widths off the alignment
+    where the model has some, or everywhere with ``free_widths`` (predictions
+    for any width, not only the grid's). ``use_table``: a measured shape is
+    answered as measured (for predicting given networks; a selector wants the
+    smooth model, see :class:`NetworkLatencyModel`)."""
     dev = profiler.device
-    specs = (sample_specs(space, options) + space.specs(space.full_choice())
+    specs = (sample_specs(space, options) + space.specs(space.full_choice()) + list(also)
              + misaligned_specs(space, options, dev.align_channels, free=free_widths))
     ms = profiler.measure_specs(specs, progress)
-    return NetworkLatencyModel(layer_model, step_channels=dev.step_channels,
+    return NetworkLatencyModel(layer_model, step_channels=dev.step_channels, use_table=use_table,
                                align_channels=dev.align_channels or None).fit(ms)
 
 
