@@ -169,6 +169,7 @@ def cmd_demo(args) -> int:
             ["pruned", f"{r['pruned_ms']:.3f}", f"{r['predicted_ms']:.3f}", r["params_after"], r["flops_after"],
              f"{100 * r['accuracy_after']:.1f} %"]]
     text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
+    text += f"\n{r['budget_choice']['text']}" + "".join(f"\nwarning: {w}" for w in r.get("warnings", []))
     emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
     return 0
 
