@@ -2,7 +2,9 @@
 
 ResNet-20 is trained briefly on scikit-learn's digits (see :mod:`hwprune.datasets`),
 its latency is measured on the device, it is pruned to ``budget_frac`` of that
-latency by the closed loop of :func:`hwprune.loop.engine.prune`, the pruned network
+latency by the closed loop of :func:`hwprune.loop.engine.prune` (where this host
+cannot reach that share, to a stated budget midway between the fastest network
+measured and the full one: :func:`hwprune.loop.reach.prune_within_reach`), the pruned network
 is fine-tuned with knowledge distillation from the trained original, and both
 are evaluated on the held-out split. The pruned network is exported to ONNX and
 checked against PyTorch with ONNX Runtime.
@@ -24,7 +26,8 @@ from hwprune.devices import machine_description
 from hwprune.errors import UserError
 from hwprune.export.pruned import MODEL_FILE, ONNX_FILE, PLAN_FILE, export_pruned, write_pruned
 from hwprune.latency.profiling import Progress, measure_latency
-from hwprune.loop.engine import count_params, prune
+from hwprune.loop.engine import count_params
+from hwprune.loop.reach import prune_within_reach
 from hwprune.report import write_demo_report
 from hwprune.train.loop import evaluate, train
 from profilers import MeasurementStore
@@ -67,9 +70,10 @@ def run_demo(out_dir: Path, device: str = "ort-cpu-1t", budget_frac: float = 0.5
 
     t = time.perf_counter()
     first_ms = measure_latency(model, example, dev)
-    budget_ms = float(budget_frac) * first_ms
-    log.info("baseline %.3f ms on %s; pruning to %.3f ms", first_ms, dev.name, budget_ms)
-    res = prune(model, example, dev.name, budget_ms=budget_ms, store=store, progress=progress)
+    log.info("baseline %.3f ms on %s; pruning to %.0f %% of it", first_ms, dev.name, 100 * float(budget_frac))
+    res, choice = prune_within_reach(model, example, dev.name, float(budget_frac), store=store, progress=progress)
+    budget_ms = res.budget_ms
+    log.info("%s", choice.text)  # also in the result (the CLI prints it) and the report
     timings["prune_s"] = time.perf_counter() - t
     if res.note:
         log.warning("%s", res.note)
@@ -102,11 +106,14 @@ def run_demo(out_dir: Path, device: str = "ort-cpu-1t", budget_frac: float = 0.5
     rounds = [{"target_ms": r.target_ms, "predicted_ms": r.predicted_ms, "measured_ms": r.measured_ms,
                "iqr_ms": r.iqr_ms} for r in res.rounds]
     machine = machine_description()
-    md_path, png_path = write_demo_report(out_dir, rows, rounds, dev.name, machine, budget_ms=budget_ms)
+    md_path, png_path = write_demo_report(out_dir, rows, rounds, dev.name, machine, budget_ms=budget_ms,
+                                          notes=[choice.text, *st.get("warnings", [])])
 
     return {
         "model": MODEL_NAME, "device": dev.name, "machine": machine,
-        "budget_frac": float(budget_frac), "budget_ms": budget_ms,
+        "budget_frac": choice.fraction, "budget_requested_frac": float(budget_frac), "budget_ms": budget_ms,
+        "budget_choice": choice.to_json(), "certified": st.get("certified"), "grid": st.get("grid"),
+        "warnings": st.get("warnings", []),
         "baseline_first_ms": first_ms, "baseline_ms": res.baseline_ms,
         "pruned_ms": res.measured_ms, "predicted_ms": res.predicted_ms,
         "speedup": res.baseline_ms / res.measured_ms if res.measured_ms > 0 else None,

@@ -153,10 +153,11 @@ def _chart_png(rows: dict, rounds, budget_ms: float | None, device: str) -> byte
 
 
 def render_markdown(rows: dict, rounds, device: str, machine: str, budget_ms: float | None = None,
-                    png_name: str | None = "latency.png") -> str:
+                    png_name: str | None = "latency.png", notes=()) -> str:
     lines = ["# hwprune demo report", "", f"- device: `{device}`", f"- machine: {machine}"]
     if budget_ms:
         lines.append(f"- latency budget: {budget_ms:.3f} ms")
+    lines += [f"- {n}" for n in notes]
     lines += ["", "## Baseline vs pruned", "", markdown_table(comparison_headers(), comparison_rows(rows)), "",
               "## Closed-loop rounds", ""]
     if rounds:
@@ -169,11 +170,12 @@ def render_markdown(rows: dict, rounds, device: str, machine: str, budget_ms: fl
 
 
 def write_demo_report(out_dir: Path, rows: dict, rounds, device: str, machine: str, *,
-                      budget_ms: float | None = None) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``latency.png`` into ``out_dir``; return their paths."""
+                      budget_ms: float | None = None, notes=()) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``latency.png`` into ``out_dir``; return their paths.
+    ``notes``: lines listed under the header (how the budget was chosen, warnings)."""
     out_dir = Path(out_dir)
     rounds = list(rounds)
     png = atomic_write_bytes(out_dir / "latency.png", _chart_png(rows, rounds, budget_ms, device))
     md = atomic_write_text(out_dir / "report.md", render_markdown(rows, rounds, device, machine, budget_ms,
-                                                                  png.name))
+                                                                  png.name, notes))
     return md, png

@@ -15,6 +15,13 @@ latency) it is pruned by
   ``l1``): the bound is bisected until the largest one whose network meets the
   budget when measured.
 
+Where a fraction is below the fastest network the engine measures on this
+host, the budget falls back to the share midway between that network and the
+full one (:func:`hwprune.loop.reach.prune_within_reach`, decided by the first
+criterion), every method of that row is held to the share used, and the table
+and summary say so. Torch-Pruning's ``round_to`` and the FLOPs bound use the
+channel grid measured on this host (:func:`hwprune.latency.grid.resolve_grid`).
+
 Budgets are fractions of the original's latency measured interleaved with
 each network (a ratio), since this host's absolute speed drifts by up to
 +-10 % within minutes: the engine gets ``budget_fraction`` (its budget follows
@@ -139,7 +146,7 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
     from hwprune.datasets import digits_loaders
     from hwprune.errors import UserError
     from hwprune.latency.profiling import Profiler, RelativeMeter
-    from hwprune.loop.engine import prune
+    from hwprune.loop.reach import prune_within_reach
     from hwprune.train.loop import evaluate, train
     tr, te = digits_loaders(batch_size=64, seed=seed)
     model, x = zoo.create(MODEL, num_classes=10, seed=seed)
@@ -159,27 +166,31 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
         log(f"[seed {seed}] Torch-Pruning sweep: " + ", ".join(f"{r:.2f}->{q:.2f}" for r, _, q in tp_sweep))
     rows = []
     for frac in args.fractions:
-        budget = frac * base["ms"]
+        used, note = frac, ""  # the share every method is held to, and why when it is not frac
         cands = []  # (method, detail, model)
         for crit in args.criteria:
             t = time.perf_counter()
             try:
-                res = prune(model, x, args.device, budget_fraction=frac, selector=args.selector,
-                            importance_name=crit, data=tr, store=store)
+                res, choice = prune_within_reach(model, x, args.device, used, selector=args.selector,
+                                                 importance_name=crit, data=tr, store=store)
             except UserError as exc:
                 log(f"  [{frac:.2f} {crit}] error: {exc}")
                 rows.append({"seed": seed, "fraction": frac, "method": f"hwprune {crit}", "error": str(exc)})
                 continue
+            if choice.fallback:
+                used, note = choice.fraction, f"{100 * frac:.0f} %: {choice.reason}"
+                log(f"  [{frac:.2f} {crit}] {note}")
             log(f"  [{frac:.2f} {crit}] engine measured {res.measured_ms / res.baseline_ms:.3f} x its baseline "
                 f"{res.baseline_ms:.3f} ms in {time.perf_counter() - t:.0f} s")
             cands.append((f"hwprune {crit}", {"engine_ratio": res.measured_ms / res.baseline_ms,
                                               "prune_s": time.perf_counter() - t}, res.model))
+        budget = used * base["ms"]
         if tp_sweep:
-            meeting = [s for s in tp_sweep if s[2] <= frac]
+            meeting = [s for s in tp_sweep if s[2] <= used]
             r, net, q = min(meeting, key=lambda s: s[0]) if meeting else min(tp_sweep, key=lambda s: s[2])
             cands.append(("Torch-Pruning", {"pruning_ratio": r, "sweep_ratio": q, "met_in_sweep": bool(meeting)},
                           copy.deepcopy(net)))
-            best, probes = search_flops(model, x, dev, meter, frac, log)
+            best, probes = search_flops(model, x, dev, meter, used, log)
             if best is not None:
                 cands.append(("hwprune FLOPs bound (l1)", {"max_flops": best[0], "flops_frac": best[0] / base["flops"],
                                                           "probes": probes}, best[1]))
@@ -192,8 +203,8 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
             acc, ft_s = finetuned_accuracy(net, model, tr, te, args, seed)
             ratio = statistics.median(rs)
             row = {"seed": seed, "fraction": frac, "method": method, "ratio": ratio, "ms": ratio * meter.reference_ms,
-                   "budget_ms": budget, "meets": ratio <= frac, "accuracy": acc, "flops": flops, "params": params,
-                   "finetune_s": ft_s, **detail}
+                   "budget_ms": budget, "meets": ratio <= used, "accuracy": acc, "flops": flops, "params": params,
+                   "finetune_s": ft_s, **detail, **({"used_fraction": used, "budget_note": note} if note else {})}
             rows.append(row)
             log(f"  [{frac:.2f} {method}] {row['ms']:.3f} ms ({ratio:.3f} x), accuracy {acc:.4f}, "
                 f"{params} params, fine-tuned in {ft_s:.0f} s")
@@ -212,7 +223,9 @@ def _pm(vals, scale=100.0, fmt=".2f"):
 def _entry(frac, method, rs) -> dict:
     ok = [r for r in rs if "error" not in r]
     e = {"fraction": frac, "method": method, "n": len(ok), "refused": len(rs) - len(ok),
-         "errors": [r["error"] for r in rs if "error" in r]}
+         "errors": [r["error"] for r in rs if "error" in r],
+         "used_fractions": sorted({r["used_fraction"] for r in ok if "used_fraction" in r}),
+         "budget_notes": sorted({r["budget_note"] for r in ok if "budget_note" in r})}
     if ok:
         e.update({"ms": [r["ms"] for r in ok], "ratio": [r["ratio"] for r in ok],
                   "accuracy": [r["accuracy"] for r in ok], "params": [r["params"] for r in ok],
@@ -223,7 +236,10 @@ def _entry(frac, method, rs) -> dict:
 
 
 def _verdict(frac, per) -> str:
-    head = f"{100 * frac:.0f} % of the latency: "
+    used = sorted({u for v in per.values() for u in v.get("used_fractions", [])})
+    head = f"{100 * frac:.0f} % of the latency" + (
+        f" (below the fastest network on this host; held to {', '.join(f'{100 * u:.0f} %' for u in used)} "
+        f"instead, midway between it and the full network)" if used else "") + ": "
     ours = [v for k, v in per.items() if k.startswith("hwprune ") and "FLOPs" not in k]
     tp = per.get("Torch-Pruning")
     full = [v for v in ours if v["n"] and not v["refused"]]
@@ -273,7 +289,8 @@ def render_md(header, args, bases, table, summary) -> str:
         meets = "yes" if t["all_meet"] else "**no**"
         if not t["met_in_sweep"]:
             meets = "**no** (fastest ratio)"
-        rows.append([f"{100 * t['fraction']:.0f} %", t["method"], _ms(t["ms"]), f"{statistics.mean(t['ratio']):.3f}",
+        budget = f"{100 * t['fraction']:.0f} %" + "".join(f" -> {100 * u:.0f} %" for u in t.get("used_fractions", []))
+        rows.append([budget, t["method"], _ms(t["ms"]), f"{statistics.mean(t['ratio']):.3f}",
                      _pm(t["accuracy"]), f"{statistics.mean(t['params']):.0f}",
                      f"{statistics.mean(t['flops']) / 1e6:.1f}M", meets, runs])
     lines = ["# Accuracy at equal measured latency (resnet20 on digits)", ""] + common.header_lines(header)
@@ -291,7 +308,8 @@ def render_md(header, args, bases, table, summary) -> str:
               common.md_table(["budget", "method", "ms", "ratio", "accuracy %", "params", "FLOPs", "meets budget",
                                "seeds"], rows), "",
               "seeds: runs with a result / runs; 'refused': the engine's error, the budget is below the "
-              "smallest network the device grid and floors allow (every group at one step, 8 channels); "
+              "fastest network measured on this host; 'A % -> B %': A % is below the fastest network measured "
+              "here, and every method was held to B %, midway between it and the full network; "
               "means and spreads are over the runs with a result", ""]
     lines += [f"**{s}**" for s in summary] + [""]
     return "\n".join(lines)
@@ -322,8 +340,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     header = {**common.machine_header(), "device": args.device, "torch_threads": args.threads,
               "commit": _commit()}
-    dev = devices.get(args.device)
+    from hwprune.latency.grid import resolve_grid, with_grid
     store = MeasurementStore(args.store) if args.store else MeasurementStore()
+    dev = devices.get(args.device)
+    dev = with_grid(dev, resolve_grid(dev, store))
+    header["grid_channels"] = dev.step_channels
     bases, rows = [], []
     for seed in args.seeds:
         base, r = run_seed(seed, args, dev, store, log)

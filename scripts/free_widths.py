@@ -11,8 +11,10 @@ on one device:
    network, with free-width samples and every sub-network's own layer shapes
    measured and answered as measured
    (:func:`hwprune.latency.profiling.fit_latency_model` with ``free_widths``,
-   ``also`` and ``use_table``), and calibrated on the full network and three
-   uniform grid sub-networks (:func:`hwprune.loop.engine.calibrate`);
+   ``also`` and ``use_table``), and calibrated on the full network, three
+   uniform grid sub-networks (:func:`hwprune.loop.engine.calibrate`) and
+   ``CALIBRATION`` random free-width ones (other seed), whose misaligned
+   share lets the remainder tell the two layer scales apart;
 3. ``--samples`` random sub-networks with free widths (every group at least
    ``MIN_SHARE`` of its width) are predicted as a ratio to the full network's
    prediction, and measured as a user measures them: the pruned and the full
@@ -33,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 
 DEFAULT_MODELS = ["concatnet", "invresnet", "groupednet"]
+CALIBRATION = 4  # random free-width networks measured whole for the remainder, besides the engine's four
 MIN_SHARE = 0.1
 TARGET = {"within_10_pct": 95.0, "within_5_pct": 80.0}
 
@@ -72,13 +75,15 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     choices = random_choices(free_options(space), samples, seed=seed)
+    calibration = random_choices(free_options(space), CALIBRATION, seed=seed + 1000)  # another seed
     # as predict_latency(sub-network) does: each network's own layer shapes are measured
     lat = fit_latency_model(prof, space, options, free_widths=True, use_table=True,
-                            also=[s for c in choices for s in space.specs(c)])
+                            also=[s for c in choices + calibration for s in space.specs(c)])
     protocol = model_protocol(dev)
     measure = lambda m: prof.measure_module(m, (x,), protocol=protocol).median_ms
+    extra = [(space.specs(c), measure(build(space, c))) for c in calibration]
     calibrate(lat, space, measure, options, criteria.compute("l1", space),
-              [(space.specs(space.full_choice()), measure(model))])
+              [(space.specs(space.full_choice()), measure(model)), *extra])
     ev = Evaluator(space, lat, criteria.compute("l1", space))
     full_ms = ev.latency_ms(space.full_choice())
     block = BLOCK_PROTOCOL if protocol is None else replace(BLOCK_PROTOCOL, clock=protocol.clock)

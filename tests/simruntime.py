@@ -10,6 +10,12 @@ shapes are measured without it), so the latency model, fitted to the layers,
 predicts X where the runtime measures X x bias. It is a number, or the name of
 a function ``model -> factor`` in :data:`BIASES` (device descriptors hold
 only plain values); the ``sim_devices`` fixture of conftest.py fills both.
+
+A host's speed, on whole-model measurements only (layer shapes and the step
+sweep stay exact): ``noise`` multiplies them alternately by ``1 + noise`` and
+``1 - noise`` (so a ratio of two measured in alternating blocks is right on
+average but its interval is wide), and ``drift`` slows the host by that share
+per 100 whole-model measurements.
 """
 import json
 import math
@@ -34,8 +40,10 @@ min_channels = 8
 
 
 class SimRuntime:
-    def __init__(self, bound: str = "flops", step: int = 8, bias: float | str = 1.0):
+    def __init__(self, bound: str = "flops", step: int = 8, bias: float | str = 1.0, noise: float = 0.0,
+                 drift: float = 0.0):
         self.bound, self.step, self.bias = bound, int(step), bias
+        self.noise, self.drift, self.calls = float(noise), float(drift), 0
 
     def fingerprint(self) -> dict:
         return {"runtime": "sim", "bound": self.bound, "step": self.step,
@@ -60,8 +68,11 @@ class SimRuntime:
         return float(BIASES[self.bias](model) if isinstance(self.bias, str) else self.bias)
 
     def measured_ms(self, model, example_inputs) -> float:
-        """What a whole-model measurement returns: the simulated latency times the bias."""
-        return self.module_ms(model, example_inputs) * self.bias_of(model)
+        """What a whole-model measurement returns: the simulated latency times
+        the bias, and the host's noise and drift."""
+        self.calls += 1
+        host = (1.0 + self.noise * (-1) ** self.calls) * (1.0 + self.drift * self.calls / 100.0)
+        return self.module_ms(model, example_inputs) * self.bias_of(model) * host
 
     @staticmethod
     def _timing(ms: float) -> Timing:

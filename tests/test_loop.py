@@ -47,17 +47,24 @@ class FakeSelector:
 
 
 class FakeMeter:
-    """Measures width w on device d at ``w x 0.1 ms x bias(d, w)``, as a ratio to a fixed reference."""
+    """Measures width w on device d at ``w x 0.1 ms x bias(d, w)``, as a ratio to a fixed reference;
+    ``interval(d, w)``: the reading's relative half-width and whether it is sure (default: exact)."""
 
-    def __init__(self, bias=lambda d, w: 1.0, devices=("d",)):
-        self.bias, self.devices, self.measured = bias, devices, []
+    def __init__(self, bias=lambda d, w: 1.0, devices=("d",), interval=None):
+        self.bias, self.devices, self.measured, self.interval = bias, devices, [], interval
 
     def reference_ms(self, device):
         return REFERENCE_MS
 
     def measure(self, width):
         self.measured.append(width)
-        return {d: Reading(width * MS_PER_CHANNEL * self.bias(d, width) / REFERENCE_MS, 0.0) for d in self.devices}
+        out = {}
+        for d in self.devices:
+            r = width * MS_PER_CHANNEL * self.bias(d, width) / REFERENCE_MS
+            half, sure = self.interval(d, width) if self.interval else (0.0, True)
+            out[d] = Reading(r, 0.0) if not self.interval else Reading(r, 0.0, r / (1 + half), r * (1 + half), sure,
+                                                                       rounds=20, seconds=30.0)
+        return out
 
 
 def table(**factors):
@@ -65,9 +72,9 @@ def table(**factors):
     return lambda d, w: factors.get(f"w{w}", 1.0)
 
 
-def controller(widths, budgets, bias=lambda d, w: 1.0, primary="d", max_rounds=6, max_width=None):
+def controller(widths, budgets, bias=lambda d, w: 1.0, primary="d", max_rounds=6, max_width=None, interval=None):
     devices = tuple(dict.fromkeys([primary, *budgets]))
-    sel, meter = FakeSelector(widths, devices, max_width), FakeMeter(bias, devices)
+    sel, meter = FakeSelector(widths, devices, max_width), FakeMeter(bias, devices, interval)
     loop = Controller(sel, lambda s: s.choice[0][0], meter, Budgets(dict(budgets), primary),
                       {0: (max(widths),)}, max_rounds=max_rounds)
     return loop, sel, meter
@@ -245,6 +252,68 @@ def test_after_max_rounds_the_plan_meeting_the_budget_with_most_latency_used_win
     out = loop.run()
     assert meter.measured == [48, 51, 52] and loop.nudges == 1
     assert out.best.model == 48 and out.note == ""
+
+
+# ---------------------------------------------------------------- certified: the interval decides
+
+def test_a_reading_without_an_interval_is_exact():
+    r = Reading(0.5, 0.1)
+    assert (r.ratio_lo, r.ratio_hi, r.sure, r.half_width_rel) == (0.5, 0.5, True, 0.0)
+
+
+def test_accepts_only_when_the_upper_end_of_the_interval_is_under_the_budget():
+    """Width 48 measures 0.96 of the budget, +-5 %: its upper end (1.008) is
+    over, so it is not accepted though its point estimate is in the band; the
+    selector repeats 48, the nudge goes down, and width 47 (0.94, +-1 %, upper
+    end 0.949) is accepted."""
+    loop, sel, meter = controller(FINE, {"d": 5.0}, interval=lambda d, w: (0.05 if w == 48 else 0.01, True))
+    out = loop.run()
+    assert meter.measured == [48, 47] and loop.nudges == 1
+    assert sel.targets(2) == pytest.approx(5.0 * AIM / (1 + NUDGE_STEP))
+    assert loop.used(out.trials[0]) == pytest.approx(0.96) and loop.used_hi(out.trials[0]) == pytest.approx(1.008)
+    assert out.best.model == 47 and out.certified and out.note == ""
+    assert loop.used_hi(out.best) == pytest.approx(0.94 * 1.01)
+    r = out.rounds[0]
+    assert r.measured_lo_ms == pytest.approx(4.8 / 1.05) and r.measured_hi_ms == pytest.approx(4.8 * 1.05)
+
+
+@pytest.mark.parametrize("hi_rel,accepted", [(0.0416, True), (0.0417, False)])
+def test_the_acceptance_threshold_is_the_budget_itself(hi_rel, accepted):
+    """0.96 x (1 + 0.0416) = 0.99994 is under the budget; 0.96 x 1.0417 = 1.00003 is not."""
+    loop, _, meter = controller(FINE, {"d": 5.0}, max_rounds=1, interval=lambda d, w: (hi_rel, True))
+    out = loop.run()
+    assert meter.measured == [48] and loop.accepts(out.trials[0]) is accepted and out.certified is accepted
+
+
+def test_a_point_estimate_under_the_budget_with_the_interval_over_it_is_not_certified():
+    """Every plan's interval is +-12 % and the meter hit its cap (not sure): no
+    plan is certified; the answer is the plan whose point estimate meets the
+    budget with the most latency used, said to be uncertified, with its interval."""
+    loop, _, meter = controller(FINE, {"d": 5.0}, max_rounds=3, interval=lambda d, w: (0.12, False))
+    out = loop.run()
+    assert len(out.trials) == 3 and all(loop.used_hi(t) > 1.0 for t in out.trials)
+    assert not out.certified and loop.used(out.best) <= 1.0
+    assert out.best.model == max(t.model for t in out.trials if loop.used(t) <= 1.0)
+    lo, hi = 0.1 * out.best.model / 1.12, 0.1 * out.best.model * 1.12
+    assert f"interval is {lo:.3f}-{hi:.3f} ms (+-12.0 %) against the budget 5.000 ms" in out.note
+    assert "too noisy to certify the budget" in out.note and "20 rounds, 30 s" in out.note
+
+
+def test_a_narrow_interval_just_over_the_budget_is_not_called_noise():
+    loop, _, _ = controller(FINE, {"d": 5.0}, max_rounds=1, bias=lambda d, w: 0.99 / 0.96,
+                            interval=lambda d, w: (0.015, True))
+    out = loop.run()
+    assert not out.certified and "too noisy" not in out.note
+    assert "no plan measured in 1 rounds was certified" in out.note
+
+
+def test_the_worst_device_interval_decides_acceptance():
+    """Device a is exact; b measures the same but +-5 %: b's upper end (1.008) blocks acceptance."""
+    loop, _, _ = controller(FINE, {"a": 5.0, "b": 5.0}, primary="a", max_rounds=1,
+                            interval=lambda d, w: (0.05 if d == "b" else 0.0, True))
+    out = loop.run()
+    assert loop.used(out.best) == pytest.approx(0.96) and loop.used_hi(out.best) == pytest.approx(1.008)
+    assert not out.certified and "on b" in out.note
 
 
 # ---------------------------------------------------------------- end to end, simulated runtime

@@ -39,6 +39,9 @@ def register(sub, common) -> None:
     sp.add_argument("--repeats", type=_int(1), default=3, help="measurements of each plan, in a pair "
                     "with the original, per cross-matrix cell (default 3)")
     sp.add_argument("--time-limit-s", type=float, default=60.0, help="qcqp: solver time limit per solve")
+    from hwprune.cli.prune import grid_arg
+    sp.add_argument("--grid", type=grid_arg, metavar="N", help="prune every device on a grid of N channels "
+                    "(default: the channel step measured on this host for measured devices)")
     sp.set_defaults(func=cmd_compare)
 
 
@@ -68,7 +71,8 @@ def cmd_compare(args) -> int:
     res = run_compare(lm.model, (lm.example_input,), args.devices, budget_frac=frac, model_name=lm.source,
                       selector=args.selector, store=open_store(args), predicted_only=args.predicted,
                       profiles=args.profile, curve_layers=args.curve_layers, pareto_points=args.pareto_points,
-                      repeats=args.repeats, time_limit_s=args.time_limit_s, progress=progress_bar())
+                      repeats=args.repeats, time_limit_s=args.time_limit_s, progress=progress_bar(),
+                      grid=args.grid)
     files = save_report(out, res.data)
     emit(args, {**res.data, "out": str(out), "files": files},
           summary(res.data) + f"\nwrote {out}/" + ", ".join(files))

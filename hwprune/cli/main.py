@@ -20,7 +20,9 @@ def cmd_devices(args) -> int:
     from hwprune import devices
     folders = [str(f) for f in devices.profile_dirs()]
     text = format_table(["device", "available", "grid (source)", "stored", "profile files", "description"], rows)
-    text += "".join(f"\n{i.name}: grid {i.grid['detail']}" for i in infos if i.available)
+    text += "".join(f"\n{i.name}: grid {i.grid['detail']}"
+                    + (f" ({i.grid['measured_s']:.1f} s)" if i.grid.get("measured_s") else "")
+                    for i in infos if i.available)
     text += f"\nstore: {store.path}\nprofiles: {', '.join(folders)}"
     text += "".join(f"\nunreadable profile: {b}" for b in bad_files)
     emit(args, {"devices": [i.to_json() for i in infos], "store": str(store.path), "profiles_dirs": folders,
@@ -77,7 +79,7 @@ def cmd_prune(args) -> int:
                                   args.seed)[0]
     res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
-                data=data_loader, store=open_store(args), progress=progress_bar())
+                data=data_loader, store=open_store(args), progress=progress_bar(), grid=args.grid)
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
@@ -99,6 +101,8 @@ def cmd_prune(args) -> int:
             text += (f"\n{dev}: budget {d['budget_ms']:.3f} ms, measured {d['measured_ms']:.3f} ms "
                      f"(baseline {d['baseline_ms']:.3f})")
     text += f"\n{len(res.rounds)} closed-loop rounds"
+    from hwprune.cli.prune import host_text
+    text += host_text(res)
     solve = data["solve"]
     if solve.get("status"):
         gap = "" if solve.get("mip_gap") is None else f", MIP gap {100 * solve['mip_gap']:.3f} %"
@@ -143,6 +147,7 @@ def cmd_demo(args) -> int:
             ["pruned", f"{r['pruned_ms']:.3f}", f"{r['predicted_ms']:.3f}", r["params_after"], r["flops_after"],
              f"{100 * r['accuracy_after']:.1f} %"]]
     text = format_table(["resnet20", "measured ms", "predicted ms", "params", "FLOPs", "test acc"], rows)
+    text += f"\n{r['budget_choice']['text']}" + "".join(f"\nwarning: {w}" for w in r.get("warnings", []))
     emit(args, r, text + f"\nbudget {r['budget_ms']:.3f} ms on {args.device}; report in {args.out}/report.md")
     return 0
 

@@ -35,6 +35,13 @@ def budget_kwargs(budget) -> dict:
     return {"budget_ms": budget}
 
 
+def grid_arg(text: str) -> int:
+    """A channel grid: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"grid {text!r} is not a positive number of channels")
+    return int(text)
+
+
 def amount(text: str) -> float:
     """A positive count, optionally with a k/M/G suffix (``300M``, ``1.2G``)."""
     scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:], 1.0)
@@ -71,6 +78,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="greedy (default), knapsack (HALP) or qcqp (exact MILP of Jeong et al. with HiGHS)")
     sp.add_argument("--time-limit-s", type=_number, default=60.0, help="qcqp: solver time limit per solve "
                     "(default 60)")
+    sp.add_argument("--grid", type=grid_arg, metavar="N", help="prune on a grid of N channels (default: the "
+                    "channel step measured on this host, measured on first use and stored)")
     from hwprune.cli.finetune import add_training_arguments
     from hwprune.importance.criteria import CRITERIA
     sp.add_argument("--importance", default="l1", choices=CRITERIA.list(),
@@ -114,3 +123,22 @@ def constraints_from_args(args):
     cons = Constraints(latency_ms=named, max_flops=args.max_flops, max_params=args.max_params,
                        max_memory_mib=args.max_memory_mib, min_ratio=args.min_ratio, max_ratio=args.max_ratio)
     return (plain[0] if plain else None), cons
+
+
+def host_text(res) -> str:
+    """Lines on the host for ``hwprune prune``'s text output: the grid of each
+    device (and whether it was measured now), the primary device's measured
+    interval and whether it certifies the budget, and drift warnings."""
+    st, lines = res.stats, []
+    for dev, g in st.get("grid", {}).items():
+        took = f", {g['measured_s']:.1f} s" if g.get("measured_s") else ""
+        lines.append(f"grid {dev}: {g['step_channels']} channels ({g['detail']}{took})")
+    iv = st.get("ratio_interval", {}).get(res.device)
+    if iv:
+        verdict = ("certified under the budget" if st.get("certified") else "NOT certified under the budget"
+                   ) if res.budget_ms is not None else "no latency budget"
+        lines.append(f"measured {res.measured_ms:.3f} ms, 95 % interval {iv['measured_lo_ms']:.3f}-"
+                     f"{iv['measured_hi_ms']:.3f} ms (+-{100 * iv['half_width_rel']:.1f} %, {iv['rounds']} rounds "
+                     f"of alternating blocks): {verdict}")
+    lines += [f"warning: {w}" for w in st.get("warnings", [])]
+    return "".join(f"\n{line}" for line in lines)

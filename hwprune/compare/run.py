@@ -8,8 +8,9 @@ For one model and several devices, :func:`run_compare` returns (JSON-ready):
   ``predicted_only`` asks so), its whole-network latency at full width
   (measured: the median of every measurement of the original, each taken
   interleaved with another network; predicted: the latency model's), the grid
-  step and the measured channel step, and how the latency model's remainder
-  was fitted;
+  it is pruned on (for a measured device the step measured on this host,
+  :func:`hwprune.latency.grid.resolve_grid`; ``grid`` overrides it) and the
+  measured channel step, and how the latency model's remainder was fitted;
 * ``layers``: per layer and device, the latency at full width (the isolated
   layer as measured, or the latency model where the shape was not measured),
   the cost per channel (that latency / the layer's prunable width) and the
@@ -51,6 +52,7 @@ from hwprune.errors import BelowSmallestError, UserError
 from hwprune.graph.space import PruningSpace, group_options
 from hwprune.graph.surgery import apply_kept
 from hwprune.importance import criteria as importance
+from hwprune.latency.grid import Grid, descriptor_grid, resolve_grid, with_grid
 from hwprune.latency.offline import find_profile, offline_model, read_profile
 from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
 from hwprune.loop.engine import calibrate, count_params, prune
@@ -85,6 +87,7 @@ class Side:
     smallest_ms: float | None = None  # measured: the smallest network the floors allow
     device_step: int | None = None
     step_source: str = ""
+    grid: Grid | None = None          # the grid it is pruned on, and where it came from
 
     @property
     def baseline_ms(self) -> float:
@@ -165,21 +168,21 @@ def _options(space: PruningSpace, dev) -> dict:
                                  for g in space.groups}, dev.step_channels, Constraints())
 
 
-def _device_step(prof: Profiler, progress) -> tuple[int | None, str]:
-    """The stored channel step of the device, detected now if none is stored
-    (or the stored one came from a busy machine), as ``hwprune profile`` does."""
-    step = prof.store.get_meta(prof.fp, "step")
-    if isinstance(step, dict) and step.get("reliable", True):
-        return step.get("step_channels"), "stored"
-    from profilers.steps import detect_step
-    res = detect_step(prof.runtime, progress=progress)
-    prof.store.put_meta(prof.fp, "step", {**res.to_json(), "detected_at":
-                                          _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
-    return res.step_channels, "detected now" + ("" if res.reliable else " (noisy)")
+def side_grid(side: Side, store, grid: int | None, progress) -> Grid:
+    """The grid a side is pruned on: ``grid`` where given; a measured device's
+    step measured on this host (stored after the first time); a predicted
+    device's descriptor."""
+    if grid is not None or side.mode == MEASURED:
+        return resolve_grid(side.device, store, override=grid, progress=progress)
+    return descriptor_grid(side.device)
 
 
-def prepare_side(side: Side, space, example_inputs, scores, store, progress) -> None:
-    """Latency model (and, where measured, baseline and channel step) of a side."""
+def prepare_side(side: Side, space, example_inputs, scores, store, progress, grid: int | None = None) -> None:
+    """Latency model (and, where measured, baseline and channel step) of a side, on its grid."""
+    side.grid = side_grid(side, store, grid, progress)
+    side.device = with_grid(side.device, side.grid)
+    if side.grid.source == "measured":
+        side.device_step, side.step_source = side.grid.step_channels, side.grid.detail
     side.options = _options(space, side.device)
     if side.mode == MEASURED:
         side.profiler = Profiler(side.device, store)
@@ -188,7 +191,6 @@ def prepare_side(side: Side, space, example_inputs, scores, store, progress) -> 
         side.smallest_ms = calibrate(side.lat, space, side.meter.measure, side.options, scores,
                                      [(space.specs(space.full_choice()), side.meter.reference_ms)])
         side.remainder = "remainder fitted to whole-model measurements here (full, smallest, quarter, half width)"
-        side.device_step, side.step_source = _device_step(side.profiler, progress)
     side.ev = Evaluator(space, side.lat, scores)
     side.predicted_full_ms = side.ev.latency_ms(space.full_choice())
 
@@ -213,7 +215,8 @@ def make_plans(space, example_inputs, sides, scores, frac, selector, store, prog
                 raised = (f"{100 * frac:.0f} % is below the smallest network the floors allow "
                           f"({side.smallest_ms:.3f} ms measured); budget raised to {budget['budget_ms']:.3f} ms")
             run = functools.partial(prune, space.model, example_inputs, device=side.name, selector=selector,
-                                    store=store, progress=progress, time_limit_s=time_limit_s)
+                                    store=store, progress=progress, time_limit_s=time_limit_s,
+                                    grid={side.name: side.grid})
             try:
                 res = run(**budget)
             except BelowSmallestError as exc:  # the engine measured the smallest network slower than we did
@@ -274,10 +277,11 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
                 model_name: str = "", selector: str = "greedy", store: MeasurementStore | None = None,
                 predicted_only=(), profiles=(), profiles_dir: Path | None = None, curve_layers: int = 4,
                 pareto_points: int = 9, repeats: int = 3, time_limit_s: float = 60.0,
-                progress: Progress | None = None) -> Comparison:
+                progress: Progress | None = None, grid: int | None = None) -> Comparison:
     """Run the comparison (module docstring). Every device is checked (known,
     runs here or has a profile that covers the model) before anything is
-    measured."""
+    measured. ``grid``: the channel grid of every device (default: measured
+    here for measured devices, the descriptor's for predicted ones)."""
     example_inputs = as_inputs(example_inputs)
     SELECTORS.check(selector)  # an unknown name fails before anything is measured
     frac = parse_fraction(budget_frac)
@@ -290,7 +294,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
     scores = importance.compute("l1", space)
     for side in sides:
         log.info("preparing %s (%s)", side.name, side.mode)
-        prepare_side(side, space, example_inputs, scores, store, progress)
+        prepare_side(side, space, example_inputs, scores, store, progress, grid)
     layers, other = layer_rows(space, sides)
     for s in sides:  # a prediction's non-layer part is its remainder
         if s.mode != MEASURED:
@@ -314,6 +318,7 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
                      "baseline_ms": s.baseline_ms, "predicted_full_ms": s.predicted_full_ms,
                      "sum_of_layers_ms": sum(r["devices"][s.name]["ms"] for r in layers),
                      "other_ms": other[s.name], "grid_step": s.device.step_channels,
+                     "grid": s.grid.to_json() if s.grid else None,
                      "device_step": s.device_step, "step_source": s.step_source,
                      "remainder": s.remainder} for s in sides],
         "groups": [{"gid": g.gid, "root": g.root, "size": g.size,

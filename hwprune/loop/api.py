@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import torch
 
 from hwprune import devices
 from hwprune.errors import UserError
 from hwprune.graph.space import PruningSpace, group_options
 from hwprune.importance import criteria as importance
+from hwprune.latency.grid import resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
 from hwprune.latency.profiling import measure_latency as _measure
 from hwprune.loop.engine import calibrate
@@ -21,26 +23,45 @@ from profilers.inputs import as_inputs
 log = logging.getLogger("hwprune")
 
 
-def stored_measurements(device: str, store: MeasurementStore | None = None) -> list[Measurement]:
-    """The largest set of measurements of ``device`` from one host: stored under
-    one fingerprint in the store, or in one committed profile file."""
+def _host_words(fp: dict) -> str:
+    return ", ".join(str(fp[k]) for k in ("cpu", "isa", "gpu", "runtime", "version") if fp.get(k)) or "unknown host"
+
+
+def stored_source(device: str, store: MeasurementStore | None = None) -> tuple[list[Measurement], str]:
+    """The largest set of measurements of ``device`` from one host (stored under
+    one fingerprint in the store, or in one committed profile file), and where
+    they come from in words (the store or the file, the host, the date)."""
     from profilers.profile_io import load_profile, profile_files, read_header
     store = store if store is not None else MeasurementStore()
-    sources: list[list[tuple[str, object]]] = []
+    sources: list[tuple[list[tuple[str, object]], str]] = []
     for key in store.devices():
         try:
-            if json.loads(key).get("device") == device:
-                sources.append(store.items(key))
+            fp = json.loads(key)
         except ValueError:
             continue
+        if fp.get("device") == device:
+            sources.append((store.items(key), f"the measurement store {store.path} ({_host_words(fp)})"))
     for path in (p for folder in devices.profile_dirs() for p in profile_files(folder)):
         try:
-            if read_header(path).get("device") == device:
-                sources.append(load_profile(path)[1])
+            head = read_header(path)
+            if head.get("device") == device:
+                sources.append((load_profile(path)[1], f"profile {path.name} (measured {head.get('date', '?')} on "
+                                                       f"{_host_words(head.get('fingerprint') or {})})"))
         except ValueError as exc:
             log.warning("skipping profile %s: %s", path, exc)
-    best = max(sources, key=len, default=[])
-    return [Measurement(device, LayerSpec.from_key(k), t) for k, t in best]
+    best, where = max(sources, key=lambda s: len(s[0]), default=([], ""))
+    return [Measurement(device, LayerSpec.from_key(k), t) for k, t in best], where
+
+
+def stored_measurements(device: str, store: MeasurementStore | None = None) -> list[Measurement]:
+    """The measurements of :func:`stored_source`."""
+    return stored_source(device, store)[0]
+
+
+def spread_rel(ms: list[Measurement]) -> float:
+    """The measurements' typical run-to-run spread: median of IQR / median."""
+    rel = [m.timing.iqr_ms / m.timing.median_ms for m in ms if m.timing.median_ms > 0]
+    return float(np.median(rel)) if rel else 0.0
 
 
 def predict_stored(model: torch.nn.Module, example_inputs, device: str, store=None,
@@ -51,7 +72,7 @@ def predict_stored(model: torch.nn.Module, example_inputs, device: str, store=No
     example_inputs = as_inputs(example_inputs)
     space = PruningSpace(model.eval(), example_inputs)
     specs = space.specs(space.full_choice())
-    ms = stored_measurements(device, store)
+    ms, where = stored_source(device, store)
     dev = devices.get(device)
     lat = NetworkLatencyModel(step_channels=dev.step_channels).fit(ms) if ms else None
     missing = list(dict.fromkeys(specs if lat is None else lat.missing(specs)))
@@ -62,11 +83,17 @@ def predict_stored(model: torch.nn.Module, example_inputs, device: str, store=No
                         f"measurements of {len(missing)} layer shape(s) of this model: {shown}{more}; profile "
                         f"them on the device (hwprune profile --device {device} --model M --export FILE) "
                         f"and put FILE in {devices.user_dir() / 'profiles'}")
-    return lat.predict(specs)
+    pred = lat.predict(specs)
+    log.warning("%s: %.3f ms predicted from %d layer measurements in %s, not measured now: their runs spread "
+                "%.1f %% (median IQR / median), and a host's speed drifts 10-50 %% over minutes, which a "
+                "prediction from another time or host cannot see; measure_latency measures it now",
+                device, pred, len(ms), where, 100 * spread_rel(ms))
+    return pred
 
 
 def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-cpu-1t", *,
-                    store=None, progress: Progress | None = None, profile: bool | None = None) -> float:
+                    store=None, progress: Progress | None = None, profile: bool | None = None,
+                    grid: int | None = None) -> float:
     """Predicted latency (ms) of ``model`` on ``device``; any traceable model.
 
     Where the device's runtime runs here (``profile`` None or True), layer
@@ -78,18 +105,23 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     see :func:`hwprune.latency.profiling.device_clock`). Otherwise (``profile=False``, or
     the runtime cannot run here) it is the sum of the layer predictions from
     stored measurements (the store, or a profile file in
-    ``devices/profiles/``), and missing layer shapes are an error naming them.
+    ``devices/profiles/``), and missing layer shapes are an error naming them;
+    such a prediction logs a warning with where the measurements come from and
+    their spread. Widths are on the grid measured on this host
+    (:func:`hwprune.latency.grid.resolve_grid`; ``grid`` overrides it).
     """
     example_inputs = as_inputs(example_inputs)
     dev = devices.get(device)
     if profile is False:
         return predict_stored(model, example_inputs, device, store, "profile=False")
     try:
-        prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
+        dev.open()
     except UserError as exc:
         if profile:
             raise
         return predict_stored(model, example_inputs, device, store, str(exc).split(";")[0])
+    dev = with_grid(dev, resolve_grid(dev, store, override=grid, progress=progress))
+    prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     space = PruningSpace(model.eval(), example_inputs)
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
     lat = fit_latency_model(prof, space, options, progress)

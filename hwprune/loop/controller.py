@@ -6,9 +6,11 @@ cuts it and measures it on every device (one call on a
 each a method of :class:`Controller`:
 
 - :meth:`Controller.accepts`: stop at this plan, its latency used lies in
-  ``[accept_low, 1.0]`` (or at most 1.0 at full width, which cannot grow);
-  "latency used" (:meth:`Controller.used`) is the largest measured / budget
-  over the devices with a budget, so the worst device decides.
+  ``[accept_low, 1.0]`` (or at most 1.0 at full width, which cannot grow)
+  and so does the upper end of its 95 % interval (:meth:`Controller.used_hi`:
+  the plan is certified to meet the budget); "latency used"
+  (:meth:`Controller.used`) is the largest measured / budget over the devices
+  with a budget, so the worst device decides.
 - :meth:`Controller.nearest_to_aim` and :meth:`Controller.re_aim`: otherwise
   anchor on the measured plan closest to ``aim x budget`` and scale each
   device's target by that plan's predicted / measured ratio, starting the
@@ -17,10 +19,14 @@ each a method of :class:`Controller`:
 - :meth:`Controller.nudge`: the selector returned a plan already measured
   (the corrected target moved less than one grid step, or another bound holds
   the plan): move every target further in the direction the measurement asks
-  for, by 2 % more at each nudge, at most 4 nudges in the whole loop.
+  for (down when the interval reaches over the budget), by 2 % more at each
+  nudge, at most 4 nudges in the whole loop.
 - :meth:`Controller.outcome`: after ``max_rounds`` measured rounds (or a stop),
-  the measured plan meeting every budget with the most latency used; if none
-  meets them, the fastest one measured, with a note saying so.
+  the certified plan (interval under every budget) with the most latency
+  used; if none is certified, the plan whose point estimate meets every
+  budget with the most latency used, not ``certified``, with a note giving its
+  interval (and, when the meter hit its cap, that the host is too noisy to
+  certify the budget); if none meets them, the fastest one measured.
 
 Milliseconds are always a reading's ratio times the meter's *current*
 reference (the original's median so far), and a budget given as a fraction
@@ -57,6 +63,9 @@ class Round:
     devices: dict = field(default_factory=dict)
     status: str = ""
     solve_s: float = 0.0
+    measured_lo_ms: float | None = None  # the 95 % interval of measured_ms
+    measured_hi_ms: float | None = None
+    sure: bool = True                    # the interval met the meter's target before its cap
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class Outcome:
     trials: tuple[Trial, ...]
     rounds: tuple[Round, ...]
     note: str = ""
+    certified: bool = True  # best's interval lies under every budget (or there is none)
 
 
 class Selector(Protocol):
@@ -150,20 +160,29 @@ class Controller:
         """Latency used: the largest measured / budget over the devices with a budget (0.0 without any)."""
         return max((self.measured_ms(trial, d) / b for d, b in self.budgets_ms().items()), default=0.0)
 
+    def used_hi(self, trial: Trial) -> float:
+        """The upper end of the latency used: the 95 % interval's upper end instead of the point estimate."""
+        return max((trial.readings[d].ratio_hi * self.meter.reference_ms(d) / b
+                    for d, b in self.budgets_ms().items()), default=0.0)
+
     def measure(self, selection: Selection, targets: dict[str, float]) -> Trial:
         """Cut ``selection``, measure it on every device, record the trial and its round."""
         model = self.build(selection)
         trial = Trial(selection, model, dict(targets), self.meter.measure(model))
         self.trials.append(trial)
         per_device = {d: {"target_ms": targets.get(d), "predicted_ms": trial.predicted_ms(d),
-                          "measured_ms": self.measured_ms(trial, d), "iqr_ms": r.iqr_ms}
+                          "measured_ms": self.measured_ms(trial, d), "iqr_ms": r.iqr_ms,
+                          "measured_lo_ms": r.ratio_lo * self.meter.reference_ms(d),
+                          "measured_hi_ms": r.ratio_hi * self.meter.reference_ms(d), "sure": r.sure}
                       for d, r in trial.readings.items()}
         p = per_device[self.budgets.primary]
         self.rounds.append(Round(p["target_ms"], p["predicted_ms"], p["measured_ms"], p["iqr_ms"],
-                                 per_device if len(per_device) > 1 else {}, selection.status, selection.solve_s))
+                                 per_device if len(per_device) > 1 else {}, selection.status, selection.solve_s,
+                                 p["measured_lo_ms"], p["measured_hi_ms"], p["sure"]))
         budgets = self.budgets_ms()
         log.info("round %d (%s, %s): %s", len(self.rounds), selection.selector, selection.status, ", ".join(
-            f"{d} predicted {v['predicted_ms']:.3f} ms, measured {v['measured_ms']:.3f} ms"
+            f"{d} predicted {v['predicted_ms']:.3f} ms, measured {v['measured_ms']:.3f} ms "
+            f"({v['measured_lo_ms']:.3f}-{v['measured_hi_ms']:.3f}{'' if v['sure'] else ', not sure'})"
             + (f" (budget {budgets[d]:.3f})" if d in budgets else "") for d, v in per_device.items()))
         return trial
 
@@ -178,12 +197,13 @@ class Controller:
 
     def accepts(self, trial: Trial) -> bool:
         """Stop at ``trial``: its latency used lies in ``[accept_low, 1.0]``, or
-        it is at most 1.0 at full width; or there is no latency budget to
-        correct towards (one round only)."""
+        it is at most 1.0 at full width, and the upper end of its interval is at
+        most 1.0 too; or there is no latency budget to correct towards (one
+        round only)."""
         if not self.budgets_ms():
             return True
         u = self.used(trial)
-        return u <= 1.0 and (u >= self.accept_low or self.at_full(trial.selection))
+        return self.used_hi(trial) <= 1.0 and (u >= self.accept_low or self.at_full(trial.selection))
 
     def distance_to_aim(self, trial: Trial) -> float:
         """The largest gap over the devices between measured and aimed latency, as a share of the budget."""
@@ -213,23 +233,47 @@ class Controller:
 
     def nudge(self, targets: dict[str, float]) -> dict[str, float] | None:
         """The selector returned a plan already measured: the targets scaled by
-        ``1 + k x NUDGE_STEP`` at the k-th nudge (up if the reference plan used
-        less than ``accept_low``, down by its inverse if it used more than the
-        budget). None: stop, after ``MAX_NUDGES`` nudges or when the reference
-        plan already lies in ``[accept_low, 1.0]``."""
+        ``1 + k x NUDGE_STEP`` at the k-th nudge (down by its inverse if the
+        reference plan's interval reaches over the budget, else up if it used
+        less than ``accept_low``). None: stop, after ``MAX_NUDGES`` nudges or
+        when the reference plan, interval included, lies in ``[accept_low, 1.0]``."""
         self.nudges += 1
-        u = self.used(self.nudge_reference()) if self.budgets_ms() else 1.0
-        if self.nudges > MAX_NUDGES or self.accept_low <= u <= 1.0:
+        ref = self.nudge_reference()
+        u, hi = (self.used(ref), self.used_hi(ref)) if self.budgets_ms() else (1.0, 1.0)
+        if self.nudges > MAX_NUDGES or (self.accept_low <= u and hi <= 1.0):
             return None
         step = 1.0 + NUDGE_STEP * self.nudges
-        scale = step if u < self.accept_low else 1.0 / step
+        scale = 1.0 / step if hi > 1.0 else step
         return {d: t * scale for d, t in targets.items()}
 
     def outcome(self) -> Outcome:
-        """The measured plan meeting every budget with the most latency used;
-        if none meets them, the fastest measured, with a note."""
+        """The certified plan with the most latency used; else the plan
+        meeting every budget (point estimate) with the most latency used, not
+        certified, with a note; if none meets them, the fastest measured, with
+        a note."""
+        trials, rounds = tuple(self.trials), tuple(self.rounds)
+        certified = [t for t in self.trials if self.used_hi(t) <= 1.0]
+        if certified:
+            return Outcome(max(certified, key=self.used), trials, rounds)
         meeting = [t for t in self.trials if self.used(t) <= 1.0]
         if meeting:
-            return Outcome(max(meeting, key=self.used), tuple(self.trials), tuple(self.rounds))
-        return Outcome(min(self.trials, key=self.used), tuple(self.trials), tuple(self.rounds),
-                       f"budget not met after {len(self.rounds)} rounds; returning the fastest network measured")
+            best = max(meeting, key=self.used)
+            return Outcome(best, trials, rounds, self.uncertified_note(best), certified=False)
+        return Outcome(min(self.trials, key=self.used), trials, rounds,
+                       f"budget not met after {len(self.rounds)} rounds; returning the fastest network measured",
+                       certified=False)
+
+    def uncertified_note(self, trial: Trial) -> str:
+        """Why ``trial`` (its point estimate under every budget) is not
+        certified: the device whose interval reaches highest over its budget,
+        the interval, and whether the meter hit its cap (a noisy host)."""
+        budgets = self.budgets_ms()
+        d = max(budgets, key=lambda k: trial.readings[k].ratio_hi * self.meter.reference_ms(k) / budgets[k])
+        r, ref = trial.readings[d], self.meter.reference_ms(d)
+        where = f" on {d}" if len(budgets) > 1 else ""
+        text = (f"budget not certified{where}: the measured latency's 95 % interval is {r.ratio_lo * ref:.3f}-"
+                f"{r.ratio_hi * ref:.3f} ms (+-{100 * r.half_width_rel:.1f} %) against the budget {budgets[d]:.3f} ms")
+        if not r.sure:
+            return text + (f"; the host is too noisy to certify the budget (the interval did not narrow to the "
+                           f"target in {r.rounds} rounds, {r.seconds:.0f} s)")
+        return text + f"; no plan measured in {len(self.rounds)} rounds was certified under it"

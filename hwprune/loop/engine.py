@@ -5,10 +5,21 @@ and the channel scores, profiles and calibrates every device, then hands the
 loop to :class:`hwprune.loop.controller.Controller` (every decision of the
 loop is a method there) and assembles its :class:`PruneResult`.
 
-Each pruned candidate is measured interleaved with the original model and
+Each device is pruned on the channel grid measured on this host
+(:func:`hwprune.latency.grid.resolve_grid`: the step is measured once per host
+and stored; ``grid=`` overrides it).
+
+Each pruned candidate is measured as a user sees it, in fresh sessions,
+alternating blocks of runs with the original until the 95 % interval of
+their ratio is within +-2 % or a cap (:mod:`hwprune.loop.meter`), and
 reported as ``(candidate / original) x baseline_ms``, so drift of the machine
-cancels; ``baseline_ms`` is the median of every measurement of the original
-on that device (two at the start, three during calibration, one per round).
+cancels; ``baseline_ms`` is the median of every block median of the original
+on that device (two at the start, at least one per round of every ratio).
+A plan is accepted only when the upper end of that interval is under the
+budget (certified); when no plan is, the result says so, with the interval.
+The networks the latency model is calibrated on, and where the budget is
+near them the networks it predicts fastest, are measured; a budget below the
+fastest of them is refused (:mod:`hwprune.loop.fastest`).
 The latency model's error is corrected after each measured round and the
 selection is redone, for at most ``max_rounds`` rounds: the selector is
 re-run from the measured plan closest to the aim with the latency target
@@ -43,17 +54,22 @@ from hwprune.errors import BelowSmallestError, UserError
 from hwprune.graph.space import Choice, PruningSpace, group_options, uniform_choice
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
-from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
+from hwprune.latency.grid import Grid, resolve_grid, with_grid
+from hwprune.latency.profiling import Profiler, Progress, fit_latency_model
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
-from hwprune.loop.meter import RelativeMeters
+from hwprune.loop.fastest import Calibration, calibrate_networks, measure_fastest
+from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty
 from hwprune.select.evaluator import Evaluator, Selection
 from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
 from hwprune.version import __version__
+from latency_models import NetworkLatencyModel
 from profilers import MeasurementStore
 from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
+
+FASTEST_MARGIN = 1.25  # a budget under this x the fastest network measured so far: measure the predicted-fastest
 
 __all__ = ["PruneResult", "Round", "calibrate", "count_params", "make_plan", "prune"]
 
@@ -149,24 +165,50 @@ def _grid_options(space: PruningSpace, device: Device, cons: Constraints) -> dic
                                  for g in space.groups}, device.step_channels, cons)
 
 
+def resolve_grids(devs: dict[str, Device], store: MeasurementStore | None, grid=None,
+                  progress: Progress | None = None) -> dict[str, Grid]:
+    """Each device's grid on this host (measured on first use, then stored).
+    ``grid``: None, a number of channels for every device, or a mapping
+    device -> number or :class:`Grid` (devices it does not name are resolved)."""
+    out = {}
+    for d, dev in devs.items():
+        g = grid.get(d) if isinstance(grid, dict) else grid
+        if g is not None and not isinstance(g, Grid):
+            try:
+                g = int(g)
+            except (TypeError, ValueError):
+                raise UserError(f"grid {g!r} is not a number of channels; give e.g. --grid 16") from None
+        out[d] = g if isinstance(g, Grid) else resolve_grid(dev, store, override=g, progress=progress)
+        log.info("%s: pruning on a grid of %d channels (%s%s)", d, out[d].step_channels, out[d].detail,
+                 f", measured in {out[d].measured_s:.1f} s" if out[d].measured_s else "")
+    return out
+
+
 # ---------------------------------------------------------------- the devices
 
-def _calibrated(prof: Profiler, meter: RelativeMeter, space: PruningSpace, options, scores,
-                progress: Progress | None) -> tuple[Evaluator, float]:
+def _calibrated(prof: Profiler, meter: BlockMeter, space: PruningSpace, options, scores,
+                progress: Progress | None) -> tuple[NetworkLatencyModel, list, Calibration]:
     """The device's latency model (layers profiled, remainder fitted on whole
-    networks) and its smallest network's measured ms."""
+    networks), the whole-network rows it was fitted on and the networks measured."""
     lat = fit_latency_model(prof, space, options, progress)
-    smallest_ms = calibrate(lat, space, meter.measure, options, scores,
-                            [(space.specs(space.full_choice()), meter.reference_ms)])
-    return Evaluator(space, lat, scores), smallest_ms
+    rows = [(space.specs(space.full_choice()), meter.reference_ms)]
+    return lat, rows, calibrate_networks(lat, space, meter.measure, options, scores, rows)
 
 
-def _check_above_smallest(budgets: dict[str, float], smallest_ms: dict[str, float]) -> None:
-    for d, b in budgets.items():
-        if b < smallest_ms[d]:
-            raise BelowSmallestError(f"budget {b:.3f} ms is below the smallest network the constraints allow "
-                                     f"({smallest_ms[d]:.3f} ms measured on {d}); raise the budget",
-                                     d, smallest_ms[d])
+def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: BlockMeters) -> None:
+    """Refuse a budget below the fastest network measured on its device."""
+    for d, b in budgets.now(meter).items():
+        fast, small, base = cals[d].fastest, cals[d].smallest, meter.reference_ms(d)
+        if b < fast.measured_ms:
+            also = ("" if fast is small else f"; the smallest network the constraints allow measured "
+                    f"{small.measured_ms:.3f} ms")
+            asked = (f"{100 * budgets.fraction:.0f} % of the original ({b:.3f} ms)"
+                     if budgets.fraction is not None and d == budgets.primary else f"{b:.3f} ms")
+            raise BelowSmallestError(
+                f"budget {asked} is below the fastest network measured on {d}: {fast.name}, "
+                f"{fast.measured_ms:.3f} ms ({100 * fast.measured_ms / base:.0f} % of the original's {base:.3f} ms)"
+                f"{also}; raise the budget to at least {fast.measured_ms:.3f} ms", d, small.measured_ms,
+                fastest_ms=fast.measured_ms, fastest=fast.name, baseline_ms=base, budget_ms=b)
 
 
 @dataclass(frozen=True)
@@ -191,37 +233,72 @@ def cut(space: PruningSpace, selection: Selection) -> nn.Module:
 
 # ---------------------------------------------------------------- results
 
-def _unchanged(model: nn.Module, space: PruningSpace, meter: RelativeMeters, budgets: dict[str, float],
-               primary: str, extra: dict) -> PruneResult:
+def host_stats(meter: BlockMeters, grids: dict[str, Grid], certainty: Certainty, fraction: bool) -> dict:
+    """What the result says about the host: each device's grid, the spread of
+    the original's block medians over the run (the host's drift) and a warning
+    for each device where it exceeded the width of the interval the answer is
+    certified to (2 x ``target_rel``: 4 %; on a quiet host the 10th-90th
+    percentile spread of resnet20's block medians measured 2.8 %)."""
+    spread = {d: m.spread() for d, m in meter.meters.items()}
+    warnings = []
+    for d, s in spread.items():
+        if s["spread_rel"] > 2 * certainty.target_rel:
+            warnings.append(
+                f"the host's speed drifted while measuring {d}: the original's block medians spread "
+                f"{100 * s['spread_rel']:.0f} % (10th-90th percentile; {s['min_ms']:.3f}-{s['max_ms']:.3f} ms over "
+                f"{s['blocks']} blocks, {s['seconds']:.0f} s), wider than the +-{100 * certainty.target_rel:.0f} % "
+                f"interval the answer is measured to; ratios measured in alternating blocks cancel it, "
+                f"milliseconds carry it"
+                + ("" if fraction else ", so a budget in ms measured at another time may not hold here"))
+    for w in warnings:
+        log.warning("%s", w)
+    return {"grid": {d: g.to_json() for d, g in grids.items()}, "baseline_spread": spread, "warnings": warnings,
+            "certainty": certainty.to_json()}
+
+
+def _unchanged(model: nn.Module, space: PruningSpace, meter: BlockMeters, budgets: dict[str, float],
+               primary: str, extra: dict, stats: dict) -> PruneResult:
     base = meter.reference_ms(primary)
     note = ("every budget is above the measured baseline" if len(budgets) > 1 else
             f"budget {budgets.get(primary, 0):.3f} ms is above the measured baseline {base:.3f} ms"
             if budgets else "the full network meets every bound") + "; model returned unchanged"
     full_kept = {g.gid: list(range(g.size)) for g in space.groups}
     return PruneResult(model, base, base, base, make_plan(space, full_kept, primary, budgets.get(primary), extra),
-                       budgets.get(primary), primary, unchanged=True, note=note,
+                       budgets.get(primary), primary, unchanged=True, note=note, stats=stats,
                        devices={d: {"budget_ms": budgets.get(d), "baseline_ms": meter.reference_ms(d)}
                                 for d in meter.meters})
 
 
-def _above_baseline(budgets: dict[str, float], meter: RelativeMeters, margin: float) -> bool:
+def _above_baseline(budgets: dict[str, float], meter: BlockMeters, margin: float) -> bool:
     return all(b >= margin * meter.reference_ms(d) for d, b in budgets.items())
 
 
+def _interval(loop: Controller, trial) -> dict:
+    return {d: {"ratio": r.ratio, "lo": r.ratio_lo, "hi": r.ratio_hi, "half_width_rel": r.half_width_rel,
+                "sure": r.sure, "rounds": r.rounds, "seconds": round(r.seconds, 3),
+                "measured_lo_ms": r.ratio_lo * loop.meter.reference_ms(d),
+                "measured_hi_ms": r.ratio_hi * loop.meter.reference_ms(d)} for d, r in trial.readings.items()}
+
+
 def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Outcome, profs: dict,
-            smallest_ms: dict[str, float], extra: dict, t_start: float, profile_s: float) -> PruneResult:
+            cals: dict[str, Calibration], extra: dict, t_start: float, profile_s: float, host: dict) -> PruneResult:
     """The result of the closed loop: its best trial, every device's numbers, stats, the selection."""
     best, sel, primary = outcome.best, outcome.best.selection, loop.budgets.primary
     budgets = loop.budgets_ms()
     per_device = {d: {"budget_ms": budgets.get(d), "baseline_ms": loop.meter.reference_ms(d),
-                      "smallest_ms": smallest_ms[d], "predicted_ms": best.predicted_ms(d),
-                      "measured_ms": loop.measured_ms(best, d)} for d in profs}
+                      "smallest_ms": cals[d].smallest.measured_ms, "fastest_ms": cals[d].fastest.measured_ms,
+                      "predicted_ms": best.predicted_ms(d), "measured_ms": loop.measured_ms(best, d)} for d in profs}
     stats = {"profile_s": profile_s, "total_s": time.perf_counter() - t_start,
              "shapes_measured": sum(p.measured for p in profs.values()),
              "shapes_reused": sum(p.reused for p in profs.values()),
              "params_before": count_params(model), "params_after": count_params(best.model),
              "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
-             "flops_after": sum(s.flops for s in space.specs(sel.choice)), "smallest_ms": smallest_ms[primary]}
+             "flops_after": sum(s.flops for s in space.specs(sel.choice)),
+             "smallest_ms": cals[primary].smallest.measured_ms, "fastest_ms": cals[primary].fastest.measured_ms,
+             "fastest": {d: c.to_json(loop.meter.reference_ms(d)) for d, c in cals.items()},
+             "certified": outcome.certified, "ratio_interval": _interval(loop, best), **host}
+    if not outcome.certified and outcome.note:
+        log.warning("%s", outcome.note)
     selection = {"selector": sel.selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
                  "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
     return PruneResult(model=best.model.eval(), baseline_ms=loop.meter.reference_ms(primary),
@@ -237,7 +314,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
           selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
           data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = AIM,
           accept_low: float = ACCEPT_LOW, time_limit_s: float = 60.0, progress: Progress | None = None,
-          budget_fraction: float | None = None) -> PruneResult:
+          budget_fraction: float | None = None, grid=None, certainty: Certainty | None = None) -> PruneResult:
     """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
     bound in ``constraints`` (latency on other devices, FLOPs, parameters,
     memory, floors). ``selector``: greedy, knapsack or qcqp. ``importance_name``:
@@ -246,14 +323,22 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
 
     ``budget_fraction`` (instead of ``budget_ms``): the budget on ``device`` is
     that share of the original model's latency there, as the engine measures
-    it interleaved with every candidate; it follows the host's drift, which an
-    absolute budget measured earlier cannot."""
+    it alternating with every candidate; it follows the host's drift, which an
+    absolute budget measured earlier cannot.
+
+    ``grid``: the channel grid (a number of channels, or device -> number);
+    default the step measured on this host (:func:`resolve_grids`).
+    ``certainty``: when a plan's measurement stops (default
+    :data:`hwprune.loop.meter.PLAN`: +-2 %, at most 20 rounds or 30 s)."""
     example_inputs = as_inputs(example_inputs)
     cons = constraints or Constraints()
+    certainty = certainty or PLAN
     budgets = _check_inputs(device, budget_ms, budget_fraction, selector, cons, max_rounds)
     primary = budgets.primary
-    devs = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets.ms])}
     t_start = time.perf_counter()
+    found = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets.ms])}
+    grids = resolve_grids(found, store, grid, progress)
+    devs = {d: with_grid(dev, grids[d]) for d, dev in found.items()}
     model = model.eval()
     space = PruningSpace(model, example_inputs)
     options = _grid_options(space, devs[primary], cons)
@@ -264,23 +349,32 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
         raise UserError(exact.infeasible_message(bad))
 
     profs = {d: Profiler(dev, store) for d, dev in devs.items()}
-    meter = RelativeMeters({d: RelativeMeter(profs[d], model, example_inputs, initial=2) for d in devs})
+    meter = BlockMeters({d: BlockMeter(profs[d].runtime, model, example_inputs, initial=2, plan=certainty)
+                         for d in devs})
     extra = {"selector": selector,
              "constraints": replace(cons, latency_ms=tuple(budgets.now(meter).items())).to_json(),
              **({"budget_fraction": budget_fraction} if budget_fraction is not None else {})}
     full_ok = exact.feasible(space.full_choice())
+
+    def host() -> dict:
+        return host_stats(meter, grids, certainty, budget_fraction is not None)
     if full_ok and _above_baseline(budgets.now(meter), meter, 1.1):  # clearly above; near it, decide later
-        return _unchanged(model, space, meter, budgets.now(meter), primary, extra)
-    evs, smallest_ms = {}, {}
-    for d in devs:
-        evs[d], smallest_ms[d] = _calibrated(profs[d], meter.meters[d], space, options, scores, progress)
+        return _unchanged(model, space, meter, budgets.now(meter), primary, extra, host())
+    fitted = {d: _calibrated(profs[d], meter.meters[d], space, options, scores, progress) for d in devs}
     if full_ok and _above_baseline(budgets.now(meter), meter, 1.0):
-        return _unchanged(model, space, meter, budgets.now(meter), primary, extra)
+        return _unchanged(model, space, meter, budgets.now(meter), primary, extra, host())
+    cals = {}
+    for d, (lat, rows, cal) in fitted.items():
+        b = budgets.now(meter).get(d)
+        if b is not None and b < FASTEST_MARGIN * cal.fastest.measured_ms:  # near the minimum: find it
+            cal = measure_fastest(lat, space, meter.meters[d].measure, options, scores, rows, cal)
+        cals[d] = cal
+    evs = {d: Evaluator(space, lat, scores) for d, (lat, _, _) in fitted.items()}
     t_profile = time.perf_counter() - t_start
-    _check_above_smallest(budgets.now(meter), smallest_ms)
+    _check_reachable(budgets, cals, meter)
 
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
     loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,
                       problem.largest(), max_rounds=max_rounds, aim=aim, accept_low=accept_low)
     outcome = loop.run()
-    return _result(model, space, loop, outcome, profs, smallest_ms, extra, t_start, t_profile)
+    return _result(model, space, loop, outcome, profs, cals, extra, t_start, t_profile, host())

@@ -2,34 +2,77 @@
 
 The loop never times anything itself. It hands a pruned network to a
 :class:`PlanMeter` and gets back, for every device, a :class:`Reading`: the
-candidate's latency as a ratio to the original network's, measured
-interleaved with it so that the host's drift cancels. Milliseconds are that
-ratio times the meter's current ``reference_ms`` (the median of every
-measurement of the original so far), read when a decision needs them.
+candidate's latency as a ratio to the original network's, with its 95 %
+interval. Milliseconds are that ratio times the meter's current
+``reference_ms`` (the original's latency as measured so far), read when a
+decision needs them.
 
-This is the one seam of the loop's measurements: a meter that repeats the
-pair until the ratio's confidence interval is narrow enough returns the same
-:class:`Reading` with that interval filled in, and nothing else in the loop
-changes but the rule that reads it.
+:class:`BlockMeters` measures as a user sees a deployed network: fresh
+sessions, each model alone for a block of runs, blocks of the candidate and
+the original alternating (order swapped each round) until the ratio's 95 %
+interval is within +-2 % or a cap (:data:`PLAN`: 20 rounds or 30 s per plan)
+is hit (:func:`profilers.blocks.ratio_in_blocks`). Interleaving the two run by
+run instead reads pruned networks 4-20 % slower relative to the original (each
+run finds the caches holding the other model). ``reference_ms`` is the median
+of every block median of the original so far; their spread over the run
+(:meth:`BlockMeter.spread`) is the host's drift while the engine measured.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
+import numpy as np
 from torch import nn
 
-from hwprune.latency.profiling import RelativeMeter
+from profilers.blocks import BLOCK_PROTOCOL, block_runner, ratio_in_blocks
 
 
 @dataclass(frozen=True)
 class Reading:
     """One device's measurement of a plan: ``ratio`` = candidate / original
-    latency (medians measured interleaved); ``iqr_ms``: the candidate's spread.
-    (A confidence interval of the ratio would be two more fields here,
-    ``ratio_lo`` and ``ratio_hi``.)"""
+    latency and its 95 % interval ``[ratio_lo, ratio_hi]`` (both ``ratio``
+    when not given); ``sure``: the interval met the meter's target before its
+    cap; ``iqr_ms``: the spread of the candidate's block medians; ``rounds``
+    and ``seconds``: what measuring it took."""
     ratio: float
     iqr_ms: float
+    ratio_lo: float | None = None
+    ratio_hi: float | None = None
+    sure: bool = True
+    rounds: int = 1
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.ratio_lo is None:
+            object.__setattr__(self, "ratio_lo", self.ratio)
+        if self.ratio_hi is None:
+            object.__setattr__(self, "ratio_hi", self.ratio)
+
+    @property
+    def half_width_rel(self) -> float:
+        """The interval's relative half-width (``+-x``)."""
+        return math.sqrt(self.ratio_hi / self.ratio_lo) - 1.0 if self.ratio_lo > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Certainty:
+    """When a ratio is known well enough: its 95 % interval within
+    ``+-target_rel``, after at least ``min_rounds`` rounds; or a cap of
+    ``max_rounds`` rounds or ``max_s`` seconds (then not sure)."""
+    target_rel: float = 0.02
+    min_rounds: int = 3
+    max_rounds: int = 20
+    max_s: float = 30.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+PLAN = Certainty()                                                          # every plan the loop decides on
+CALIBRATION = Certainty(target_rel=0.03, min_rounds=2, max_rounds=6, max_s=10.0)  # networks fitted, not certified
 
 
 class PlanMeter(Protocol):
@@ -42,19 +85,67 @@ class PlanMeter(Protocol):
         """One reading per device of ``model`` against the original."""
 
 
-class RelativeMeters:
-    """A :class:`PlanMeter` over one :class:`RelativeMeter` per device: each
-    plan is measured once per device, paired with the original."""
+class BlockMeter:
+    """One device: the original (``reference``) measured in fresh-session
+    blocks on ``runtime``, ``initial`` blocks at the start and one per round
+    of every ratio after that."""
 
-    def __init__(self, meters: dict[str, RelativeMeter]):
+    def __init__(self, runtime, reference: nn.Module, example_inputs, initial: int = 2,
+                 protocol=BLOCK_PROTOCOL, plan: Certainty = PLAN):
+        self.runtime, self.example_inputs, self.protocol, self.plan = runtime, example_inputs, protocol, plan
+        self._reference = block_runner(runtime, reference, example_inputs, protocol)
+        self.reference_medians: list[float] = []
+        self.t_start = time.perf_counter()
+        for _ in range(initial):
+            self.reference_block()
+
+    def reference_block(self) -> float:
+        ms = self._reference()
+        self.reference_medians.append(ms)
+        return ms
+
+    @property
+    def reference_ms(self) -> float:
+        return float(np.median(self.reference_medians))
+
+    def reading(self, model: nn.Module, certainty: Certainty | None = None) -> Reading:
+        """``model`` against the original, in alternating blocks, until ``certainty`` (default ``plan``)."""
+        c = certainty or self.plan
+        run, medians = block_runner(self.runtime, model, self.example_inputs, self.protocol), []
+
+        def candidate() -> float:
+            medians.append(run())
+            return medians[-1]
+        est = ratio_in_blocks(self.reference_block, candidate, target_rel=c.target_rel, min_rounds=c.min_rounds,
+                              max_rounds=c.max_rounds, max_s=c.max_s)
+        q1, q3 = np.percentile(medians, [25, 75])
+        return Reading(est.ratio, float(q3 - q1), est.ratio_lo, est.ratio_hi, est.sure, est.rounds, est.seconds)
+
+    def measure(self, model: nn.Module, certainty: Certainty = CALIBRATION) -> float:
+        """``model``'s latency in ms: its ratio to the original times ``reference_ms``."""
+        return self.reading(model, certainty).ratio * self.reference_ms
+
+    def spread(self) -> dict:
+        """The original's block medians over the run: range, and ``spread_rel``
+        = 90th / 10th percentile - 1 (robust to one odd block), the host's drift."""
+        m = np.asarray(self.reference_medians)
+        p10, p90 = np.percentile(m, [10, 90])
+        return {"blocks": int(len(m)), "median_ms": float(np.median(m)), "min_ms": float(m.min()),
+                "max_ms": float(m.max()), "spread_rel": float(p90 / p10 - 1.0),
+                "seconds": round(time.perf_counter() - self.t_start, 3)}
+
+
+class BlockMeters:
+    """A :class:`PlanMeter` over one :class:`BlockMeter` per device."""
+
+    def __init__(self, meters: dict[str, BlockMeter]):
         self.meters = meters
 
     def reference_ms(self, device: str) -> float:
         return self.meters[device].reference_ms
 
     def measure(self, model: nn.Module) -> dict[str, Reading]:
-        readings = {}
-        for device, meter in self.meters.items():
-            ratio, timing = meter.ratio(model)
-            readings[device] = Reading(ratio, timing.iqr_ms)
-        return readings
+        return {device: meter.reading(model) for device, meter in self.meters.items()}
+
+
+__all__ = ["CALIBRATION", "PLAN", "BlockMeter", "BlockMeters", "Certainty", "PlanMeter", "Reading"]

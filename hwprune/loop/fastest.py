@@ -1,0 +1,128 @@
+"""The networks the loop calibrates on, and the fastest network the constraints allow, found by measurement.
+
+Fewer channels do not always run faster: widths that fall off a runtime's
+kernel blocks, layout conversions and per-operator costs can make a narrow
+network slower than a wider one (depthwise sub-networks measured 1.2-1.8x the
+*full* network on ONNX Runtime CPU). So the minimum reachable latency is never
+taken to be the smallest network's. :func:`calibrate_networks` measures the
+smallest, quarter- and half-width networks (uniform positions on every
+group's width grid) and fits the latency model's remainder to them;
+:func:`measure_fastest` then measures the networks the fitted model predicts
+fastest (uniform positions at every eighth of the grid, and a descent that
+changes one group at a time while the prediction drops), refitting with them.
+The fastest of everything measured is the minimum the budget is checked
+against (:class:`Calibration`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from hwprune.graph.space import Choice, PruningSpace, uniform_choice
+from hwprune.graph.surgery import apply_kept
+from hwprune.select.evaluator import Evaluator
+
+UNIFORM = (0.0, 0.25, 0.5)     # calibration networks: positions on every group's width grid
+CANDIDATES = 2                  # predicted-fastest networks measured besides them
+DESCENT_SWEEPS = 4
+
+
+@dataclass(frozen=True)
+class Network:
+    """A measured network: how it was chosen (``name``), its widths, its measured ms."""
+    name: str
+    choice: Choice
+    measured_ms: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Every network measured to calibrate the latency model and find the
+    fastest; the first is the smallest network the constraints allow."""
+    networks: tuple[Network, ...]
+
+    @property
+    def smallest(self) -> Network:
+        return self.networks[0]
+
+    @property
+    def fastest(self) -> Network:
+        return min(self.networks, key=lambda n: n.measured_ms)
+
+    def to_json(self, baseline_ms: float) -> dict:
+        f = self.fastest
+        return {"network": f.name, "measured_ms": f.measured_ms, "fraction": f.measured_ms / baseline_ms,
+                "smallest_ms": self.smallest.measured_ms,
+                "measured": [{"network": n.name, "measured_ms": n.measured_ms} for n in self.networks]}
+
+
+def uniform_name(frac: float) -> str:
+    if frac == 0.0:
+        return "the smallest network the constraints allow"
+    return f"uniform widths ({100 * frac:.1f} % along every group's width grid)"
+
+
+def _measure(space: PruningSpace, ev: Evaluator, measure_ms: Callable[[nn.Module], float], name: str,
+             choice: Choice, rows: list) -> Network:
+    ms = measure_ms(apply_kept(space, ev.kept(choice)))
+    rows.append((space.specs(choice), ms))
+    return Network(name, choice, ms)
+
+
+def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], float], options, scores,
+                       rows: list) -> Calibration:
+    """Measure the networks at :data:`UNIFORM` positions (the smallest first),
+    add them to ``rows`` (whole-model measurements, ``(specs, ms)``) and fit
+    ``lat``'s remainder to all of ``rows``."""
+    ev = Evaluator(space, lat, scores)
+    nets = tuple(_measure(space, ev, measure_ms, uniform_name(f), uniform_choice(options, f), rows) for f in UNIFORM)
+    lat.fit_remainder(rows)
+    return Calibration(nets)
+
+
+def descend(ev: Evaluator, options: dict, start: Choice, sweeps: int = DESCENT_SWEEPS) -> Choice:
+    """From ``start``, move one group at a time to its predicted-fastest width
+    while the prediction drops (at most ``sweeps`` passes over the groups)."""
+    choice = dict(start)
+    for _ in range(sweeps):
+        moved = False
+        for gid, opts in options.items():
+            best = min(opts, key=lambda o: (ev.latency_ms({**choice, gid: o}), sum(o)))
+            if best != choice[gid] and ev.latency_ms({**choice, gid: best}) < ev.latency_ms(choice):
+                choice[gid], moved = best, True
+        if not moved:
+            break
+    return choice
+
+
+def fastest_candidates(ev: Evaluator, options: dict, measured: list[Choice], k: int = CANDIDATES
+                       ) -> list[tuple[str, Choice]]:
+    """The ``k`` networks not yet measured that the latency model predicts
+    fastest, among uniform positions at every eighth of the width grids and
+    the descent from the smallest network."""
+    cands = [(uniform_name(i / 8), uniform_choice(options, i / 8)) for i in range(9)]
+    cands.append(("the predicted-fastest widths (descent from the smallest network)",
+                  descend(ev, options, uniform_choice(options, 0.0))))
+    seen, out = list(measured), []
+    for name, choice in sorted(cands, key=lambda c: ev.latency_ms(c[1])):
+        if choice not in seen:
+            seen.append(choice)
+            out.append((name, choice))
+    return out[:k]
+
+
+def measure_fastest(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], float], options, scores,
+                    rows: list, cal: Calibration, k: int = CANDIDATES) -> Calibration:
+    """``cal`` plus the ``k`` predicted-fastest networks not measured yet,
+    measured (and the remainder refitted with them)."""
+    ev = Evaluator(space, lat, scores)
+    new = tuple(_measure(space, ev, measure_ms, name, choice, rows)
+                for name, choice in fastest_candidates(ev, options, [n.choice for n in cal.networks], k))
+    if new:
+        lat.fit_remainder(rows)
+    return Calibration(cal.networks + new)
+
+
+__all__ = ["Calibration", "Network", "calibrate_networks", "descend", "fastest_candidates", "measure_fastest"]
