@@ -59,7 +59,8 @@ def test_the_grid_override_wins(hosts, store):
     model, x = zoo.create("resnet20")
     res = hwprune.prune(model, x, device="sim-16", budget_fraction=0.6, store=store, grid=8)
     assert res.stats["grid"]["sim-16"] == {"step_channels": 8, "min_channels": 8, "source": "user",
-                                           "detail": "--grid 8", "reliable": True, "measured_s": 0.0}
+                                           "detail": "--grid 8", "reliable": True, "measured_s": 0.0,
+                                           "align_channels": 0}
     assert any(w % 16 for w in widths(res))
     with pytest.raises(hwprune.UserError, match="grid"):
         hwprune.prune(model, x, device="sim-16", budget_fraction=0.6, store=store, grid=0)

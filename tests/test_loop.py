@@ -147,20 +147,35 @@ def test_re_aims_from_the_measured_plan_by_its_measured_over_predicted_ratio():
     assert out.best.model == 40 and loop.used(out.best) == pytest.approx(0.96) and out.note == ""
 
 
-def test_re_aims_from_the_nearest_measured_plan_and_nudges_the_way_it_asks():
+def test_re_aims_from_the_nearest_measured_plan_then_between_the_bracketing_plans():
     """Round 1 (width 48) measures 1.05 x budget, round 2 (44) 0.616: the
-    nearest to the aim is round 1, so the targets are re-aimed from it again,
-    the selector repeats width 44, and the nudge follows round 1 (over the
-    budget: targets down), not the last round (under it)."""
+    nearest to the aim is round 1, so the targets are re-aimed from it again
+    and the selector repeats width 44. The nudge down (round 1 is over the
+    budget) would leave the bracket the two measured plans make around the
+    aim (predicted 4.4 under it, 4.8 over it), so the target is the secant
+    through them instead: width 47, which lands in the band."""
     loop, sel, meter = controller(FINE, {"d": 5.0}, bias=table(w48=1.09375, w44=0.7), max_rounds=3)
     out = loop.run()
     from_first = 4.8 * (5.0 * AIM) / 5.25
     assert [sel.targets(i) for i in range(3)] == pytest.approx([5.0 * AIM, from_first, from_first])
     assert sel.calls[2][1] == {0: (48,)} and loop.anchor is out.trials[0]
-    assert meter.measured == [48, 44, 43]  # the third selection (44 again) was not measured
-    assert sel.targets(3) == pytest.approx(from_first / (1 + NUDGE_STEP))
-    assert out.rounds[2].target_ms == pytest.approx(from_first / 1.02)
-    assert out.best.model == 43 and out.note == ""  # meets the budget with the most latency used
+    secant = 4.4 + (5.0 * AIM - 3.08) * (4.8 - 4.4) / (5.25 - 3.08)
+    assert sel.targets(3) == pytest.approx(secant)
+    assert meter.measured == [48, 44, 47]  # the third selection (44 again) was not measured
+    assert out.best.model == 47 and loop.used(out.best) == pytest.approx(0.94) and out.note == ""
+
+
+def test_a_linear_re_aim_past_a_plan_that_overshot_is_kept_inside_the_bracket():
+    """Width 40 measures 0.8 x budget, so the linear re-aim asks for 0.965/0.8
+    of its prediction (width 48); 48 overshoots (1.2x), and re-aiming from 40
+    again would ask for 48 again: the target is the secant through 40 and 48."""
+    loop, sel, meter = controller(FINE, {"d": 5.0}, bias=table(w48=1.25), max_rounds=3)
+    loop.run()
+    assert meter.measured[:2] == [48, 40] or meter.measured[:1] == [48]
+    lo, hi = loop.bracket("d")
+    assert lo is not None and hi is not None and lo.predicted_ms("d") < hi.predicted_ms("d")
+    t = loop.within_bracket({"d": hi.predicted_ms("d") + 1.0})["d"]
+    assert lo.predicted_ms("d") < t < hi.predicted_ms("d")
 
 
 # ---------------------------------------------------------------- nudge

@@ -216,9 +216,39 @@ class Controller:
     def re_aim(self, anchor: Trial) -> dict[str, float]:
         """New targets from the anchor: each device's ``aim x budget`` scaled by
         the anchor's predicted / measured latency there, so that the latency
-        model, corrected by that ratio, hits the aim."""
-        return {d: anchor.predicted_ms(d) * (b * self.aim) / self.measured_ms(anchor, d)
-                for d, b in self.budgets_ms().items()}
+        model, corrected by that ratio, hits the aim; kept between the plans
+        that bracket the aim (:meth:`within_bracket`)."""
+        return self.within_bracket({d: anchor.predicted_ms(d) * (b * self.aim) / self.measured_ms(anchor, d)
+                                    for d, b in self.budgets_ms().items()})
+
+    def bracket(self, device: str) -> tuple[Trial | None, Trial | None]:
+        """The measured plans closest to the aim from either side on ``device``:
+        the one predicted slowest among those measured under ``aim x budget``,
+        and the one predicted fastest among those measured over the budget."""
+        b = self.budgets_ms()[device]
+        under = [t for t in self.trials if self.measured_ms(t, device) < b * self.aim]
+        over = [t for t in self.trials if self.measured_ms(t, device) > b]
+        return (max(under, key=lambda t: t.predicted_ms(device), default=None),
+                min(over, key=lambda t: t.predicted_ms(device), default=None))
+
+    def within_bracket(self, targets: dict[str, float]) -> dict[str, float]:
+        """A target at or past a measured plan that missed on the far side of the
+        aim would repeat that miss (the latency model is not linear there):
+        where measured plans bracket the aim and the target leaves the open
+        interval of their predictions, it becomes the secant between them, the
+        prediction where the line through the two measured plans meets the aim."""
+        out = dict(targets)
+        for d, t in targets.items():
+            lo, hi = self.bracket(d)
+            if lo is None or hi is None or not lo.predicted_ms(d) < hi.predicted_ms(d):
+                continue
+            p_lo, p_hi = lo.predicted_ms(d), hi.predicted_ms(d)
+            if p_lo < t < p_hi:
+                continue
+            m_lo, m_hi = self.measured_ms(lo, d), self.measured_ms(hi, d)
+            aim_ms = self.budgets_ms()[d] * self.aim
+            out[d] = p_lo + (aim_ms - m_lo) * (p_hi - p_lo) / (m_hi - m_lo)
+        return out
 
     def already_measured(self, selection: Selection) -> bool:
         return any(selection.choice == t.selection.choice for t in self.trials)
@@ -244,7 +274,9 @@ class Controller:
             return None
         step = 1.0 + NUDGE_STEP * self.nudges
         scale = 1.0 / step if hi > 1.0 else step
-        return {d: t * scale for d, t in targets.items()}
+        nudged = {d: t * scale for d, t in targets.items()}
+        bracketed = self.within_bracket(nudged)
+        return nudged if bracketed == targets else bracketed
 
     def outcome(self) -> Outcome:
         """The certified plan with the most latency used; else the plan
