@@ -43,6 +43,7 @@ from .quadratic import QuadraticLayerModel, QuadraticModel, misaligned
 # and weights (nearly collinear with them), no more accurate on 50 other
 # networks (RMSPE 2.1 vs 2.3 % and 1.9 vs 1.9 %) and blind to the device step.
 MIN_LAYER_SCALE = 0.35
+TWO_SCALES_MIN_ROWS = 6  # whole networks before misaligned layers get a scale of their own (else 1x)
 
 
 def weight_elements(specs: Iterable[LayerSpec]) -> int:
@@ -154,8 +155,8 @@ class NetworkLatencyModel:
 
     # ---- remainder -----------------------------------------------------------
     def remainder_coef(self) -> tuple[float, float, float, float, float]:
-        """``(c0, c1, c2, c3, c4)``; terms a model was not fitted with are 0,
-        and ``c4`` (misaligned layers' scale) follows ``c3`` where not fitted."""
+        """``(c0, c1, c2, c3, c4)``; terms a model was not fitted with are 0 (a
+        model saved before ``c4`` existed scales every layer by ``c3``)."""
         c = tuple(getattr(self, "remainder_", ()))
         c = c + (0.0,) * (4 - len(c)) if len(c) < 4 else c
         c4 = c[4] if len(c) > 4 else c[3]
@@ -207,9 +208,12 @@ class NetworkLatencyModel:
         measurements ``rows = [(specs, ms), ...]`` by least squares on the relative
         error (each row weighted by 1/ms, so a narrow network's few tenths of a ms
         count as much as a wide one's). Terms in order ``c0, c3, c4, c1, c2``,
-        one fewer than rows (all of them from six rows on); ``c4`` only where the
-        rows' misaligned share of the layers varies by more than 5 points (else
-        one scale for all layers); c1, c2 >= 0; c3, c4 >= MIN_LAYER_SCALE - 1."""
+        one fewer than rows (all of them from six rows on); ``c4`` only from
+        ``TWO_SCALES_MIN_ROWS`` rows whose misaligned share of the layers varies
+        by more than 5 points (fewer rows fit it poorly), else
+        0: plain kernels pay no reorders of their own, so a misaligned layer
+        costs in a network what it costs alone (measured 0.95x); c1, c2 >= 0;
+        c3, c4 >= MIN_LAYER_SCALE - 1."""
         from scipy.optimize import lsq_linear
         self._check()
         rows = list(rows)
@@ -220,8 +224,8 @@ class NetworkLatencyModel:
         split = np.array([self._split(specs) for specs, _ in rows])
         layers = split.sum(axis=1)
         share = split[:, 1] / np.maximum(layers, 1e-12)
-        two_scales = share.max() - share.min() > 0.05
-        cols = {"c0": np.ones(len(rows)), "c3": split[:, 0] if two_scales else layers, "c4": split[:, 1],
+        two_scales = len(rows) >= TWO_SCALES_MIN_ROWS and share.max() - share.min() > 0.05
+        cols = {"c0": np.ones(len(rows)), "c3": split[:, 0], "c4": split[:, 1],
                 "c1": np.array([activation_elements(sp) for sp, _ in rows], dtype=float),
                 "c2": np.array([weight_elements(sp) for sp, _ in rows], dtype=float)}
         order = [n for n in ("c0", "c3", "c4", "c1", "c2") if n != "c4" or two_scales][:max(1, len(rows) - 1)]
@@ -233,8 +237,8 @@ class NetworkLatencyModel:
         sol = lsq_linear(feats / scale * w[:, None], (measured - layers) * w,
                          bounds=(lower, [np.inf] * len(order))).x
         coef = dict(zip(order, (float(c) for c in sol / scale)))
-        c3 = coef.get("c3", 0.0)
-        self.remainder_ = (coef.get("c0", 0.0), coef.get("c1", 0.0), coef.get("c2", 0.0), c3, coef.get("c4", c3))
+        self.remainder_ = (coef.get("c0", 0.0), coef.get("c1", 0.0), coef.get("c2", 0.0), coef.get("c3", 0.0),
+                           coef.get("c4", 0.0))
         return self
 
     # ---- serialisation -----------------------------------------------------

@@ -120,7 +120,8 @@ def test_every_registry_lists_its_names():
     assert CRITERIA.list() == ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]
     assert SELECTORS.list() == ["greedy", "knapsack", "qcqp"]
     assert zoo.ZOO.list() == zoo.list_models() == \
-        ["mobilenetv2", "resnet18", "resnet20", "resnet50", "resnet56", "vgg16"]
+        ["concatnet", "groupednet", "invresnet", "mobilenetv2", "resnet18", "resnet20", "resnet50", "resnet56",
+         "vgg16"]
     for reg in (CRITERIA, SELECTORS, zoo.ZOO):   # hwprune's: an unknown name is a UserError
         with pytest.raises(UserError, match=f"unknown {reg.kind} 'nope'; choose one of {reg.list()[0]}"):
             reg.get("nope")

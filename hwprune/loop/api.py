@@ -21,6 +21,9 @@ from profilers import LayerSpec, Measurement, MeasurementStore
 from profilers.inputs import as_inputs
 
 log = logging.getLogger("hwprune")
+# whole networks predict_latency calibrates on (never the model itself): up to three quarters of its
+# widths, so the prediction of the full network interpolates the layer scale rather than extrapolating
+PREDICT_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
 
 def _host_words(fp: dict) -> str:
@@ -124,11 +127,11 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     space = PruningSpace(model.eval(), example_inputs)
     options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
-    lat = fit_latency_model(prof, space, options, progress)
+    lat = fit_latency_model(prof, space, options, progress, use_table=True)  # its own shapes as measured
     scores = importance.compute("l1", space)
     protocol = model_protocol(dev)
     calibrate(lat, space, lambda m: prof.measure_module(m, example_inputs, protocol=protocol).median_ms, options,
-              scores)
+              scores, fractions=PREDICT_FRACTIONS)
     return Evaluator(space, lat, scores).latency_ms(space.full_choice())
 
 

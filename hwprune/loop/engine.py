@@ -57,7 +57,7 @@ from hwprune.importance import criteria as importance
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
-from hwprune.loop.fastest import Calibration, calibrate_networks, measure_fastest
+from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, measure_fastest
 from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty
 from hwprune.select.evaluator import Evaluator, Selection
 from hwprune.select.problem import Constraints, Problem, floor_options
@@ -104,14 +104,16 @@ def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budg
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
 
 
-def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None) -> float:
+def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None,
+              fractions=UNIFORM) -> float:
     """Fit the latency model's remainder from whole-model measurements of the
-    smallest, quarter- and half-width sub-networks (plus ``rows`` already measured);
-    returns the smallest sub-network's measured ms."""
+    sub-networks at ``fractions`` of every group's width grid (default the
+    smallest, quarter- and half-width ones; plus ``rows`` already measured);
+    returns the first (smallest) sub-network's measured ms."""
     rows = list(rows or [])
     ev = Evaluator(space, lat, scores)
     smallest_ms = None
-    for frac in (0.0, 0.25, 0.5):
+    for frac in fractions:
         choice = uniform_choice(options, frac)
         m = measure_ms(apply_kept(space, ev.kept(choice)))
         rows.append((space.specs(choice), m))
