@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--selector", default="greedy", choices=["greedy", "knapsack", "qcqp"])
     p.add_argument("--no-baselines", action="store_true", help="skip Torch-Pruning and the FLOPs bound")
     p.add_argument("--device", default="ort-cpu-1t")
+    p.add_argument("--load", action="store_true", help="run under a co-running load: another process streams a "
+                   "256 MB array through memory all along, as a shared cloud host's neighbour does")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
     p.add_argument("--store", help="measurement store (default: $HWPRUNE_STORE or ~/.cache/hwprune)")
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"))
@@ -329,6 +331,11 @@ def _commit() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with common.CoRunningLoad(args.load):
+        return run(args)
+
+
+def run(args) -> int:
     import torch
 
     from hwprune import devices
@@ -338,7 +345,8 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
     t0 = time.perf_counter()
-    header = {**common.machine_header(), "device": args.device, "torch_threads": args.threads,
+    header = {**common.machine_header(), "co_running_load": args.load, "device": args.device,
+              "torch_threads": args.threads,
               "commit": _commit()}
     from hwprune.latency.grid import resolve_grid, with_grid
     store = MeasurementStore(args.store) if args.store else MeasurementStore()

@@ -39,7 +39,7 @@ common.use_repo_packages()
 
 BAND = (0.90, 1.03)
 REPEATS = 5
-DEFAULT_MODELS = ["resnet20", "resnet56", "vgg16", "mobilenetv2"]
+DEFAULT_MODELS = ["resnet20", "resnet56", "vgg16", "mobilenetv2", "concatnet", "invresnet", "groupednet"]
 DEFAULT_BUDGETS = [0.4, 0.6, 0.8]
 
 
@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="budgets as fractions of the measured baseline latency "
                         f"(default: {' '.join(map(str, DEFAULT_BUDGETS))})")
     p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
+    p.add_argument("--load", action="store_true", help="run under a co-running load: another process streams a "
+                   "256 MB array through memory all along, as a shared cloud host's neighbour does")
     p.add_argument("--absolute", dest="relative", action="store_false",
                    help="give the engine the budget in ms of this script's baseline measurement instead of as a "
                         "fraction of the baseline the engine measures itself (default: fraction)")
@@ -226,6 +228,11 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with common.CoRunningLoad(args.load):
+        return run(args)
+
+
+def run(args) -> int:
     from hwprune import devices
     from hwprune.errors import UserError
     from profilers import MeasurementStore
@@ -246,7 +253,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # UserError or StoreError: bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    header = {**common.machine_header(), "device": dev.name, "store": store_path,
+    header = {**common.machine_header(), "co_running_load": args.load, "device": dev.name, "store": store_path,
               "store_rows_at_start": store.count(), "models": args.models, "budgets": args.budgets,
               "budget_given_as": "fraction of the engine's baseline" if args.relative else "ms",
               "band": list(BAND), "repeats": REPEATS}

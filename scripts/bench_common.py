@@ -43,7 +43,10 @@ def header_lines(h: dict) -> list[str]:
     return [f"- date: {h['date']}",
             f"- machine: {h['cpu']}, {h['cores']} cores ({h['machine']})",
             f"- python {h['python']}, torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, "
-            f"numpy {v.get('numpy')}"]
+            f"numpy {v.get('numpy')}"] + \
+        ([] if h.get("co_running_load") is None else
+         ["- co-running load: " + ("another process streaming a 256 MB array through memory all along"
+                                   if h["co_running_load"] else "none (quiet host)")])
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -61,3 +64,34 @@ def md_table(columns: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+STREAMER = """
+import sys, time
+import numpy as np
+a = np.ones(32 * 1024 * 1024)  # 256 MB, far beyond any cache: every pass streams it from memory
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    a += 1.0
+"""  # python -c STREAMER SECONDS
+
+
+class CoRunningLoad:
+    """A process streaming a 256 MB array through memory for at most ``seconds``
+    (ended on exit), as another tenant of a shared cloud host contends for the
+    caches and memory bandwidth; ``enabled=False`` does nothing."""
+
+    def __init__(self, enabled: bool, seconds: float = 7200.0):
+        self.enabled, self.seconds, self.proc = enabled, float(seconds), None
+
+    def __enter__(self):
+        if self.enabled:
+            import subprocess
+            self.proc = subprocess.Popen([sys.executable, "-c", STREAMER, str(self.seconds)])
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        return False

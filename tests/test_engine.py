@@ -1,11 +1,17 @@
 """End to end on the real ORT CPU runtime. Assertions compare latencies
 measured in the same run (ratios), never absolute times."""
+import sys
+from pathlib import Path
+
 import archs
 import pytest
 import torch
 
 import hwprune
 from hwprune import zoo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench_common
 
 
 def _check(res, model, x):
@@ -83,16 +89,6 @@ def test_relative_budget_follows_the_measured_baseline(shared_store):
         hwprune.prune(model, x, device="ort-cpu-1t", budget_fraction=-0.5, store=shared_store)
 
 
-STREAMER = """
-import sys, time
-import numpy as np
-a = np.ones(32 * 1024 * 1024)  # 256 MB, far beyond any cache: every pass streams it from memory
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    a += 1.0
-"""
-
-
 @pytest.mark.slow
 def test_a_contended_host_is_certified_or_said_not_to_be(shared_store):
     """resnet20 to 60 % on ort-cpu-1t while another process streams a 256 MB
@@ -102,12 +98,11 @@ def test_a_contended_host_is_certified_or_said_not_to_be(shared_store):
     lands within [0.90, 1.03] of the budget fraction, or it says it is not
     certified and gives its interval."""
     import subprocess
-    import sys
 
     from hwprune import devices
     from profilers.blocks import block_runner, ratio_in_blocks
     model, x = zoo.create("resnet20")
-    hog = subprocess.Popen([sys.executable, "-c", STREAMER, "600"])
+    hog = subprocess.Popen([sys.executable, "-c", bench_common.STREAMER, "600"])
     try:
         res = hwprune.prune(model, x, device="ort-cpu-1t", budget_fraction=0.6, store=shared_store)
         iv = res.stats["ratio_interval"]["ort-cpu-1t"]
