@@ -99,15 +99,14 @@ def tp_prune(model, x, ratio: float, round_to: int):
 
 def flops_selection(model, x, dev, max_flops: float):
     """The network ``hwprune prune --max-flops`` selects (greedy, l1, the device grid and floors)."""
-    from hwprune.graph.space import PruningSpace, group_options
+    from hwprune.graph.space import PruningSpace, device_options
     from hwprune.graph.surgery import apply_kept
     from hwprune.importance import criteria as importance
     from hwprune.select.problem import Constraints, Problem, floor_options
     from hwprune.select.selectors import select
     space = PruningSpace(model, (x,))
     cons = Constraints(max_flops=max_flops)
-    options = floor_options(space, {g.gid: group_options(g, dev.step_channels, dev.min_channels)
-                                    for g in space.groups}, dev.step_channels, cons)
+    options = floor_options(space, device_options(space, dev), dev.step_channels, cons)
     scores = importance.compute("l1", space)
     problem = Problem(space, options, scores, cons)
     if problem.violated(problem.smallest()):

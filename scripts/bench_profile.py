@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def profile_once(dev, model_name: str, store_path: Path) -> dict:
     """One profiling run as ``hwprune profile`` does it, baseline excluded."""
     from hwprune import zoo
-    from hwprune.graph.space import PruningSpace, group_options
+    from hwprune.graph.space import PruningSpace, device_options
     from hwprune.latency.profiling import Profiler, fit_latency_model
     from profilers import MeasurementStore
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def profile_once(dev, model_name: str, store_path: Path) -> dict:
     prof = Profiler(dev, store)
     model, x = zoo.create(model_name)
     space = PruningSpace(model, (x,))
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    options = device_options(space, dev)
     lat = fit_latency_model(prof, space, options)
     elapsed = time.perf_counter() - t0
     out = {"seconds": elapsed, "measured": prof.measured, "reused": prof.reused,

@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
     from hwprune import zoo
     from hwprune.errors import UserError
-    from hwprune.graph.space import PruningSpace, group_options
+    from hwprune.graph.space import PruningSpace, device_options
     from hwprune.graph.surgery import apply_kept
     from hwprune.importance import criteria as importance
     from hwprune.latency.profiling import Profiler, RelativeMeter, fit_latency_model
@@ -74,8 +74,7 @@ def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
     model, x = zoo.create(name)
     space = PruningSpace(model, (x,))
     prof = Profiler(dev, store)
-    options = floor_options(space, {g.gid: group_options(g, dev.step_channels, dev.min_channels)
-                                    for g in space.groups}, dev.step_channels, Constraints())
+    options = floor_options(space, device_options(space, dev), dev.step_channels, Constraints())
     lat = fit_latency_model(prof, space, options)
     scores = importance.compute("l1", space)
     meter = RelativeMeter(prof, model, (x,), initial=3)

@@ -57,7 +57,7 @@ def summary(errors) -> dict:
 def run_model(name: str, device: str, samples: int, seed: int, store, log) -> dict:
     """One architecture: fit, calibrate, then predict and measure the sub-networks."""
     from hwprune import devices, zoo
-    from hwprune.graph.space import PruningSpace, group_options
+    from hwprune.graph.space import PruningSpace, device_options
     from hwprune.graph.subnets import build, random_choices
     from hwprune.importance import criteria
     from hwprune.latency.grid import resolve_grid, with_grid
@@ -73,7 +73,7 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     model, x = zoo.create(name)
     space = PruningSpace(model, (x,))
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    options = device_options(space, dev)
     choices = random_choices(free_options(space), samples, seed=seed)
     calibration = random_choices(free_options(space), CALIBRATION, seed=seed + 1000)  # another seed
     # as predict_latency(sub-network) does: each network's own layer shapes are measured

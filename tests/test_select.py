@@ -82,3 +82,11 @@ def test_unreachable_target_is_reported_infeasible(setup):
     sel = greedy(Evaluator(space, FlopsModel(), scores), options, 1e-6)
     assert not sel.feasible
     assert all(ks == options[gid][0] for gid, ks in sel.choice.items())
+
+
+def test_a_full_width_off_the_alignment_also_offers_the_aligned_width_below_it():
+    """21 channels on a grid of 16 with alignment 4: 16 and 21, and 20, whose
+    blocked kernels can run at half the time of 21's plain ones."""
+    assert width_grid(21, 16, 8, align=4) == [8, 16, 20, 21]
+    assert width_grid(32, 16, 8, align=4) == [8, 16, 32]
+    assert width_grid(21, 16, 8) == [8, 16, 21]

@@ -49,7 +49,7 @@ import torch
 from hwprune import devices as devices_mod
 from hwprune.compare.measure import cross_matrix, curves, layer_rows
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import PruningSpace, group_options
+from hwprune.graph.space import PruningSpace, device_options
 from hwprune.graph.surgery import apply_kept
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import Grid, descriptor_grid, resolve_grid, with_grid
@@ -164,8 +164,7 @@ def resolve_sides(names, space: PruningSpace, predicted_only=(), profiles=(),
 
 
 def _options(space: PruningSpace, dev) -> dict:
-    return floor_options(space, {g.gid: group_options(g, dev.step_channels, dev.min_channels)
-                                 for g in space.groups}, dev.step_channels, Constraints())
+    return floor_options(space, device_options(space, dev), dev.step_channels, Constraints())
 
 
 def side_grid(side: Side, store, grid: int | None, progress) -> Grid:

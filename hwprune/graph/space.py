@@ -244,19 +244,26 @@ class PruningSpace:
 Choice = dict[int, tuple[int, ...]]
 
 
-def width_grid(size: int, step: int, min_width: int) -> list[int]:
+def width_grid(size: int, step: int, min_width: int, align: int = 0) -> list[int]:
+    """Widths worth considering for a group of ``size`` channels: multiples of
+    the device ``step``, the full width, the device minimum below one step,
+    and, where the full width is off the device's alignment (``align``; its
+    plain kernels can cost twice the next aligned width's), the largest
+    aligned width below it."""
     grid = set(range(step, size + 1, step)) | {size}
     if min_width < step:
         grid.add(min(min_width, size))
+    if align > 1 and size % align and size > align:
+        grid.add(size // align * align)
     return sorted(w for w in grid if w >= min(min_width, size))
 
 
-def group_options(g: ChannelGroup, step: int, min_width: int) -> list[tuple[int, ...]]:
+def group_options(g: ChannelGroup, step: int, min_width: int, align: int = 0) -> list[tuple[int, ...]]:
     if len(g.segments) == 1:
-        return [(w,) for w in width_grid(g.size, step, min_width)]
+        return [(w,) for w in width_grid(g.size, step, min_width, align)]
     quantum = max(1, min(step, min_width))
     options = set()
-    for w in width_grid(g.size, step, min_width):
+    for w in width_grid(g.size, step, min_width, align):
         frac = w / g.size
         ks = []
         for s in g.segments:
@@ -264,6 +271,12 @@ def group_options(g: ChannelGroup, step: int, min_width: int) -> list[tuple[int,
             ks.append(int(min(s.size, max(min(quantum, s.size), k))))
         options.add(tuple(ks))
     return sorted(options, key=sum)
+
+
+def device_options(space, device) -> dict[int, list[tuple[int, ...]]]:
+    """Every group's width options on ``device``'s grid (its step, minimum and alignment)."""
+    return {g.gid: group_options(g, device.step_channels, device.min_channels, device.align_channels)
+            for g in space.groups}
 
 
 def uniform_choice(options: dict[int, list[tuple[int, ...]]], frac: float) -> Choice:

@@ -21,7 +21,7 @@ import torch
 import profilers
 from hwprune.devices import Device
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace
+from hwprune.graph.space import PruningSpace, device_options
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key
 
@@ -281,12 +281,11 @@ def profile_model(model: torch.nn.Module, example_inputs, device: Device, store:
     measured on a busy machine), measure the whole model, and with ``export``
     write the device's stored measurements to that file. Returns (figures,
     JSON-serialisable; the step record)."""
-    from hwprune.graph.space import group_options
     from hwprune.latency.grid import measure_step, stored_step
     from profilers.profile_io import export_profile
     space = PruningSpace(model, example_inputs)
     prof = Profiler(device, store)
-    options = {g.gid: group_options(g, device.step_channels, device.min_channels) for g in space.groups}
+    options = device_options(space, device)
     lat = fit_latency_model(prof, space, options, progress)
     step = stored_step(prof.store, prof.fp)
     step_new = step is None or step.get("reliable") is False   # none yet, or measured on a busy machine

@@ -39,7 +39,7 @@ import torch
 import latency_models
 from hwprune import devices
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace, group_options, uniform_choice
+from hwprune.graph.space import PruningSpace, device_options, uniform_choice
 from hwprune.graph.subnets import build, random_choices
 from hwprune.latency.profiling import (
     Profiler,
@@ -143,7 +143,7 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     space = PruningSpace(model, example_inputs)
     if not space.groups:
         raise UserError(f"{source} has no prunable channel groups: it has no sub-networks to validate on")
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    options = device_options(space, dev)
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev, clock))
     full = space.full_choice()
     measurements = prof.measure_specs(sample_specs(space, options) + space.specs(full), progress)
@@ -200,7 +200,7 @@ def rescore(result: dict, model: torch.nn.Module, example_inputs, store: Measure
     t0 = time.perf_counter()
     dev = devices.get(result["device"])
     space = PruningSpace(model.eval(), example_inputs)
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    options = device_options(space, dev)
     prof = Profiler(dev, store)
     specs = list(dict.fromkeys(sample_specs(space, options) + space.specs(space.full_choice())))
     timings = [prof.store.get(prof.rows_key, sp.key()) for sp in specs]

@@ -9,7 +9,7 @@ import torch
 
 from hwprune import devices
 from hwprune.errors import UserError
-from hwprune.graph.space import PruningSpace, group_options
+from hwprune.graph.space import PruningSpace, device_options
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
@@ -126,7 +126,7 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     dev = with_grid(dev, resolve_grid(dev, store, override=grid, progress=progress))
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     space = PruningSpace(model.eval(), example_inputs)
-    options = {g.gid: group_options(g, dev.step_channels, dev.min_channels) for g in space.groups}
+    options = device_options(space, dev)
     lat = fit_latency_model(prof, space, options, progress, use_table=True)  # its own shapes as measured
     scores = importance.compute("l1", space)
     protocol = model_protocol(dev)

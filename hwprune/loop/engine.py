@@ -51,7 +51,7 @@ from torch import nn
 from hwprune import devices
 from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import Choice, PruningSpace, group_options, uniform_choice
+from hwprune.graph.space import Choice, PruningSpace, device_options, uniform_choice
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
@@ -163,8 +163,7 @@ def _check_inputs(device: str | None, budget_ms, budget_fraction: float | None, 
 
 def _grid_options(space: PruningSpace, device: Device, cons: Constraints) -> dict:
     """Each group's widths on the primary device's channel grid, above the constraints' floors."""
-    return floor_options(space, {g.gid: group_options(g, device.step_channels, device.min_channels)
-                                 for g in space.groups}, device.step_channels, cons)
+    return floor_options(space, device_options(space, device), device.step_channels, cons)
 
 
 def resolve_grids(devs: dict[str, Device], store: MeasurementStore | None, grid=None,
