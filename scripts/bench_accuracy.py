@@ -34,7 +34,7 @@ split after its last epoch (no selection on the test split). Latency: every
 pruned network is re-measured interleaved with the original, one pair at a
 time as the engine measures, ``REPEATS`` times; ms = median of (pruned /
 original) x the original's median. Writes ``bench_accuracy.json`` and
-``bench_accuracy.md`` into ``--out``; the exit code is 0 whatever the
+``bench_accuracy.md`` (``bench_accuracy_load.*`` with ``--load``) into ``--out``; the exit code is 0 whatever the
 comparison shows.
 """
 from __future__ import annotations
@@ -362,13 +362,14 @@ def run(args) -> int:
     out = Path(args.out)
     cfg = {k: getattr(args, k) for k in ("seeds", "fractions", "criteria", "train_epochs", "finetune_epochs",
                                            "finetune_lr", "selector", "device", "threads")}
-    common.write_json(out / "bench_accuracy.json", {"header": header, "config": cfg, "originals": bases,
+    stem = "bench_accuracy_load" if args.load else "bench_accuracy"
+    common.write_json(out / f"{stem}.json", {"header": header, "config": cfg, "originals": bases,
                                                      "rows": [{k: v for k, v in r.items()} for r in rows],
                                                      "table": table, "summary": summary})
-    common.write_atomic(out / "bench_accuracy.md", render_md(header, args, bases, table, summary))
+    common.write_atomic(out / f"{stem}.md", render_md(header, args, bases, table, summary))
     for s in summary:
         log(s)
-    log(f"wrote {out}/bench_accuracy.json and bench_accuracy.md ({header['total_s']:.0f} s)")
+    log(f"wrote {out}/{stem}.json and {stem}.md ({header['total_s']:.0f} s)")
     return 0
 
 

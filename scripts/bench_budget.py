@@ -21,7 +21,8 @@ host, the budget falls back to midway between that network and the full one
 (:func:`hwprune.loop.reach.prune_within_reach`); the row says so and is
 judged against the fraction used.
 
-Writes ``bench_budget.json`` and ``bench_budget.md`` into ``--out``. The exit
+Writes ``bench_budget.json`` and ``bench_budget.md`` (``bench_budget_load.*``
+with ``--load``) into ``--out``. The exit
 code is 0 whatever the band results are; bad arguments exit 2.
 """
 from __future__ import annotations
@@ -275,16 +276,17 @@ def run(args) -> int:
     summary = f"{ok}/{len(rows)} in [{BAND[0]:.2f}, {BAND[1]:.2f}]"
     out = Path(args.out)
     md = render_md(header, rows, summary, total_s, store_path if tmpdir is None else "fresh temp file")
-    common.write_json(out / "bench_budget.json",
+    stem = "bench_budget_load" if args.load else "bench_budget"
+    common.write_json(out / f"{stem}.json",
                       {"header": header, "total_s": total_s, "summary": summary, "rows": rows})
-    common.write_atomic(out / "bench_budget.md", md)
+    common.write_atomic(out / f"{stem}.md", md)
     print()
     print(md)
     for r in rows:
         if not r.get("in_band"):
             why = r["error"] if r.get("error") else f"ratio {r['ratio']:.3f}"
             print(f"OUT OF BAND: {r['model']} @ {r['budget_frac']:.2f}: {why}")
-    print(f"wrote {out / 'bench_budget.json'} and {out / 'bench_budget.md'}; total {total_s:.0f} s")
+    print(f"wrote {out / stem}.json and .md; total {total_s:.0f} s")
     return 0
 
 
