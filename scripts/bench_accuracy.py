@@ -22,8 +22,8 @@ criterion), every method of that row is held to the share used, and the table
 and summary say so. Torch-Pruning's ``round_to`` and the FLOPs bound use the
 channel grid measured on this host (:func:`hwprune.latency.grid.resolve_grid`).
 
-Budgets are fractions of the original's latency measured interleaved with
-each network (a ratio), since this host's absolute speed drifts by up to
+Budgets are fractions of the original's latency measured against each
+network (a ratio), since this host's absolute speed drifts by up to
 +-10 % within minutes: the engine gets ``budget_fraction`` (its budget follows
 its own measurements of the original), and the baselines are chosen on ratios
 measured the same way.
@@ -31,9 +31,11 @@ measured the same way.
 Every pruned network gets the same fine-tuning (distillation from the trained
 model, ``--finetune-epochs``, cosine schedule) and is evaluated on the held-out
 split after its last epoch (no selection on the test split). Latency: every
-pruned network is re-measured interleaved with the original, one pair at a
-time as the engine measures, ``REPEATS`` times; ms = median of (pruned /
-original) x the original's median. Writes ``bench_accuracy.json`` and
+pruned network is re-measured with the original as a user measures (fresh
+sessions, alternating blocks, until the 95 % interval of the ratio is within
++-2 %: :class:`BlockRatio`, as the engine measures its plans); ms = that ratio
+x the original's median block. The Torch-Pruning sweep and the FLOPs-bound
+search are measured the same way. Writes ``bench_accuracy.json`` and
 ``bench_accuracy.md`` (``bench_accuracy_load.*`` with ``--load``) into ``--out``; the exit code is 0 whatever the
 comparison shows.
 """
@@ -49,7 +51,6 @@ import bench_common as common
 
 common.use_repo_packages()
 
-REPEATS = 3
 CRITERIA = ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]
 TP_RATIOS = [round(0.05 * i, 2) for i in range(1, 17)]
 MODEL = "resnet20"
@@ -142,11 +143,34 @@ def finetuned_accuracy(student, teacher, tr, te, args, seed) -> tuple[float, flo
     return res.val_accuracy, time.perf_counter() - t
 
 
+class BlockRatio:
+    """Ratios to the original as a user measures them: fresh sessions in
+    alternating blocks until the 95 % interval is within +-2 %
+    (:func:`profilers.blocks.ratio_in_blocks`), timed as the engine times the
+    device (the thread's CPU time on one-thread CPU runtimes)."""
+
+    def __init__(self, profiler, model, example_inputs):
+        from dataclasses import replace
+
+        from hwprune.latency.profiling import model_protocol
+        from profilers.blocks import BLOCK_PROTOCOL, block_runner
+        protocol = model_protocol(profiler.device)
+        self.block = BLOCK_PROTOCOL if protocol is None else replace(BLOCK_PROTOCOL, clock=protocol.clock)
+        self.runtime, self.inputs = profiler.runtime, example_inputs
+        self.reference = block_runner(self.runtime, model, example_inputs, self.block)
+        self.reference_ms = statistics.median(self.reference() for _ in range(3))
+
+    def ratio(self, net) -> tuple[float, object]:
+        from profilers.blocks import block_runner, ratio_in_blocks
+        est = ratio_in_blocks(self.reference, block_runner(self.runtime, net, self.inputs, self.block))
+        return est.ratio, est
+
+
 def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
     from hwprune import zoo
     from hwprune.datasets import digits_loaders
     from hwprune.errors import UserError
-    from hwprune.latency.profiling import Profiler, RelativeMeter
+    from hwprune.latency.profiling import Profiler
     from hwprune.loop.reach import prune_within_reach
     from hwprune.train.loop import evaluate, train
     tr, te = digits_loaders(batch_size=64, seed=seed)
@@ -155,7 +179,7 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
     train(model, tr, args.train_epochs, lr=0.05, seed=seed)
     base = {"seed": seed, "accuracy": evaluate(model, te), "train_s": time.perf_counter() - t}
     base["flops"], base["params"] = size_of(model, x)
-    meter = RelativeMeter(Profiler(dev, store), model, (x,), initial=3)
+    meter = BlockRatio(Profiler(dev, store), model, (x,))
     base["ms"] = meter.reference_ms
     log(f"[seed {seed}] trained {args.train_epochs} epochs in {base['train_s']:.0f} s: accuracy "
         f"{base['accuracy']:.4f}, {base['ms']:.3f} ms")
@@ -195,10 +219,7 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
             if best is not None:
                 cands.append(("hwprune FLOPs bound (l1)", {"max_flops": best[0], "flops_frac": best[0] / base["flops"],
                                                           "probes": probes}, best[1]))
-        ratios = [[] for _ in cands]
-        for _ in range(REPEATS):
-            for i, c in enumerate(cands):
-                ratios[i].append(meter.ratio(c[2])[0])
+        ratios = [[meter.ratio(c[2])[0]] for c in cands]
         for (method, detail, net), rs in zip(cands, ratios):
             flops, params = size_of(net, x)
             acc, ft_s = finetuned_accuracy(net, model, tr, te, args, seed)
@@ -299,9 +320,9 @@ def render_md(header, args, bases, table, summary) -> str:
     lines += [f"- device {args.device}; seeds {' '.join(map(str, args.seeds))}; training {args.train_epochs} "
               f"epochs; every pruned network fine-tuned {args.finetune_epochs} epochs with distillation "
               f"(lr {args.finetune_lr}, cosine); selector {args.selector}",
-              f"- ms: mean over seeds of (pruned / original, each measured interleaved with the original, median "
-              f"of {REPEATS}) x the original's ms; ratio = pruned / original; accuracy on the held-out 20 % (360 "
-              f"images) after the last epoch, mean +- standard deviation over seeds, in %",
+              "- ms: mean over seeds of (pruned / original, measured in fresh sessions, alternating blocks, to a "
+              "+-2 % interval) x the original's ms; ratio = pruned / original; accuracy on the held-out 20 % (360 "
+              "images) after the last epoch, mean +- standard deviation over seeds, in %",
               "- Torch-Pruning: MagnitudePruner (L1, uniform ratio, round_to = device step), the smallest ratio "
               "of 0.05..0.80 whose measured latency meets the budget; FLOPs bound: hwprune's greedy l1 "
               "selection under the largest FLOPs bound (bisected) whose network meets the budget",
