@@ -363,7 +363,7 @@ def test_prune_with_data_driven_importance_then_finetune(tmp_path, npz, capsys):
     torch.save(model, path)
     out = tmp_path / "pruned"
     rc, text, err = _run(["prune", "--model", str(path), "--trust-pickle", "--input-shape", "1,3,8,8",
-                          "--device", "ort-cpu-1t", "--max-flops", "150k", "--importance", "taylor",
+                          "--device", "ort-cpu-1t", "--grid", "8", "--max-flops", "150k", "--importance", "taylor",
                           "--data", str(npz), "--finetune-epochs", "2", "--batch-size", "16",
                           "--store", str(tmp_path / "s.sqlite"), "--out", str(out), "--json"], capsys)
     assert rc == 0, err
