@@ -82,9 +82,11 @@ class SimRuntime:
         return self._timing(self.spec_ms(spec))
 
     def measure_module(self, model, example_inputs, protocol=None):
+        SimRuntime.blocks.append(model)
         return self._timing(self.measured_ms(model, example_inputs))
 
     sessions: list = []  # models per interleaved measurement, in order
+    blocks: list = []    # the model of every whole-model measurement (a block), in order
 
     def measure_modules_interleaved(self, models, example_inputs, protocol=None):
         SimRuntime.sessions.append(list(models))

@@ -146,18 +146,22 @@ def compared(sim, tmp_path):
     return res, model, x
 
 
-def test_cross_matrix_measures_each_plan_in_a_pair_with_the_original(sim, tmp_path, monkeypatch):
+def test_cross_matrix_measures_each_plan_alone_alternating_with_the_original(sim, tmp_path, monkeypatch):
+    """As a user measures: every plan in blocks of its own (a fresh session each),
+    alternating with blocks of the original, never run by run with another model."""
     from profilers import MeasurementStore
     model, x = zoo.create("resnet20")
     monkeypatch.setattr(SimRuntime, "sessions", [])
+    monkeypatch.setattr(SimRuntime, "blocks", [])
     res = run_compare(model, x, ["sim-flops", "sim-memory"], budget_frac=0.7, store=MeasurementStore(
         tmp_path / "s.sqlite"), curve_layers=0, pareto_points=2, repeats=2)
     plans = [res.models[d] for d in ("sim-flops", "sim-memory")]
-    cross = [s for s in SimRuntime.sessions if any(m is p for m in s for p in plans)]
-    assert all(len(s) <= 2 for s in SimRuntime.sessions)
-    # 2 columns x 2 repeats x 2 plans, each with the original, in both orders
-    assert len(cross) >= 8 and all(any(m is model for m in s) for s in cross[-8:])
-    assert {s[0] is model for s in cross[-8:]} == {True, False}
+    assert not SimRuntime.sessions  # nothing is interleaved run by run
+    blocks = SimRuntime.blocks
+    at = [k for k, m in enumerate(blocks) if any(m is p for p in plans)]
+    # 2 columns x 2 repeats x 2 plans, each at least the minimum of 3 rounds
+    assert len(at) >= 2 * 2 * 2 * 3
+    assert all(blocks[k - 1] is model or blocks[k + 1] is model for k in at)
 
 
 def test_cross_matrix_shape_labels_and_values(compared):

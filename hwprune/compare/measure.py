@@ -114,10 +114,11 @@ def curves(space, sides, rows: list[dict], k: int, progress=None, passes: int = 
 
 def cross_matrix(sides, plans, repeats: int = 3, progress=None) -> dict:
     """Plan for device i (rows) on device j (columns); see :mod:`hwprune.compare.run`.
-    A measured column: each plan measured interleaved with the original alone
-    (a pair, as the engine measures: a session of several models evicts the
-    larger ones from cache and biases their ratios), ``repeats`` times with
-    the pair's order alternated; per repeat the plan's median over the
+    A measured column: each plan measured against the original alone, as the
+    engine and a user measure (fresh sessions, alternating blocks, until the
+    ratio's interval is within +-2 %: a session of several models evicts the
+    larger ones from cache and biases their ratios), ``repeats`` times; per
+    repeat the plan's median over the
     original's; ms = median of those ratios x the device's baseline
     (``ratio_lo``/``_hi``: their range over repeats); ``vs_own`` = plan i /
     the plan made for j, per repeat, median (``vs_own_lo``/``_hi``: the range
@@ -130,8 +131,8 @@ def cross_matrix(sides, plans, repeats: int = 3, progress=None) -> dict:
             for i in range(len(plans))]
     ratios: dict[int, np.ndarray] = {j: np.zeros((repeats, len(plans))) for j, _, _ in work}
     it = progress(work, desc="cross matrix", unit="pair") if (progress and work) else work
-    for j, r, i in it:  # the side's meter: its reference is the original
-        ratios[j][r, i] = sides[j].meter.ratio(plans[i]["module"], reference_first=(r + i) % 2 == 0)[0]
+    for j, r, i in it:  # the side's meter: the original and the plan in fresh sessions, alternating blocks
+        ratios[j][r, i] = sides[j].meter.reading(plans[i]["module"]).ratio
     for j, side in enumerate(sides):
         own = rows.index(side.name)
         for i in range(len(rows)):

@@ -187,8 +187,8 @@ def blocks(data) -> list[tuple]:
                  + f" (pred {c['predicted_ms']:.3f})" for c in row]
               for r, row in zip(data["cross"]["rows"], data["cross"]["cells"])]),
             ("p", "Each cell: latency of the row's plan on the column's device; 'x own': relative to the plan made "
-                  "for the column's device (the diagonal is 1.00x). Measured columns: each plan measured in a pair "
-                  "with the original, interleaved run by run, repeated with the order alternated; "
+                  "for the column's device (the diagonal is 1.00x). Measured columns: each plan measured against "
+                  "the original in fresh sessions, alternating blocks, to a +-2 % interval, repeated; "
                   "ms = median(plan / original) "
                   f"x the device's baseline. {PREDICTED_MARK} predicted by the device's latency model. 'pred': "
                   "the latency model's prediction."), ("img", "cross.png")]
@@ -200,7 +200,7 @@ def blocks(data) -> list[tuple]:
                _own_ratio(data, i), f"{p['flops'] / 1e6:.2f}M", f"{p['params']:,}", f"{p['importance']:.3f}",
                f"{p['active_importance']:.3f}", p["note"] or "-"] for i, p in enumerate(plans)]),
             ("p", "predicted / measured ms: the engine's, at the end of its closed loop; 'x full': the plan on its "
-                  "own device relative to the full network, from the cross matrix (measured interleaved; "
+                  "own device relative to the full network, from the cross matrix (measured in alternating blocks; "
                   f"{PREDICTED_MARK} predicted)."),
             ("table", ["group", "root", "width"] + [p["device"] for p in plans],
              [[g["gid"], g["root"], g["size"]] + [g["widths"][p["device"]] for p in plans]

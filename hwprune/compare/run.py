@@ -6,8 +6,8 @@ For one model and several devices, :func:`run_compare` returns (JSON-ready):
 * ``devices``: per device, how it takes part (``measured`` here, or
   ``predicted`` from its profile file when its runtime cannot run here or
   ``predicted_only`` asks so), its whole-network latency at full width
-  (measured: the median of every measurement of the original, each taken
-  interleaved with another network; predicted: the latency model's), the grid
+  (measured: the median of every block of the original, each alternating
+  with another network's; predicted: the latency model's), the grid
   it is pruned on (for a measured device the step measured on this host,
   :func:`hwprune.latency.grid.resolve_grid`; ``grid`` overrides it) and the
   measured channel step, and how the latency model's remainder was fitted;
@@ -22,13 +22,13 @@ For one model and several devices, :func:`run_compare` returns (JSON-ready):
 * ``plans``: at the same relative budget (``budget_frac`` x that device's
   full-width latency), each device's plan: :func:`hwprune.loop.engine.prune` on a
   measured device (closed loop, ``budget_fraction``: the fraction of the
-  baseline the engine measures, interleaved with its candidates; raised to
+  baseline the engine measures, alternating with its candidates; raised to
   1.1 x the smallest network the floors allow where the fraction is below
   it, and said so), the selector alone on a predicted device; widths per
   group side by side;
 * ``cross``: plan for device i on device j: measured where j runs here (per
-  column j, each plan measured interleaved with the original, in pairs,
-  ``repeats`` times; ms = median (plan / original) x j's baseline), predicted
+  column j, each plan measured against the original in fresh sessions,
+  alternating blocks, to a +-2 % interval, ``repeats`` times; ms = median (plan / original) x j's baseline), predicted
   otherwise, and always the prediction next to it;
 * ``pareto``: per device, predicted whole-model latency vs kept importance of
   the selector's plans at several budgets.
@@ -54,8 +54,9 @@ from hwprune.graph.surgery import apply_kept
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import Grid, descriptor_grid, resolve_grid, with_grid
 from hwprune.latency.offline import find_profile, offline_model, read_profile
-from hwprune.latency.profiling import Profiler, Progress, RelativeMeter, fit_latency_model
+from hwprune.latency.profiling import Profiler, Progress, fit_latency_model
 from hwprune.loop.engine import calibrate, count_params, prune
+from hwprune.loop.meter import BlockMeter
 from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
@@ -82,7 +83,7 @@ class Side:
     options: dict | None = None
     ev: Evaluator | None = None
     profiler: Profiler | None = None
-    meter: RelativeMeter | None = None
+    meter: BlockMeter | None = None
     predicted_full_ms: float = 0.0
     smallest_ms: float | None = None  # measured: the smallest network the floors allow
     device_step: int | None = None
@@ -186,7 +187,7 @@ def prepare_side(side: Side, space, example_inputs, scores, store, progress, gri
     if side.mode == MEASURED:
         side.profiler = Profiler(side.device, store)
         side.lat = fit_latency_model(side.profiler, space, side.options, progress)
-        side.meter = RelativeMeter(side.profiler, space.model, example_inputs, initial=3)
+        side.meter = BlockMeter(side.profiler.runtime, space.model, example_inputs, initial=3)
         side.smallest_ms = calibrate(side.lat, space, side.meter.measure, side.options, scores,
                                      [(space.specs(space.full_choice()), side.meter.reference_ms)])
         side.remainder = "remainder fitted to whole-model measurements here (full, smallest, quarter, half width)"
