@@ -145,21 +145,27 @@ def _other_type(line: str) -> bool:
     return isinstance(row, dict) and row.get("type", "layer") != "layer"
 
 
+def read_lines(path: str | Path) -> tuple[dict, list[str]]:
+    """A profile file's checked header and all its lines (the header's
+    included); an unreadable, empty or headerless file raises ValueError."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"profile {path} cannot be read ({exc})") from None
+    if not lines:
+        raise _bad(path, 1, "empty file")
+    try:
+        return check_header(path, json.loads(lines[0])), lines
+    except json.JSONDecodeError as exc:
+        raise _bad(path, 1, f"not JSON ({exc.msg})") from None
+
+
 def load_profile(path: str | Path) -> tuple[dict, list[tuple[str, Timing]]]:
     """Parse and validate a whole profile file: ``(header, [(spec key, Timing)])``;
     lines of other types than layer measurements are skipped."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"profile {path} cannot be read ({exc})") from None
-    lines = text.splitlines()
-    if not lines:
-        raise _bad(path, 1, "empty file")
-    try:
-        header = check_header(path, json.loads(lines[0]))
-    except json.JSONDecodeError as exc:
-        raise _bad(path, 1, f"not JSON ({exc.msg})") from None
+    header, lines = read_lines(path)
     rows = [parse_row(path, i, line) for i, line in enumerate(lines[1:], start=2)
             if line.strip() and not _other_type(line)]
     if isinstance(header.get("count"), int) and header["count"] != len(rows):
@@ -186,5 +192,5 @@ def profile_files(folder: str | Path) -> list[Path]:
     return sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
 
 
-__all__ = ["export_profile", "import_profile", "load_profile", "read_header", "profile_files",
+__all__ = ["export_profile", "import_profile", "load_profile", "read_header", "read_lines", "profile_files",
            "write_text_atomic"]

@@ -44,7 +44,7 @@ from pathlib import Path
 from hwprune.errors import UserError
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement
-from profilers.profile_io import check_header, parse_row, profile_files
+from profilers.profile_io import parse_row, profile_files, read_header, read_lines
 
 log = logging.getLogger("hwprune")
 
@@ -96,15 +96,7 @@ def read_profile(path: str | Path) -> ProfileData:
     """Read a profile file (module docstring); bad files raise :class:`UserError`."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"profile {path} cannot be read ({exc})") from None
-    if not lines:
-        raise _bad(path, 1, "empty file")
-    try:
-        header = check_header(path, json.loads(lines[0]))
-    except json.JSONDecodeError as exc:
-        raise _bad(path, 1, f"not JSON ({exc.msg})") from None
+        header, lines = read_lines(path)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     layers, networks, ignored = [], [], Counter()
@@ -141,9 +133,8 @@ def find_profile(device: str, folders: str | Path | Sequence[str | Path]) -> Pat
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     for p in (p for folder in folders for p in profile_files(folder)):
         try:
-            with open(p, encoding="utf-8") as f:
-                h = check_header(p, json.loads(f.readline()))
-        except (OSError, UnicodeDecodeError, ValueError):
+            h = read_header(p)
+        except ValueError:
             continue
         if h["device"] == device and (best is None or str(h.get("date", "")) > best[0]):
             best = (str(h.get("date", "")), p)

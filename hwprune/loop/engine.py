@@ -51,7 +51,7 @@ from torch import nn
 from hwprune import devices
 from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.space import Choice, PruningSpace, device_options, uniform_choice
+from hwprune.graph.space import Choice, PruningSpace, device_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
@@ -109,17 +109,10 @@ def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list 
     """Fit the latency model's remainder from whole-model measurements of the
     sub-networks at ``fractions`` of every group's width grid (default the
     smallest, quarter- and half-width ones; plus ``rows`` already measured);
-    returns the first (smallest) sub-network's measured ms."""
-    rows = list(rows or [])
-    ev = Evaluator(space, lat, scores)
-    smallest_ms = None
-    for frac in fractions:
-        choice = uniform_choice(options, frac)
-        m = measure_ms(apply_kept(space, ev.kept(choice)))
-        rows.append((space.specs(choice), m))
-        smallest_ms = m if smallest_ms is None else smallest_ms
-    lat.fit_remainder(rows)
-    return smallest_ms
+    returns the first (smallest) sub-network's measured ms
+    (:func:`hwprune.loop.fastest.calibrate_networks`, for callers that only need that)."""
+    cal = calibrate_networks(lat, space, measure_ms, options, scores, list(rows or []), fractions)
+    return cal.smallest.measured_ms
 
 
 # ---------------------------------------------------------------- inputs

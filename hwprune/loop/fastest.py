@@ -72,12 +72,14 @@ def _measure(space: PruningSpace, ev: Evaluator, measure_ms: Callable[[nn.Module
 
 
 def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], float], options, scores,
-                       rows: list) -> Calibration:
-    """Measure the networks at :data:`UNIFORM` positions (the smallest first),
-    add them to ``rows`` (whole-model measurements, ``(specs, ms)``) and fit
-    ``lat``'s remainder to all of ``rows``."""
+                       rows: list, fractions=UNIFORM) -> Calibration:
+    """Measure the networks at ``fractions`` of every group's width grid
+    (default :data:`UNIFORM`, the smallest first), add them to ``rows``
+    (whole-model measurements, ``(specs, ms)``) and fit ``lat``'s remainder
+    to all of ``rows``."""
     ev = Evaluator(space, lat, scores)
-    nets = tuple(_measure(space, ev, measure_ms, uniform_name(f), uniform_choice(options, f), rows) for f in UNIFORM)
+    nets = tuple(_measure(space, ev, measure_ms, uniform_name(f), uniform_choice(options, f), rows)
+                 for f in fractions)
     lat.fit_remainder(rows)
     return Calibration(nets)
 
