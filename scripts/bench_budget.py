@@ -83,13 +83,19 @@ def measure_repeated(runtime, onnx_bytes: bytes, feed) -> list[float]:
 
 def bench_model(name: str, args, store, dev, log) -> list[dict]:
     from hwprune import zoo
+    model, x = zoo.create(name)
+    return [row for row, _ in bench_network(name, model, x, args, store, dev, log)]
+
+
+def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict, object]]:
+    """Rows (and the pruned network, None for an error row) of one model at every
+    fraction in ``args.budgets``: baseline, prune, independent re-measurement."""
     from hwprune.errors import UserError
     from hwprune.loop.engine import prune
     from hwprune.loop.reach import prune_within_reach
     from profilers.blocks import block_runner, ratio_in_blocks
     from profilers.onnx_export import feeds, to_onnx_bytes
 
-    model, x = zoo.create(name)
     model.eval()
     runtime = dev.open()
     feed = feeds(x)
@@ -116,13 +122,14 @@ def bench_model(name: str, args, store, dev, log) -> list[dict]:
             row["error"] = str(exc)
             row["prune_wall_s"] = time.perf_counter() - t0
             log(f"[{name}] budget {frac:.2f}: error: {exc}")
-            rows.append(row)
+            rows.append((row, None))
             continue
         st = res.stats
         row.update({
             "prune_wall_s": time.perf_counter() - t0, "engine_baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "engine_measured_ms": res.measured_ms,
             "engine_budget_ms": res.budget_ms, "engine_ratio": res.measured_ms / res.budget_ms,
+            "engine_rel": res.measured_ms / res.baseline_ms,
             "unchanged": res.unchanged, "note": res.note,
             "rounds": [{"target_ms": r.target_ms, "predicted_ms": r.predicted_ms,
                         "measured_ms": r.measured_ms, "iqr_ms": r.iqr_ms} for r in res.rounds],
@@ -135,7 +142,7 @@ def bench_model(name: str, args, store, dev, log) -> list[dict]:
         log(f"[{name}] budget {row['budget_frac']:.2f} = {row['budget_ms']:.3f} ms: engine measured "
             f"{res.measured_ms:.3f} ms (predicted {res.predicted_ms:.3f}), {len(res.rounds)} rounds, "
             f"{row['prune_wall_s']:.1f} s")
-        rows.append(row)
+        rows.append((row, res.model))
         pruned.append((row, res.model))
 
     # Independent re-measurement as the engine measures and a user sees it:
@@ -166,7 +173,7 @@ def bench_model(name: str, args, store, dev, log) -> list[dict]:
         row.update({"remeasured_ms": s["median_ms"], "remeasured_min_ms": s["min_ms"],
                     "remeasured_max_ms": s["max_ms"], "remeasured_runs_ms": s["runs_ms"],
                     "remeasured_ratio_interval": [est.ratio_lo, est.ratio_hi], "remeasured_sure": est.sure,
-                    "baseline_remeasured_ms": base_re["median_ms"], "speedup": 1.0 / rel,
+                    "baseline_remeasured_ms": base_re["median_ms"], "speedup": 1.0 / rel, "remeasured_rel": rel,
                     "ratio": ratio, "ratio_abs": s["median_ms"] / row["budget_ms"],
                     "in_band": BAND[0] <= ratio <= BAND[1]})
         log(f"[{name}] budget {row['budget_frac']:.2f}: re-measured {s['median_ms']:.3f} ms, "
