@@ -75,7 +75,7 @@ def run(job, student, teacher, lm, plan, out: Path) -> dict:
     from hwprune.train.finetune import world
     from hwprune.train.job import finetune_model
     try:
-        return finetune_model(student, teacher, lm.example_input, job, out, zoo_name=lm.zoo_name,
+        return finetune_model(student, teacher, lm.example_input, job, out, zoo_name=lm.model_source,
                               num_classes=lm.num_classes, plan=plan, progress=progress_bar())
     except KeyboardInterrupt:
         if world()[0] == 0:

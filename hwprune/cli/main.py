@@ -86,7 +86,7 @@ def cmd_prune(args) -> int:
             "devices": res.devices, "constraints": res.plan.get("constraints"),
             "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
                                                  ("status", "mip_gap", "solve_s", "objective", "note")}}
-    export = export_pruned(res.model, (lm.example_input,), plan=res.plan, zoo_name=lm.zoo_name,
+    export = export_pruned(res.model, (lm.example_input,), plan=res.plan, source=lm.model_source,
                            num_classes=lm.num_classes)
     data["onnx_max_abs_diff"] = export.parity.max_abs_diff
     write_pruned(Path(args.out), export, {"result.json": json.dumps(data, indent=2, default=float)},
@@ -213,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", help="measurement store (default $HWPRUNE_STORE or ~/.cache/hwprune)")
         if model:
             sp.add_argument("--model", required=True, help="zoo name (resnet20, resnet56, vgg16, mobilenetv2, "
-                            "resnet18, resnet50) or a model file")
-            sp.add_argument("--input-shape", type=shape_arg, help="N,C,H,W for files that do not record it")
+                            "resnet18, resnet50), torchvision:NAME or timm:NAME (random weights), or a model "
+                            "file")
+            sp.add_argument("--input-shape", type=shape_arg, help="N,C,H,W (default: the model's own size, or "
+                            "what a checkpoint's plan records; needed for files that record none)")
             sp.add_argument("--trust-pickle", action="store_true",
                             help="allow loading a pickled whole model (runs code from the file)")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shlex
 from pathlib import Path
 
@@ -40,12 +41,30 @@ log = logging.getLogger("hwprune")
 MAX_ONNX_BYTES = 2 ** 31 - 1  # protobuf's limit for one self-contained file
 
 
+def export_failure(exc: Exception, opset: int) -> str:
+    """One line on why ``torch.onnx.export`` failed: the operator and the exporter's reason."""
+    first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+    m = (re.search(r"ONNX export of (?:operator )?([\w:.]+)(?:,\s*(.*))?", first)
+         or re.search(r"Exporting the operator '?([\w:.]+)'? to ONNX opset version \d+ (is not supported)", first))
+    if m is None:
+        return f"torch.onnx.export failed (opset {opset}): {type(exc).__name__}: {first}"
+    op, why = m.group(1), re.split(r"\. Please |\s+\[Caused by", m.group(2) or "")[0].rstrip(". ")
+    why = why or "not supported by the exporter"
+    if "not factor of input size" in why:
+        why = "its output size does not divide its input size"
+    hint = ""
+    if op.startswith("adaptive_"):
+        hint = (" (nn.AdaptiveAvgPool2d/AdaptiveMaxPool2d modules are rewritten for export; this one is a "
+                "functional call in forward: make it a module, or pick an input size whose feature map the "
+                "output size divides)")
+    return f"cannot export operator {op} to ONNX (opset {opset}): {why}{hint}"
+
+
 def onnx_bytes_checked(model, example_inputs, opset: int = OPSET, dynamic_batch: bool = False) -> bytes:
     try:
         data = to_onnx_bytes(model.eval(), as_inputs(example_inputs), opset=opset, dynamic_batch=dynamic_batch)
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed (opset {opset}): "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+        raise ExportError(export_failure(exc, opset)) from None
     if len(data) > MAX_ONNX_BYTES:
         raise ExportError(f"the model is {len(data) / 2**30:.1f} GiB, over ONNX's 2 GiB limit for one file")
     return data

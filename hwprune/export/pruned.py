@@ -1,6 +1,6 @@
 """The output folder of a pruned model, as ``hwprune prune``, fine-tuning and
 the demo write it: ``model.pt`` (a checkpoint of
-:func:`hwprune.graph.plans.checkpoint`: rebuild the zoo model, apply the
+:func:`hwprune.graph.plans.checkpoint`: rebuild the named model, apply the
 plan's kept channels, load the weights), ``model.onnx`` (checked against
 PyTorch with ONNX Runtime), ``plan.json`` (kept channels per group; left out
 by fine-tuning, which keeps the plan it was given) and the caller's own files
@@ -21,11 +21,11 @@ from pathlib import Path
 
 from torch import nn
 
+from hwprune.export.onnx import onnx_bytes_checked
 from hwprune.export.outdir import atomic_dir, atomic_files
 from hwprune.export.parity import Parity, check_parity
 from hwprune.graph.plans import checkpoint, checkpoint_bytes
 from profilers.inputs import as_inputs
-from profilers.onnx_export import to_onnx_bytes
 
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
@@ -40,15 +40,19 @@ class PrunedExport:
 
 
 def export_pruned(model: nn.Module, example_inputs, *, plan: dict | None, zoo_name: str | None = None,
-                  num_classes: int | None = None, plan_file: bool = True, more_inputs=()) -> PrunedExport:
+                  num_classes: int | None = None, plan_file: bool = True, more_inputs=(),
+                  source: str | None = None) -> PrunedExport:
     """``model.pt``, ``model.onnx`` (its ONNX Runtime output checked against
     PyTorch's on the example inputs and ``more_inputs``; over the tolerance is
     an :class:`hwprune.export.parity.ExportError`) and, with ``plan_file``,
-    ``plan.json``."""
+    ``plan.json``. ``source`` (or ``zoo_name``, its older name) is what
+    rebuilds the unpruned model: a zoo name, ``torchvision:NAME`` or
+    ``timm:NAME``; without one, ``model.pt`` does not load by itself."""
     inputs = as_inputs(example_inputs)
-    onnx_bytes = to_onnx_bytes(model, inputs)
+    onnx_bytes = onnx_bytes_checked(model, inputs)
     parity = check_parity(model, inputs, onnx_bytes, more_inputs=more_inputs)
-    files = {MODEL_FILE: checkpoint_bytes(checkpoint(model, zoo_name, num_classes, plan)), ONNX_FILE: onnx_bytes}
+    ckpt = checkpoint(model, source or zoo_name, num_classes, plan)
+    files = {MODEL_FILE: checkpoint_bytes(ckpt), ONNX_FILE: onnx_bytes}
     if plan_file:
         files[PLAN_FILE] = (json.dumps(plan, indent=1) + "\n").encode("utf-8")
     return PrunedExport(files, parity)

@@ -97,9 +97,10 @@ def count_params(model: nn.Module) -> int:
 
 def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float | None,
               extra: dict | None = None) -> dict:
-    from hwprune.graph.plans import plan_fingerprint
+    from hwprune.graph.plans import plan_fingerprint, plan_input_shapes
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
-            "fingerprint": plan_fingerprint(space), "budget_ms": budget_ms, **(extra or {}),
+            "fingerprint": plan_fingerprint(space), **plan_input_shapes(space.example_inputs),
+            "budget_ms": budget_ms, **(extra or {}),
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
 

@@ -46,7 +46,9 @@ def finetune_model(student: nn.Module, teacher: nn.Module | None, example_input,
                    progress: Progress | None = None) -> dict:
     """Fine-tune ``student`` as ``job`` says and write the outputs into the
     folder ``out``; returns the figures (JSON-serialisable, also written to
-    ``finetune.json``). ``progress`` draws on rank 0 only."""
+    ``finetune.json``). ``zoo_name`` is the model's source (a zoo name,
+    ``torchvision:NAME`` or ``timm:NAME``) for the checkpoint. ``progress``
+    draws on rank 0 only."""
     if job.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {job.batch_size}")
     rank, size, dev = init_distributed(job.train_device)
