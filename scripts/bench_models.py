@@ -107,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
                    help="output folder (default: scripts/results/)")
     p.add_argument("--stem", default="bench_models", help="output file name stem (default: bench_models)")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of other models already in the output JSON (rows of the models run now "
+                        "are replaced), so the families can be measured in several sittings")
     args = p.parse_args(argv)
     args.load, args.relative = False, True  # what bench_budget.bench_network reads
     if any(not 0.0 < b < 1.0 for b in args.budgets):
@@ -197,6 +200,17 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float) -> s
     return "\n".join(lines)
 
 
+def previous_rows(path: Path, args) -> list[dict]:
+    """Rows of an earlier run for models other than this run's (``--append``)."""
+    import json
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return []
+    now = {n for n, _ in args.specs}
+    return [r for r in rows if r.get("source", r.get("model")) not in now]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     note = import_model_packages()
@@ -220,6 +234,7 @@ def main(argv=None) -> int:
               "models": [f"{n}@{s}" if s else n for n, s in args.specs], "packages_note": note}
     log(f"bench_models: {header['cpu']}, {header['cores']} cores; device {dev.name}")
     rows, out = [], Path(args.out)
+    kept = previous_rows(out / f"{args.stem}.json", args) if args.append else []
     try:
         for name, size in args.specs:
             try:
@@ -228,13 +243,14 @@ def main(argv=None) -> int:
                 log(f"[{name}] error: {exc}")
                 rows += [{"model": name, "budget_frac": f, "baseline_ms": None, "error": str(exc)}
                          for f in args.budgets]
-            ok = sum(1 for r in rows if r.get("in_band"))
-            summary = f"{ok}/{len(rows)} in [{BAND[0]:.2f}, {BAND[1]:.2f}]"
+            every = kept + rows
+            ok = sum(1 for r in every if r.get("in_band"))
+            summary = f"{ok}/{len(every)} in [{BAND[0]:.2f}, {BAND[1]:.2f}]"
             total_s = time.perf_counter() - t_start
             # written after every model, so an interrupted run keeps what it measured
             common.write_json(out / f"{args.stem}.json",
-                              {"header": header, "total_s": total_s, "summary": summary, "rows": rows})
-            common.write_atomic(out / f"{args.stem}.md", render_md(header, rows, summary, total_s))
+                              {"header": header, "total_s": total_s, "summary": summary, "rows": every})
+            common.write_atomic(out / f"{args.stem}.md", render_md(header, every, summary, total_s))
     finally:
         store.close()
         if tmpdir is not None:
