@@ -12,14 +12,14 @@ a rerun with the same ``--store`` re-measures nothing stored):
    measurements of uniform sub-networks at 0/25/50/75/100 % width (the rows
    the latency model's remainder is fitted from).
 4. ``validate``: ``--samples`` random sub-networks per (model, device, batch)
-   in ``--validate``, measured interleaved with the full network and predicted;
-   share within +-5 %/+-10 %, RMSPE, largest error; their layer shapes are kept
-   in the JSON so other latency models can be scored offline.
+   in ``--validate``, measured against the full network as ``hwprune validate``
+   does (fresh sessions, alternating blocks, +-2 % or 6 rounds / 10 s) and
+   predicted; share within +-5 %/+-10 %, RMSPE, largest error; their layer
+   shapes are kept in the JSON so other latency models can be scored offline.
 5. ``prune``: ``--prune-model`` at ``--prune-batch`` pruned with ``--selector``
    to each of ``--budgets`` (fractions of its measured latency) on each
-   device, then baseline and pruned network re-measured interleaved 5 times;
-   the drift-free ratio ``(pruned / baseline) / fraction`` should lie in
-   [0.90, 1.03].
+   device, then pruned / baseline re-measured in alternating blocks to a
+   +-2 % interval; ``(pruned / baseline) / fraction`` should lie in [0.90, 1.03].
 6. ``rescore`` (no GPU needed): every registered latency model, fitted on the
    stored layer measurements (the store, else the committed ``*-h200.jsonl``
    profiles) and whole-network rows, scored on the stored sub-networks.
@@ -205,7 +205,8 @@ def errors_summary(pred, meas) -> dict:
 def phase_validate(run: Run) -> None:
     from hwprune import devices
     from hwprune.graph.subnets import iter_subnets
-    from hwprune.latency.profiling import Profiler, RelativeMeter, fit_latency_model
+    from hwprune.latency.profiling import Profiler, block_protocol, fit_latency_model
+    from hwprune.latency.validate import FullNetworkBlocks
     val = run.data.setdefault("validate", {})
     for pair in run.args.validate:
         name, _, b = pair.partition(":")
@@ -219,24 +220,26 @@ def phase_validate(run: Run) -> None:
             model, x, space, options, step = space_and_options(run, name, device, batch)
             prof = Profiler(devices.get(device), run.store)
             lat = fit_latency_model(prof, space, options).fit_remainder(network_rows(run.data["profile"][prof_key]))
-            meter = RelativeMeter(prof, model, x, initial=2)
+            meter = FullNetworkBlocks(prof.runtime, model, x, block_protocol(prof.device))
             rows = []
             for choice, net in iter_subnets(space, options, run.args.samples, seed=1):
                 specs = space.specs(choice)
-                ratio, timing = meter.ratio(net)
-                rows.append({"measured_ms": ratio * meter.reference_ms, "ratio": ratio,
-                             "predicted_ms": lat.predict(specs), "iqr_ms": timing.iqr_ms,
+                est, iqr_rel = meter.ratio(net)
+                rows.append({"ratio": est.ratio, "ratio_lo": est.ratio_lo, "ratio_hi": est.ratio_hi,
+                             "sure": est.sure, "rounds": est.rounds, "drift_rel": est.drift_rel,
+                             "predicted_ms": lat.predict(specs), "iqr_rel": iqr_rel,
                              "specs": [s.key() for s in specs]})
                 if run.left_s() < -60:
                     break
-            for r in rows:  # the reference's median over the whole run
+            for r in rows:  # the reference's median block over the whole run
                 r["measured_ms"] = r["ratio"] * meter.reference_ms
             summary = errors_summary([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
-            val[key] = {"model": name, "device": device, "batch": batch, "step": step,
-                        "reference_ms": meter.reference_ms, "summary": summary,
-                        "seconds": round(time.perf_counter() - t, 1), "rows": rows}
-            run.log(f"validate {key}: within 5 % {summary['within_5']:.0%}, 10 % {summary['within_10']:.0%}, "
-                    f"RMSPE {summary['rmspe']:.2%}, max {summary['max_abs_err']:.1%} ({len(rows)} nets)")
+            drift = max(r["drift_rel"] for r in rows)   # the full network's blocks while a ratio was measured
+            val[key] = {"model": name, "device": device, "batch": batch, "step": step, "drift_rel": drift,
+                        "unsure": sum(not r["sure"] for r in rows), "reference_ms": meter.reference_ms,
+                        "summary": summary, "seconds": round(time.perf_counter() - t, 1), "rows": rows}
+            run.log(f"validate {key}: within 5 % {summary['within_5']:.0%}, 10 % {summary['within_10']:.0%}, RMSPE "
+                    f"{summary['rmspe']:.2%}, max {summary['max_abs_err']:.1%} ({len(rows)} nets, drift {drift:.1%})")
             run.save()
 
 
@@ -286,6 +289,7 @@ def phase_prune(run: Run) -> None:
     from hwprune.errors import UserError
     from hwprune.latency.profiling import Profiler
     from hwprune.loop.engine import count_params, prune
+    from profilers.blocks import block_runner, ratio_in_blocks
     pr = run.data.setdefault("prune", {})
     name, batch = run.args.prune_model, run.args.prune_batch
     for device in run.args.prune_devices:
@@ -306,17 +310,13 @@ def phase_prune(run: Run) -> None:
                 run.log(f"prune {key}: error: {exc}")
                 run.save()
                 continue
-            rt = dev.open()
-            ratios = []
-            for _ in range(5):
-                b_t, p_t = rt.measure_modules_interleaved([model, res.model], x)
-                ratios.append(p_t.median_ms / b_t.median_ms)
-            ratio = statistics.median(ratios)
-            band = ratio / frac
+            rt = dev.open()   # as a user measures: fresh sessions, alternating blocks, to a +-2 % interval
+            est = ratio_in_blocks(block_runner(rt, model, x), block_runner(rt, res.model, x))
+            ratio, band = est.ratio, est.ratio / frac
             pr[key] = {"model": name, "device": device, "batch": batch, "fraction": frac,
                        "baseline_ms": base, "budget_ms": frac * base, "engine_baseline_ms": res.baseline_ms,
                        "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms,
-                       "remeasured_ratio": ratio, "ratios": ratios, "band_value": band,
+                       "remeasured_ratio": ratio, "remeasured": est.to_json(), "band_value": band,
                        "in_band": BAND[0] <= band <= BAND[1], "rounds": len(res.rounds),
                        "round_ms": [[r.predicted_ms, r.measured_ms] for r in res.rounds],
                        "selection": {k: v for k, v in res.selection.items() if k != "usage"},

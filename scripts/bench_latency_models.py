@@ -6,8 +6,9 @@ the model's layer shapes are profiled (the committed device profile is
 imported into a fresh store first, so only missing shapes are measured), the
 remainder of every latency model is fitted on the same calibration networks
 (smallest, 1/3, 2/3, full and ``--calibration`` random ones), then
-``--samples`` other random sub-networks are measured end to end, interleaved
-with the full network, and predicted by every model. Reported per model:
+``--samples`` other random sub-networks are measured end to end against the
+full network (fresh sessions, alternating blocks: see that function), and
+predicted by every model. Reported per model:
 RMSPE, max and mean error, the share within +-5 % and +-10 %, and the
 measurements it needed (layer shapes and whole networks; for the lookup table
 also the size of a full table of every grid width pair, and the ratio of that
@@ -85,8 +86,12 @@ def render_md(header: dict, runs: list[dict]) -> str:
     if header.get("rescored_at"):
         lines.append(f"- rescored at {header['rescored_at']} with the latency models of that time, on the "
                      f"sub-networks and layer measurements of the run above (nothing measured again)")
+    blocks = any(r.get("ratio_lo") is not None for run in runs for r in run["rows"])
+    how = ("in fresh sessions, alternating blocks with the full network (ms = ratio x the median full-network "
+           "block)" if blocks else "interleaved run by run with the full network (ms = ratio x the median of every "
+           "full-network median)")
     lines += [f"- {header['samples']} validation sub-networks per network (seed {header['seed']}), measured end to "
-              f"end interleaved with the full network (ms = ratio x the median of every full-network median); "
+              f"end {how}; "
               f"every model's remainder fitted on the same {header['calibration']} random + smallest, 1/3, 2/3 "
               f"and full networks (never validated on)",
               f"- target for `{TARGET['model']}`: >= {TARGET['within_10_pct']:.0f} % within +-10 %, >= "

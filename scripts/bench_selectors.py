@@ -7,10 +7,12 @@ measured), fit one latency model, calibrate its remainder on whole-model
 measurements (full, half-width and smallest networks), measure the baseline.
 Then for each budget fraction every selector chooses widths for
 ``target = fraction x measured baseline`` on that one model: there is no closed
-loop, the plan is the selector's answer. Each plan is cut and measured once,
-interleaved with the baseline (``RelativeMeter``: ms = candidate / baseline
-ratio x the baseline's median). Reported per plan: active-weight importance
-kept (fraction of the full network's; the objective qcqp maximises), kept
+loop, the plan is the selector's answer. Each plan is cut and measured against
+the baseline as the engine and a user measure it
+(``hwprune.loop.meter.BlockMeter``: fresh sessions, alternating blocks, until
+the ratio's 95 % interval is within +-2 % or 20 rounds / 30 s; ms = ratio x the
+baseline's median block, with the interval). Reported per plan: active-weight
+importance kept (fraction of the full network's; the objective qcqp maximises), kept
 channel scores, predicted and measured ms, FLOPs, parameters, solve time,
 solver status and gap.
 
@@ -64,8 +66,9 @@ def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
     from hwprune.graph.space import PruningSpace, device_options
     from hwprune.graph.surgery import apply_kept
     from hwprune.importance import criteria as importance
-    from hwprune.latency.profiling import Profiler, RelativeMeter, fit_latency_model
+    from hwprune.latency.profiling import Profiler, fit_latency_model
     from hwprune.loop.engine import calibrate
+    from hwprune.loop.meter import BlockMeter
     from hwprune.select.evaluator import Evaluator
     from hwprune.select.problem import Constraints, Problem, floor_options
     from hwprune.select.selectors import select
@@ -77,7 +80,7 @@ def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
     options = floor_options(space, device_options(space, dev), dev.step_channels, Constraints())
     lat = fit_latency_model(prof, space, options)
     scores = importance.compute("l1", space)
-    meter = RelativeMeter(prof, model, (x,), initial=3)
+    meter = BlockMeter(prof.runtime, model, (x,), initial=3)
     full = space.full_choice()
     smallest_ms = calibrate(lat, space, meter.measure, options, scores, [(space.specs(full), meter.reference_ms)])
     baseline = meter.reference_ms
@@ -105,19 +108,23 @@ def bench_model(name: str, args, store, dev, log) -> tuple[dict, list[dict]]:
                 rows.append(row)
                 continue
             pruned = apply_kept(space, sel.kept)
-            ratio, timing = meter.ratio(pruned)
-            measured = ratio * meter.reference_ms
+            reading = meter.reading(pruned)
+            measured = reading.ratio * meter.reference_ms
             row.update(objective=sel.objective, importance=sel.importance / problem.ev.importance(full),
-                       predicted_ms=sel.predicted_ms, measured_ms=measured, measured_iqr_ms=timing.iqr_ms,
-                       measured_over_budget=measured / budget, flops=sel.usage["flops"],
+                       predicted_ms=sel.predicted_ms, measured_ms=measured, measured_iqr_ms=reading.iqr_ms,
+                       ratio=reading.ratio, ratio_lo=reading.ratio_lo, ratio_hi=reading.ratio_hi,
+                       sure=reading.sure, rounds=reading.rounds, measured_over_budget=measured / budget,
+                       flops=sel.usage["flops"],
                        params=sel.usage["params"], solve_s=sel.solve_s, status=sel.status, mip_gap=sel.mip_gap,
                        note=sel.note, feasible=sel.feasible,
                        widths={str(g): list(k) for g, k in sel.choice.items()})
             log(f"[{name}] {frac:.2f} {selector}: objective {sel.objective:.4f}, predicted {sel.predicted_ms:.3f} "
-                f"ms, measured {measured:.3f} ms ({measured / budget:.3f} x budget), {sel.solve_s:.2f} s, "
+                f"ms, measured {measured:.3f} ms ({measured / budget:.3f} x budget, "
+                f"+-{100 * reading.half_width_rel:.1f} %{'' if reading.sure else ', not sure'}), {sel.solve_s:.2f} s, "
                 f"{sel.status}" + ("" if sel.mip_gap is None else f" (gap {100 * sel.mip_gap:.3f} %)"))
             rows.append(row)
     info["baseline_ms_final"] = meter.reference_ms
+    info["baseline_spread"] = meter.spread()   # the host's drift over the model's plans
     return info, rows
 
 
@@ -138,15 +145,17 @@ def render_md(header: dict, models: list[dict], rows: list[dict]) -> str:
         status = r["status"] + ("" if r.get("mip_gap") is None else f" (gap {100 * r['mip_gap']:.3f} %)")
         status += " *" if r.get("note") else ""
         body.append([r["model"], budget, r["selector"], _f(r["objective"], ".4f"), _f(r["importance"], ".4f"),
-                     _f(r["predicted_ms"]), _f(r["measured_ms"]), _f(r["measured_over_budget"]),
+                     _f(r["predicted_ms"]), _f(r["measured_ms"]) + ("" if r.get("sure", True) else " ~"),
+                     _f(r["measured_over_budget"]),
                      _f(r["flops"] / 1e6, ".1f"), _f(r["solve_s"], ".2f"), status])
     lines = ["# Selector benchmark: greedy, knapsack (HALP), qcqp (Jeong et al., HiGHS)", ""]
     lines += common.header_lines(header)
     lines += [f"- device: {header['device']}; qcqp time limit {header['time_limit_s']:g} s per solve, "
               f"relative MIP gap 0.1 %",
               "- **one fitted latency model per model, no closed loop**: each selector plans for "
-              "target = budget on the same calibrated model; each plan is measured once, interleaved "
-              "with the baseline (ms = ratio x baseline median)",
+              "target = budget on the same calibrated model; each plan is measured against the baseline "
+              "in fresh sessions, alternating blocks, until the ratio's 95 % interval is within +-2 % or "
+              "20 rounds / 30 s (ms = ratio x the baseline's median block; `~`: the cap was hit first)",
               "- active-weight importance: sum over layers of the L1 of kept kernel slices W[j, i] "
               "(both channels kept) over the layer's Frobenius norm, as a fraction of the full "
               "network's (what qcqp maximises); channel scores: kept L1 group scores (what greedy and "

@@ -162,6 +162,79 @@ def test_a_device_that_cannot_run_here_predicts_from_stored_measurements(devices
         hwprune.predict_latency(model, x, "tensorrt-fp16", store=store)
 
 
+# ---------------------------------------------------------------- measuring, on simulated runtimes
+
+def narrow_bias(full_params):
+    """Networks with under half the original's parameters measure 10 % slower than their layers say."""
+    return lambda m: 1.1 if sum(p.numel() for p in m.parameters()) < full_params / 2 else 1.0
+
+
+def test_validate_measures_ratios_in_alternating_blocks_not_run_by_run(sim_devices, store, monkeypatch):
+    """A runtime that reads models 8 % slower when interleaved run by run with a
+    larger one, and where narrow networks run 10 % slower than their layers:
+    every ratio is what blocks of each model alone read (bias included, no
+    interleaving penalty), each sub-network's blocks alternate with the full network's."""
+    from simruntime import SimRuntime
+
+    from hwprune import zoo
+    from hwprune.graph.space import PruningSpace
+    from hwprune.graph.subnets import build
+    from hwprune.latency.validate import rescore, validate
+    model, x = zoo.create("resnet20")
+    bias = narrow_bias(sum(p.numel() for p in model.parameters()))
+    sim_devices.add("sim-cache", bound="flops", step=8, interleave=0.08, bias=bias)
+    monkeypatch.setattr(SimRuntime, "sessions", [])
+    monkeypatch.setattr(SimRuntime, "blocks", [])
+    res = validate(model, (x,), "sim-cache", 4, models=["step-quadratic", "flops"], calibration=1, store=store)
+    assert not SimRuntime.sessions   # nothing is measured run by run
+    blocks = SimRuntime.blocks
+    assert all(m is model for m in blocks[:2]) and len(blocks) == 2 + 2 * 3 * len(res.rows)
+    assert all((blocks[k] is model) != (blocks[k + 1] is model) for k in range(2, len(blocks), 2))
+    rt, space = SimRuntime("flops", 8), PruningSpace(model, (x,))
+    full = rt.module_ms(model, (x,))
+    assert res.reference_ms == pytest.approx(full, rel=1e-9)
+    biased = 0
+    for row in res.rows:
+        net = build(space, {int(g): tuple(k) for g, k in row.widths.items()})
+        truth = rt.module_ms(net, (x,)) * bias(net) / full
+        assert row.ratio == pytest.approx(truth, rel=1e-9) and row.ratio_lo <= row.ratio <= row.ratio_hi
+        assert row.measured_ms == pytest.approx(row.ratio * res.reference_ms, rel=1e-9)
+        assert row.sure and row.rounds == 3 and row.drift_rel == 0.0
+        interleaved = [t.median_ms for t in SimRuntime("flops", 8, interleave=0.08).measure_modules_interleaved(
+            [net, model], (x,))]
+        if truth < 1:   # run by run, the smaller of the two reads 8 % slow and the bias is not seen
+            assert interleaved[0] / interleaved[1] == pytest.approx(1.08 * truth / bias(net), rel=1e-9)
+        biased += bias(net) > 1
+    assert biased and res.drift_rel == 0.0 and res.warnings == () and res.unsure == 0
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["warnings"] == [] and d["ratio_cap"]["max_rounds"] == 6 and d["tolerance"] == 0.04
+    assert {"ratio_lo", "ratio_hi", "sure", "rounds", "drift_rel"} <= set(d["rows"][0])
+    again = rescore(d, model, (x,), store)   # nothing measured; the intervals kept
+    assert [(r.ratio_lo, r.ratio_hi, r.sure) for r in again.rows] == [(r.ratio_lo, r.ratio_hi, r.sure)
+                                                                        for r in res.rows]
+
+
+def test_validate_warns_when_the_host_drifts_more_than_the_tolerance(sim_devices, tmp_path, capsys):
+    """The host slows by 3 % per whole-model measurement: the full network's
+    blocks spread more than 4 % while a ratio is measured, --json and the text say so."""
+    sim_devices.add("sim-drift", bound="flops", step=8, drift=3.0)
+    sim_devices.add("sim-still", bound="flops", step=8)
+    argv = ["validate", "--model", "resnet20", "--samples", "2", "--calibration", "0", "--models", "flops",
+            "--store", str(tmp_path / "s.sqlite")]
+    assert main(argv + ["--device", "sim-drift", "--json", "--out", str(tmp_path / "a")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["drift_rel"] > data["tolerance"] == 0.04
+    assert max(r["drift_rel"] for r in data["rows"]) == data["drift_rel"]
+    [warning] = data["warnings"]
+    assert "drifted" in warning and f"up to {100 * data['drift_rel']:.0f} %" in warning
+    assert all(r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"] for r in data["rows"])
+    assert main(argv + ["--device", "sim-drift", "--out", str(tmp_path / "b")]) == 0
+    assert f"warning: {warning}" in capsys.readouterr().out
+    assert main(argv + ["--device", "sim-still", "--json", "--out", str(tmp_path / "c")]) == 0
+    still = json.loads(capsys.readouterr().out)
+    assert still["warnings"] == [] and still["drift_rel"] == 0.0 and still["unsure"] == 0
+
+
 # ---------------------------------------------------------------- real runs
 
 @pytest.mark.slow

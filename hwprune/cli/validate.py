@@ -53,11 +53,16 @@ def cmd_validate(args) -> int:
     rows = [[n, f"{s.rmspe_pct:.1f}", f"{s.max_error_pct:.1f}", f"{s.mean_error_pct:+.1f}",
              f"{s.within_5_pct:.0f} %", f"{s.within_10_pct:.0f} %"] for n, s in res.scores.items()]
     text = format_table(["model", "RMSPE %", "max err %", "mean err %", "within 5 %", "within 10 %"], rows)
-    text += (f"\n{res.model} on {res.device}: {res.samples} random sub-networks measured end to end, interleaved "
-             f"with the full network ({res.reference_ms:.3f} ms, spread {res.reference_spread_pct:.1f} %; "
-             f"{'thread CPU time' if res.clock == 'thread' else 'wall-clock'})"
-             f"\nfitted on {res.layer_measurements} layer shapes ({res.shapes_measured} measured now; a full "
+    cap = res.ratio_cap
+    text += (f"\n{res.model} on {res.device}: {res.samples} random sub-networks measured end to end, each against "
+             f"the full network ({res.reference_ms:.3f} ms, spread {res.reference_spread_pct:.1f} %) in fresh "
+             f"sessions, alternating blocks ({'thread CPU time' if res.clock == 'thread' else 'wall-clock'}); "
+             + (f"{res.unsure} of {len(res.rows)} ratios stopped at the cap ({cap['max_rounds']} rounds or "
+                f"{cap['max_s']:g} s) before their 95 % interval was within +-{100 * cap['target_rel']:.0f} %"
+                if res.unsure else f"every ratio's 95 % interval within +-{100 * cap['target_rel']:.0f} %")
+             + f"\nfitted on {res.layer_measurements} layer shapes ({res.shapes_measured} measured now; a full "
              f"lookup table needs {res.full_grid_measurements}) and {res.whole_model_measurements} whole networks"
              f"\nwrote {out}/validation.json, {out}/scatter.png")
+    text += "".join(f"\nwarning: {w}" for w in res.warnings)
     emit(args, data, text)
     return 0

@@ -1,2 +1,2 @@
-"""Latency on a device: profiling orchestration, interleaved measurement, stored and offline
+"""Latency on a device: profiling orchestration, stored and offline
 prediction, validation, memory."""

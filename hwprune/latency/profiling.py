@@ -24,6 +24,7 @@ from hwprune.errors import UserError
 from hwprune.graph.space import PruningSpace, device_options
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key
+from profilers.blocks import BLOCK_PROTOCOL
 
 log = logging.getLogger("hwprune")
 Progress = Callable[..., Iterable]
@@ -172,42 +173,6 @@ class Profiler:
         return best
 
 
-class RelativeMeter:
-    """Measures candidates interleaved with a reference model and reports
-    ``ms = (candidate median / reference median) x reference_ms``.
-
-    The host's speed drifts (medians of one model over 2 s windows vary by up
-    to +-10 % on shared machines); a ratio measured interleaved does not.
-    ``reference_ms`` is the median of every reference measurement so far (three
-    at the start, one more per candidate), so it averages over the drift too.
-    ``protocol``: the measuring protocol (default the runtime's), e.g. one
-    timing thread CPU time.
-    """
-
-    def __init__(self, profiler: Profiler, reference: torch.nn.Module, example_inputs, initial: int = 3,
-                 protocol: profilers.Protocol | None = None):
-        self.profiler, self.example_inputs, self.reference = profiler, example_inputs, reference
-        self._kw = {} if protocol is None else {"protocol": protocol}
-        self.reference_medians = [profiler.measure_module(reference, example_inputs, protocol=protocol).median_ms
-                                  for _ in range(initial)]
-
-    @property
-    def reference_ms(self) -> float:
-        return float(np.median(self.reference_medians))
-
-    def ratio(self, model: torch.nn.Module, reference_first: bool = False) -> tuple[float, Timing]:
-        """Candidate / reference latency, measured interleaved (the pair in
-        either order: ``reference_first``)."""
-        pair = [self.reference, model] if reference_first else [model, self.reference]
-        timings = self.profiler.runtime.measure_modules_interleaved(pair, self.example_inputs, **self._kw)
-        ref, cand = timings if reference_first else timings[::-1]
-        self.reference_medians.append(ref.median_ms)
-        return cand.median_ms / ref.median_ms, cand
-
-    def measure(self, model: torch.nn.Module) -> float:
-        return self.ratio(model)[0] * self.reference_ms
-
-
 CLOCKS = ("auto", "thread", "wall")
 
 
@@ -233,6 +198,13 @@ def model_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | 
     if device_clock(device, clock) == "wall":
         return None
     return replace(profilers.MODEL_PROTOCOL, max_s=2.5, clock="thread")
+
+
+def block_protocol(device: Device, clock: str = "auto") -> profilers.Protocol:
+    """One block of a ratio measured in alternating blocks
+    (:data:`profilers.blocks.BLOCK_PROTOCOL`), timed by ``clock`` as resolved
+    by :func:`device_clock`."""
+    return replace(BLOCK_PROTOCOL, clock=device_clock(device, clock))
 
 
 def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | None:
@@ -269,8 +241,8 @@ def measure_latency(model: torch.nn.Module, example_inputs, device: Device,
     return device.open().measure_module(model, example_inputs, **kw).median_ms
 
 
-__all__ = ["Profiler", "fit_latency_model", "model_protocol", "layer_protocol", "device_clock", "sample_specs",
-           "family_widths", "measure_latency", "profilers"]
+__all__ = ["Profiler", "fit_latency_model", "model_protocol", "block_protocol", "layer_protocol", "device_clock",
+           "sample_specs", "family_widths", "measure_latency", "profilers"]
 
 
 def profile_model(model: torch.nn.Module, example_inputs, device: Device, store: MeasurementStore | None = None,
