@@ -13,7 +13,8 @@ Everything else is read with ``torch.load(weights_only=True)``.
 A plan (``plan.json``: kept channels per group and a fingerprint of the
 original architecture, :func:`plan_fingerprint`) re-applies a pruning to the
 original model with :func:`apply_plan`; the pruned weights then load with
-``load_state_dict``.
+``load_state_dict``. A plan records how its grouped convs were pruned
+(``grouped_modes``: within their groups or by whole groups).
 """
 from __future__ import annotations
 
@@ -94,7 +95,10 @@ def apply_plan(model: nn.Module, plan, example_inputs) -> nn.Module:
     from hwprune.graph.space import PruningSpace
     from hwprune.graph.surgery import apply_kept
     plan = _read_plan(plan)
-    space = PruningSpace(model, example_inputs)
+    modes = plan.get("grouped_modes")
+    if modes is not None and not (isinstance(modes, dict) and all(v in ("within", "whole") for v in modes.values())):
+        raise UserError("plan's grouped_modes must map grouped conv names to 'within' or 'whole'")
+    space = PruningSpace(model, example_inputs, grouped_modes=modes)
     want = plan.get("fingerprint")
     if want is not None:
         have = plan_fingerprint(space)

@@ -4,8 +4,8 @@ A weight ``W_l[j, i]`` of a conv or linear layer is *active* when output
 channel j and input channel i of that layer both survive. Its importance
 ``I_l[j, i]`` is the L1 norm of the kernel slice ``W_l[j, i, :, :]`` divided by
 the layer's Frobenius norm ``||W_l||_F`` (linear: ``|W[j, i]|``; depthwise conv:
-the slice of channel j, active when j survives; a grouped conv keeps its widths,
-so its term is constant). A plan's objective is
+the slice of channel j, active when j survives; a grouped conv: its weight
+spread over a dense table, zero between channels of different groups). A plan's objective is
 ``sum_l sum_{kept j, kept i} I_l[j, i]``, reported as a fraction of the full
 network's.
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwprune.graph.grouped import dense_weight, is_grouped
 from hwprune.graph.space import PruningSpace, dep_role, root_handler
 
 
@@ -81,7 +82,7 @@ def keep_masks(space: PruningSpace, options, order) -> dict[int, np.ndarray]:
 
 def weight_importance(module: nn.Module) -> np.ndarray | None:
     """``I[j, i]`` of a conv/linear weight (None for an all-zero weight)."""
-    w = module.weight.detach().double()
+    w = (dense_weight(module) if is_grouped(module) else module.weight.detach()).double()
     fro = float(torch.linalg.vector_norm(w))
     if fro == 0:
         return None
@@ -114,9 +115,7 @@ class ActiveImportance:
             og, orr = maps[(layer.name, "out")]
             if layer.spec.depthwise:
                 self._add(og, orr, imp[:, :1], np.array([-1]), np.array([-1]), keep)
-            elif layer.spec.groups > 1:
-                self.const += float(imp.sum())
-            else:
+            else:  # a grouped conv's table is dense, zero outside its groups
                 ig, irr = maps[(layer.name, "in")]
                 self._add(og, orr, imp, ig, irr, keep)
         self.full = self.total

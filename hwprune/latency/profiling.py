@@ -21,6 +21,7 @@ import torch
 import profilers
 from hwprune.devices import Device
 from hwprune.errors import UserError
+from hwprune.graph.grouped import whole_specs
 from hwprune.graph.space import PruningSpace, device_options
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key
@@ -55,6 +56,8 @@ def family_widths(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]
     fam_out: dict[str, set[int]] = defaultdict(set)
     base: dict[str, LayerSpec] = {}
     for layer in space.layers:
+        if layer.group_in:  # a whole-group conv: one family per group count (whole_specs)
+            continue
         fam = layer.spec.family()
         base.setdefault(fam, layer.spec)
         in_g = sorted({t.gid for t in layer.in_terms})
@@ -86,7 +89,7 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
             for n_in in _spread(ins, 6):
                 for n_out in _spread(outs, 6):
                     specs.append(replace(b, in_channels=n_in, out_channels=n_out))
-    return specs
+    return specs + whole_specs(space, options)
 
 
 def misaligned_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]], align: int | None,

@@ -100,6 +100,7 @@ def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budg
     from hwprune.graph.plans import plan_fingerprint
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
             "fingerprint": plan_fingerprint(space), "budget_ms": budget_ms, **(extra or {}),
+            **({"grouped_modes": {r.name: r.mode for r in space.grouped}} if space.grouped else {}),
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
 

@@ -1,0 +1,180 @@
+"""Grouped convs (ResNeXt, RegNet): pruned within their groups or by whole groups."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hwprune.graph.grouped import choose_modes, conv_kept
+from hwprune.graph.plans import apply_plan
+from hwprune.graph.space import PruningSpace, dep_role, group_options, root_handler
+from hwprune.graph.surgery import apply_kept, check_widths
+from hwprune.importance import criteria as importance
+from hwprune.importance.magnitude import member_magnitude_scores
+from hwprune.loop.engine import make_plan
+from hwprune.select.evaluator import Evaluator
+from hwprune.zoo_free import cbr
+
+
+class Block(nn.Module):
+    """A ResNeXt-style bottleneck: 1x1, grouped 3x3 (G groups), 1x1, residual."""
+
+    def __init__(self, c=16, w=32, groups=4):
+        super().__init__()
+        self.stem = cbr(3, c)
+        self.a = cbr(c, w, 1)
+        self.b = cbr(w, w, 3, 1, groups)
+        self.c = nn.Sequential(nn.Conv2d(w, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.c(self.b(self.a(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _block():
+    torch.manual_seed(0)
+    model = Block().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+    return model, torch.randn(2, 3, 32, 32)
+
+
+def _half(space, step):
+    """Every group at the option nearest half its width."""
+    return {g.gid: min(group_options(g, step, step), key=lambda o: abs(sum(o) - g.size / 2)) for g in space.groups}
+
+
+def _zeroed(space, kept):
+    """The unpruned model with every dropped channel's producing weights (conv
+    filters, BatchNorm scale and shift) zeroed, so it contributes nothing."""
+    ref = copy.deepcopy(space.model)
+    _, follow = conv_kept(space, kept)
+    drops = [(g.root, sorted(set(range(g.size)) - set(kept[g.gid]))) for g in space.groups] + follow
+    name_of = {m: n for n, m in space.model.named_modules()}
+    with torch.no_grad():
+        for root, drop in drops:
+            if not drop:
+                continue
+            r = space.model.get_submodule(root)
+            for it in space.dg.get_pruning_group(r, root_handler(r), idxs=drop).items:
+                target = ref.get_submodule(name_of[it.dep.target.module]) if it.dep.target.module in name_of else None
+                producer = isinstance(target, nn.BatchNorm2d) or (
+                    isinstance(target, (nn.Conv2d, nn.Linear)) and dep_role(it.dep) == "out")
+                if producer:
+                    idx = [int(i) for i in it.idxs]
+                    target.weight[idx] = 0
+                    if target.bias is not None:
+                        target.bias[idx] = 0
+    return ref
+
+
+@pytest.mark.parametrize("mode,groups,width", [("within", 4, 16), ("whole", 2, 16)])
+def test_grouped_conv_prunes_exactly_in_both_modes(mode, groups, width):
+    model, x = _block()
+    space = PruningSpace(model, (x,), grouped_modes=mode)
+    assert [r.mode for r in space.grouped] == [mode]
+    choice = _half(space, 4)
+    kept = Evaluator(space, None, importance.compute("l1", space)).kept(choice)
+    pruned = apply_kept(space, kept)
+    check_widths(space, pruned, choice)  # widths and groups as the space predicts
+    conv = pruned.b[0]
+    spec = next(s for l, s in zip(space.layers, space.specs(choice)) if l.name == "b.0")
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (groups, width, width) == \
+        (spec.groups, spec.in_channels, spec.out_channels)
+    with torch.no_grad():
+        got, want, full = pruned(x), _zeroed(space, kept)(x), model(x)
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, full, atol=1e-3)
+    # the plan (through JSON) rebuilds the same model from the original
+    plan = json.loads(json.dumps(make_plan(space, kept, "ort-cpu-1t", None)))
+    assert plan["grouped_modes"] == {"b.0": mode}
+    again = apply_plan(model, plan, (x,))
+    with torch.no_grad():
+        assert torch.equal(again(x), got)
+
+
+def test_within_mode_keeps_the_same_count_in_every_group():
+    model, x = _block()
+    space = PruningSpace(model, (x,))
+    split = [g for g in space.groups if g.uniform]
+    assert len(split) == 2 and all(len(g.segments) == 4 for g in split)
+    for g in split:
+        assert all(len(set(o)) == 1 for o in group_options(g, 8, 8))
+
+
+def test_whole_mode_scores_a_conv_group_as_the_sum_of_its_channels():
+    model, x = _block()
+    space = PruningSpace(model, (x,), grouped_modes="whole")
+    g = next(g for g in space.groups if g.block > 1)
+    raw = member_magnitude_scores(space, 1)[g.gid]
+    got = importance.compute("l1", space)[g.gid]
+    blocks = [list(g.seg_index[0][i:i + g.block]) for i in range(0, g.size, g.block)]
+    for b in blocks:
+        assert got[b] * g.block == pytest.approx(np.full(g.block, raw[b].sum()), rel=1e-6)
+    # keeping the top channels keeps whole conv groups
+    kept = Evaluator(space, None, importance.compute("l1", space)).kept({**space.full_choice(), g.gid: (16,)})
+    assert sorted(kept[g.gid]) == sorted(i for b in sorted(blocks, key=lambda b: -raw[b].sum())[:2] for i in b)
+
+
+def test_the_latency_model_decides_the_mode():
+    model, x = _block()
+    space = PruningSpace(model, (x,))
+    fewer_groups = choose_modes(space, lambda s: 1.0 * s.groups + 1e-3 * (s.in_channels + s.out_channels))
+    narrower = choose_modes(space, lambda s: 1.0 * s.in_channels / s.groups + 1e-3 * s.groups)
+    assert fewer_groups["b.0"].mode == "whole" and fewer_groups["b.0"].whole_ms < fewer_groups["b.0"].within_ms
+    assert narrower["b.0"].mode == "within" and narrower["b.0"].within_ms < narrower["b.0"].whole_ms
+    assert "whole groups" in fewer_groups["b.0"].reason
+    rebuilt = PruningSpace(model, (x,), grouped_modes={n: c.mode for n, c in fewer_groups.items()})
+    assert [r.mode for r in rebuilt.grouped] == ["whole"]
+
+
+def test_a_grouped_conv_on_a_fixed_side_stays_within():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(16, 8, 1),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 3)).eval()
+    x = torch.randn(1, 4, 8, 8)
+    space = PruningSpace(model, (x,), grouped_modes="whole")
+    (r,) = space.grouped
+    assert r.mode == "within" and not r.whole_ok and "not prunable" in r.note
+    assert choose_modes(space, lambda s: 1.0 * s.groups)["0"].mode == "within"
+    choice = {g.gid: group_options(g, 4, 4)[0] for g in space.groups}
+    pruned = apply_kept(space, Evaluator(space, None, importance.compute("l1", space)).kept(choice))
+    check_widths(space, pruned, choice)
+    assert pruned[0].groups == 2 and pruned[0].in_channels == 4 and pruned(x).shape == (1, 3)
+
+
+def _torchvision(name):
+    import torchvision
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval(), torch.randn(1, 3, 64, 64)
+
+
+def _half_width(model, x, mode=None):
+    space = PruningSpace(model, (x,), grouped_modes=mode)
+    choice = _half(space, 8)
+    kept = Evaluator(space, None, importance.compute("l1", space)).kept(choice)
+    pruned = apply_kept(space, kept)
+    check_widths(space, pruned, choice)
+    frac = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
+    return space, kept, pruned, frac
+
+
+@pytest.mark.parametrize("name,mode", [("regnet_x_400mf", None), ("regnet_x_400mf", "whole"),
+                                       ("resnext50_32x4d", None)])
+def test_torchvision_grouped_convs_are_prunable(name, mode):
+    model, x = _torchvision(name)
+    space, kept, pruned, frac = _half_width(model, x, mode)
+    assert len(space.grouped) >= 16 and all(r.mode == (mode or "within") for r in space.grouped)
+    assert frac < 0.4, frac  # was 50-64 % with the grouped convs' groups frozen
+    plan = make_plan(space, kept, "ort-cpu-1t", None)
+    again = apply_plan(model, plan, (x,))
+    with torch.no_grad():
+        assert torch.equal(again(x), pruned(x))
