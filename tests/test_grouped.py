@@ -178,3 +178,22 @@ def test_torchvision_grouped_convs_are_prunable(name, mode):
     again = apply_plan(model, plan, (x,))
     with torch.no_grad():
         assert torch.equal(again(x), pruned(x))
+
+
+def test_the_engine_measures_both_modes_on_the_device():
+    from hwprune.latency.profiling import measure_grouped_modes
+    from profilers.specs import Measurement, Timing
+
+    class Device:  # a profiler whose device runs fewer groups faster
+        def __init__(self):
+            self.asked = []
+
+        def measure_specs(self, specs, progress=None):
+            self.asked += specs
+            return [Measurement("stub", s, Timing(0.1 * s.groups, 0.0, 1, 0.0, True)) for s in specs]
+
+    model, x = _block()
+    dev = Device()
+    modes = measure_grouped_modes(dev, PruningSpace(model, (x,)))
+    assert modes["b.0"].mode == "whole" and modes["b.0"].reason.startswith("measured")
+    assert {s.groups for s in dev.asked} >= {1, 2, 3, 4}

@@ -319,11 +319,12 @@ def mode_specs(spec: LayerSpec, frac: float) -> tuple[LayerSpec, LayerSpec]:
     return within, whole
 
 
-def choose_modes(space, layer_ms: Callable[[LayerSpec], float],
-                 fractions=(0.25, 0.5, 0.75)) -> dict[str, ModeChoice]:
+def choose_modes(space, layer_ms: Callable[[LayerSpec], float], fractions=(0.25, 0.5, 0.75),
+                 source: str = "predicted") -> dict[str, ModeChoice]:
     """Per grouped conv of ``space``, the mode whose pruned conv ``layer_ms``
     (a latency model's ``spec -> ms``) predicts faster, summed over
-    ``fractions``; within-group mode on a tie or where whole groups cannot go."""
+    ``fractions``; within-group mode on a tie or where whole groups cannot go.
+    ``source`` says where ``layer_ms`` comes from (``predicted``, ``measured``)."""
     out = {}
     for r in space.grouped:
         spec = next(l.spec for l in space.layers if l.name == r.name)
@@ -337,7 +338,7 @@ def choose_modes(space, layer_ms: Callable[[LayerSpec], float],
         whole = float(sum(layer_ms(b) for _, b in pairs))
         mode = "whole" if whole < within else "within"
         out[r.name] = ModeChoice(r.name, mode, within, whole, tuple(fractions),
-                                 f"predicted {whole:.4g} ms by whole groups vs {within:.4g} ms within groups "
+                                 f"{source} {whole:.4g} ms by whole groups vs {within:.4g} ms within groups "
                                  f"at {', '.join(f'{f:g}' for f in fractions)} of its width")
     return out
 
