@@ -15,7 +15,10 @@ from hwprune.importance import criteria as importance
 from hwprune.importance.magnitude import member_magnitude_scores
 from hwprune.loop.engine import make_plan
 from hwprune.select.evaluator import Evaluator
+from hwprune.select.problem import Constraints, ParamsBudget, Problem
+from hwprune.select.selectors import select
 from hwprune.zoo_free import cbr
+from latency_models import NetworkLatencyModel
 
 
 class Block(nn.Module):
@@ -197,3 +200,52 @@ def test_the_engine_measures_both_modes_on_the_device():
     modes = measure_grouped_modes(dev, PruningSpace(model, (x,)))
     assert modes["b.0"].mode == "whole" and modes["b.0"].reason.startswith("measured")
     assert {s.groups for s in dev.asked} >= {1, 2, 3, 4}
+
+
+class GroupsModel(NetworkLatencyModel):
+    """Latency from FLOPs plus a cost per conv group (a device that rewards fewer groups)."""
+
+    def __init__(self):
+        super().__init__()
+        self.families_, self.remainder_ = {}, (0.0, 0.0)
+
+    def layer_ms(self, spec):
+        return spec.flops / 1e6 + 0.05 * spec.groups
+
+
+@pytest.mark.parametrize("mode", ["within", "whole"])
+@pytest.mark.parametrize("selector", ["greedy", "knapsack", "qcqp"])
+def test_selectors_price_and_cut_grouped_convs(mode, selector):
+    model, x = _block()
+    space = PruningSpace(model, (x,), grouped_modes=mode)
+    scores = importance.compute("l1", space)
+    options = {g.gid: group_options(g, 4, 4) for g in space.groups}
+    ev = Evaluator(space, GroupsModel(), scores)
+    lat, params = GroupsModel(), ParamsBudget(space, None, ev.order)
+    for choice in (space.full_choice(), _half(space, 4)):  # the selectors' sums price the specs' groups
+        assert ev.latency_ms(choice) == pytest.approx(lat.predict(space.specs(choice)))
+        pruned = apply_kept(space, ev.kept(choice))
+        assert params.value(choice) == pytest.approx(sum(p.numel() for p in pruned.parameters()))
+    cons = Constraints(latency_ms=(("t", 0.6 * ev.latency_ms(space.full_choice())),))
+    sel = select(selector, Problem(space, options, scores, cons, {"t": ev}), mip_rel_gap=1e-6)
+    assert sel.feasible
+    pruned = apply_kept(space, sel.kept)
+    check_widths(space, pruned, sel.choice)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), _zeroed(space, sel.kept)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["within", "whole"])
+def test_every_criterion_scores_grouped_convs(mode):
+    model, x = _block()
+    space = PruningSpace(model, (x,), grouped_modes=mode)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+               for _ in range(2)]
+    for name in importance.CRITERIA.list():
+        s = importance.compute(name, space, batches)
+        for g in space.groups:
+            assert s[g.gid].shape == (g.size,) and np.all(np.isfinite(s[g.gid])) and np.all(s[g.gid] >= 0), name
+            if g.block > 1:  # every channel of a conv group scores alike: the selectors keep whole groups
+                blocks = np.asarray(g.seg_index[0]).reshape(-1, g.block)
+                assert np.ptp(s[g.gid][blocks], axis=1).max() < 1e-6 * max(1.0, s[g.gid].max()), name

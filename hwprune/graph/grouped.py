@@ -230,6 +230,21 @@ def block_scores(space, scores: dict) -> dict:
     return out
 
 
+def followers(space, gid: int) -> list[tuple[str, int, dict[int, int]]]:
+    """For a group that loses whole conv groups: the side of each such conv
+    that follows it, as (its channel group's root layer, size, its root index
+    -> the group's root index of the channel in the same place of the block)."""
+    out = []
+    for r in space.grouped:
+        if r.mode != "whole" or r.in_gid != gid:
+            continue
+        p, s = (r.in_roots, r.out_roots) if r.primary == "in" else (r.out_roots, r.in_roots)
+        bp, bs = len(p) // r.groups, len(s) // r.groups
+        to_root = {s[c]: p[(c // bs) * bp + (c % bs) * bp // bs] for c in range(len(s))}
+        out.append((r.root_out if r.primary == "in" else r.root_in, len(s), to_root))
+    return out
+
+
 # ---- surgery ------------------------------------------------------------------
 
 def conv_kept(space, kept: dict[int, list[int]]) -> tuple[dict[str, tuple[list[int], list[int]]],

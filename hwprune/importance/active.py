@@ -28,25 +28,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.graph.grouped import dense_weight, is_grouped
+from hwprune.graph.grouped import dense_weight, followers, is_grouped
 from hwprune.graph.space import PruningSpace, dep_role, root_handler
 
 
 def group_items(space: PruningSpace):
     """Every member of every group at full width:
     ``(gid, module, module name, role, idxs, root_idxs)``; ``idxs`` are the
-    module's channel indices, ``root_idxs`` the group's root index of each."""
+    module's channel indices, ``root_idxs`` the group's root index of each.
+    A group that loses whole groups of a grouped conv also has the members of
+    the conv's other side (their channels mapped onto the group's roots)."""
     name_of = {m: n for n, m in space.model.named_modules()}
     for g in space.groups:
-        root = space.model.get_submodule(g.root)
-        grp = space.dg.get_pruning_group(root, root_handler(root), idxs=list(range(g.size)))
-        for item in grp.items:
-            mod = item.dep.target.module
-            roots = getattr(item, "root_idxs", None)
-            if roots is None or len(roots) != len(item.idxs):
-                raise RuntimeError(f"torch_pruning gave no root indices for {name_of.get(mod)}")
-            yield (g.gid, mod, name_of.get(mod), dep_role(item.dep),
-                   [int(i) for i in item.idxs], [int(r) for r in roots])
+        for root_name, size, to_root in [(g.root, g.size, None), *followers(space, g.gid)]:
+            root = space.model.get_submodule(root_name)
+            grp = space.dg.get_pruning_group(root, root_handler(root), idxs=list(range(size)))
+            for item in grp.items:
+                mod = item.dep.target.module
+                roots = getattr(item, "root_idxs", None)
+                if roots is None or len(roots) != len(item.idxs):
+                    raise RuntimeError(f"torch_pruning gave no root indices for {name_of.get(mod)}")
+                roots = [int(r) if to_root is None else to_root[int(r)] for r in roots]
+                yield g.gid, mod, name_of.get(mod), dep_role(item.dep), [int(i) for i in item.idxs], roots
 
 
 def channel_maps(space: PruningSpace) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
