@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.graph.grouped import choose_modes, conv_kept
+from hwprune.graph.grouped import conv_kept
+from hwprune.graph.grouped_modes import choose_modes
 from hwprune.graph.plans import apply_plan
 from hwprune.graph.space import PruningSpace, dep_role, group_options, root_handler
 from hwprune.graph.surgery import apply_kept, check_widths
@@ -249,3 +250,71 @@ def test_every_criterion_scores_grouped_convs(mode):
             if g.block > 1:  # every channel of a conv group scores alike: the selectors keep whole groups
                 blocks = np.asarray(g.seg_index[0]).reshape(-1, g.block)
                 assert np.ptp(s[g.gid][blocks], axis=1).max() < 1e-6 * max(1.0, s[g.gid].max()), name
+
+
+@pytest.mark.slow
+def test_resnest_radix_convs_are_pruned_within_their_groups():
+    """(its split attention reshapes the radix conv's output, so that side stays whole)"""
+    import timm
+    torch.manual_seed(0)
+    model, x = timm.create_model("resnest14d", pretrained=False).eval(), torch.randn(1, 3, 64, 64)
+    space, kept, pruned, frac = _half_width(model, x)
+    assert space.grouped and frac < 0.5, frac  # was 58 %
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape
+
+
+class ConcatIntoGrouped(nn.Module):
+    """A grouped conv reading a concat of two convs' outputs (not split by conv groups here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.q = cbr(3, 8), cbr(3, 8)
+        self.g = cbr(16, 16, 3, 1, 4)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.g(torch.cat([self.p(x), self.q(x)], 1))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_a_grouped_conv_reading_a_concat_keeps_that_side_and_prunes_the_other():
+    torch.manual_seed(0)
+    model, x = ConcatIntoGrouped().eval(), torch.randn(1, 3, 16, 16)
+    space = PruningSpace(model, (x,))
+    (r,) = space.grouped
+    assert r.in_gid == -1 and r.out_gid >= 0
+    assert {g.root for g in space.groups} == {"g.0"}
+    choice = _half(space, 4)
+    pruned = apply_kept(space, Evaluator(space, None, importance.compute("l1", space)).kept(choice))
+    check_widths(space, pruned, choice)
+    assert (pruned.g[0].in_channels, pruned.g[0].out_channels, pruned.g[0].groups) == (16, 8, 4)
+
+
+class TwoGroupCounts(nn.Module):
+    """One channel group read by grouped convs of 2 and of 3 groups: no equal split."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.tail = cbr(3, 12), cbr(12, 16)
+        self.b2, self.b3 = nn.Conv2d(12, 12, 3, 1, 1, groups=2), nn.Conv2d(12, 12, 3, 1, 1, groups=3)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        a = self.a(x)
+        y = self.tail(self.b2(a) + self.b3(a))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_a_group_grouped_convs_split_unevenly_keeps_its_widths():
+    torch.manual_seed(0)
+    model, x = TwoGroupCounts().eval(), torch.randn(1, 3, 16, 16)
+    space = PruningSpace(model, (x,))
+    assert all(r.in_gid == r.out_gid == -1 for r in space.grouped)
+    assert [g.root for g in space.groups] == ["tail.0"]
+    b2 = next(l for l in space.layers if l.name == "b2")
+    assert (b2.fixed_in, b2.fixed_out, b2.in_terms, b2.out_terms) == (12, 12, (), ())
+    choice = _half(space, 4)
+    pruned = apply_kept(space, Evaluator(space, None, importance.compute("l1", space)).kept(choice))
+    check_widths(space, pruned, choice)
+    assert pruned.tail[0].out_channels == 8 and pruned.b3.groups == 3

@@ -2,7 +2,8 @@
 
 A conv with ``G`` groups reads input channel block ``j`` (``in/G`` channels)
 into output block ``j`` (``out/G`` channels) only. It is pruned in one of two
-modes, chosen per conv (:func:`choose_modes` lets a latency model decide):
+modes, chosen per conv (:func:`hwprune.graph.grouped_modes.choose_modes` lets
+the device decide):
 
 ``within``
     Every group keeps the same number of input and of output channels (which
@@ -15,9 +16,13 @@ modes, chosen per conv (:func:`choose_modes` lets a latency model decide):
     two sides' channel groups are coupled: the side with the smaller block (the
     *primary*) stays a channel group whose options are multiples of its block
     (``ChannelGroup.block``); the other side's layers follow it (their terms
-    point to the primary group with the blocks' ratio as multiplicity). A conv
-    group scores the sum of its primary channels' scores (:func:`block_scores`),
-    so the selectors keep whole blocks.
+    point to the primary group with the blocks' ratio as multiplicity; criteria
+    see both sides' members, :func:`followers`). A conv group scores the sum of
+    its channels' scores (:func:`block_scores`), so the selectors keep whole blocks.
+
+A channel group that grouped convs would split unevenly (two of them with
+different group counts), or that a grouped conv reads with other channels,
+keeps its widths.
 
 Depthwise convs are not grouped convs here: they stay depthwise. Torch-Pruning
 1.6 assumes every group keeps the same local input indices, so the surgery
@@ -26,14 +31,11 @@ skips its handlers for grouped convs and slices their weights itself
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
-
-from profilers import LayerSpec
 
 MODES = ("within", "whole")
 
@@ -84,6 +86,32 @@ def _roots_of(dg, g, mod, role_fn, root_handler) -> tuple[int, ...] | None:
     return None
 
 
+def _split(size: int, convs_here) -> tuple[tuple[int, ...], ...] | None:
+    """Root indices of a group by the conv group each is in, for every grouped
+    conv on it; None where the parts are unequal."""
+    key: dict[int, list[int]] = {}
+    for _, _, roots, G in convs_here:
+        b = len(roots) // G
+        for c, r in enumerate(roots):
+            key.setdefault(r, []).append(c // b)
+    sig = [tuple(key[r]) for r in range(size)]
+    seg_index = tuple(tuple(r for r in range(size) if sig[r] == s) for s in sorted(set(sig)))
+    return seg_index if len({len(s) for s in seg_index}) == 1 else None
+
+
+def _freeze(groups, layers, bad: set) -> tuple[tuple, tuple]:
+    """``groups`` without those in ``bad``, whose channels become the layers' fixed widths."""
+    sizes = {g.gid: g.segments for g in groups}
+
+    def fixed(ts):
+        return sum(t.mult * sizes[t.gid][t.seg].size for t in ts if t.gid in bad)
+
+    new_layers = tuple(replace(l, fixed_in=l.fixed_in + fixed(l.in_terms), fixed_out=l.fixed_out + fixed(l.out_terms),
+                               in_terms=tuple(t for t in l.in_terms if t.gid not in bad),
+                               out_terms=tuple(t for t in l.out_terms if t.gid not in bad)) for l in layers)
+    return tuple(g for g in groups if g.gid not in bad), new_layers
+
+
 def regroup(dg, groups, layers, modes, role_fn, root_handler):
     """Rewrite the space's groups and layers for its grouped convs (see the
     module docstring). ``modes``: None (within everywhere), one mode, or conv
@@ -93,7 +121,7 @@ def regroup(dg, groups, layers, modes, role_fn, root_handler):
     convs = [l for l in layers if is_grouped(model.get_submodule(l.name))]
     if not convs:
         return groups, layers, ()
-    records = []
+    records, bad = [], set()
     touched: dict[int, list[tuple[str, str, tuple[int, ...], int]]] = {}  # gid -> (conv, side, roots, G)
     for layer in convs:
         mod = model.get_submodule(layer.name)
@@ -102,17 +130,23 @@ def regroup(dg, groups, layers, modes, role_fn, root_handler):
             gids = {t.gid for t in terms}
             if len(gids) != 1:
                 sides[side] = (-1, tuple(range(n)), "")
+                bad |= gids  # channels of several groups: not split by conv groups here, so kept
                 continue
             g = by_gid[gids.pop()]
             roots = _roots_of(dg, g, mod, lambda d, s=side: d if role_fn(d) == s else None, root_handler)
             if roots is None or g.size != n or len(g.segments) != 1:
-                raise ValueError(f"grouped conv {layer.name}: unsupported channel coupling")
+                bad.add(g.gid)
+                continue
             sides[side] = (g.gid, roots, g.root)
             touched.setdefault(g.gid, []).append((layer.name, side, roots, mod.groups))
         want = modes.get(layer.name, "within") if isinstance(modes, dict) else (modes or "within")
         if want not in MODES:
             raise ValueError(f"grouped conv mode {want!r}: use one of {MODES}")
         records.append([layer.name, mod, sides, want])
+    split = {gid: _split(by_gid[gid].size, convs_here) for gid, convs_here in touched.items()}
+    bad |= {gid for gid, seg_index in split.items() if seg_index is None}
+    if bad:  # channel groups a grouped conv couples in ways not handled here keep their widths
+        return regroup(dg, *_freeze(groups, layers, bad), modes, role_fn, root_handler)
     merged: dict[int, tuple[int, int]] = {}  # secondary gid -> (primary gid, ratio)
     out_records = []
     for name, mod, sides, want in records:
@@ -154,20 +188,10 @@ def regroup(dg, groups, layers, modes, role_fn, root_handler):
                                       seg_index=(tuple(roots),), block=block))
             nseg[g.gid] = 1
             continue
-        convs_here = [(n, side, roots, G) for n, side, roots, G in touched.get(g.gid, [])]
-        if not convs_here:
+        if g.gid not in split:
             new_groups.append(g)
             continue
-        key = {}
-        for n, side, roots, G in convs_here:
-            b = len(roots) // G
-            for c, r in enumerate(roots):
-                key.setdefault(r, []).append(c // b)
-        sig = [tuple(key[r]) for r in range(g.size)]
-        order = sorted(set(sig))
-        seg_index = tuple(tuple(r for r in range(g.size) if sig[r] == s) for s in order)
-        if len({len(s) for s in seg_index}) != 1:
-            raise ValueError(f"channel group {g.root}: grouped convs split it unevenly")
+        seg_index = split[g.gid]
         segs = tuple(replace(g.segments[0], size=len(s)) for s in seg_index)
         new_groups.append(replace(g, segments=segs, seg_index=seg_index, uniform=True))
         nseg[g.gid] = len(segs)
@@ -308,93 +332,6 @@ def rebuild_conv(conv: nn.Conv2d, original: nn.Conv2d, keep_in: list[int], keep_
                                      requires_grad=original.bias.requires_grad)
     conv.in_channels, conv.out_channels, conv.groups = len(keep_in), len(keep_out), len(outs_by)
 
-
-# ---- the mode decision -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModeChoice:
-    """Why a grouped conv is pruned in ``mode``: predicted ms of the conv summed
-    over ``fractions`` of its width in each mode (nan where not possible)."""
-    name: str
-    mode: str
-    within_ms: float
-    whole_ms: float
-    fractions: tuple[float, ...]
-    reason: str
-
-
-def mode_specs(spec: LayerSpec, frac: float) -> tuple[LayerSpec, LayerSpec]:
-    """The conv at about ``frac`` of its width pruned within groups and by whole groups."""
-    G = spec.groups
-    bin_, bout = spec.in_channels // G, spec.out_channels // G
-    k_in, k_out = max(1, round(frac * bin_)), max(1, round(frac * bout))
-    g = max(1, round(frac * G))
-    within = replace(spec, in_channels=k_in * G, out_channels=k_out * G)
-    whole = replace(spec, in_channels=g * bin_, out_channels=g * bout, groups=g)
-    return within, whole
-
-
-def choose_modes(space, layer_ms: Callable[[LayerSpec], float], fractions=(0.25, 0.5, 0.75),
-                 source: str = "predicted") -> dict[str, ModeChoice]:
-    """Per grouped conv of ``space``, the mode whose pruned conv ``layer_ms``
-    (a latency model's ``spec -> ms``) predicts faster, summed over
-    ``fractions``; within-group mode on a tie or where whole groups cannot go.
-    ``source`` says where ``layer_ms`` comes from (``predicted``, ``measured``)."""
-    out = {}
-    for r in space.grouped:
-        spec = next(l.spec for l in space.layers if l.name == r.name)
-        spec = replace(spec, groups=r.groups)
-        pairs = [mode_specs(spec, f) for f in fractions]
-        within = float(sum(layer_ms(a) for a, _ in pairs))
-        if not r.whole_ok:
-            out[r.name] = ModeChoice(r.name, "within", within, float("nan"), tuple(fractions),
-                                     f"whole groups cannot go ({r.note.split(': ')[-1]})")
-            continue
-        whole = float(sum(layer_ms(b) for _, b in pairs))
-        mode = "whole" if whole < within else "within"
-        out[r.name] = ModeChoice(r.name, mode, within, whole, tuple(fractions),
-                                 f"{source} {whole:.4g} ms by whole groups vs {within:.4g} ms within groups "
-                                 f"at {', '.join(f'{f:g}' for f in fractions)} of its width")
-    return out
-
-
-# ---- pricing a whole-group layer -----------------------------------------------------
-
-def layer_weights(layer, n_in, n_out):
-    """Conv/linear weights of ``layer`` at widths (numbers or arrays): a
-    whole-group conv keeps ``group_in`` inputs per output channel."""
-    if layer.group_in:
-        k = layer.spec.kernel
-        return np.asarray(n_out) * layer.group_in * k[0] * k[1]
-    from profilers.specs import weight_count
-    return weight_count(layer.spec, n_in, n_out)
-
-
-def widths_ms(cost, layer, n_in, n_out) -> np.ndarray:
-    """``cost(spec, n_in, n_out)`` (a latency model's vectorised layer cost) for
-    ``layer``; a whole-group conv is priced at ``groups = n_in // group_in``,
-    one call per group count."""
-    if not layer.group_in:
-        return cost(layer.spec, n_in, n_out)
-    n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
-    out = np.zeros(n_in.shape, dtype=float)
-    g_of = n_in // layer.group_in
-    for g in np.unique(g_of):
-        m = g_of == g
-        out[m] = np.asarray(cost(replace(layer.spec, groups=int(g)), n_in[m], n_out[m]), dtype=float).reshape(-1)
-    return out
-
-
-def whole_specs(space, options: dict) -> list[LayerSpec]:
-    """The shapes a whole-group conv takes over its group's options (one layer
-    family per group count), for profiling."""
-    full = space.full_choice()
-    specs = []
-    for layer in space.layers:
-        if layer.group_in:
-            gid = layer.in_terms[0].gid
-            specs += [space.layer_spec(layer, {**full, gid: opt}) for opt in options[gid]]
-    return specs
 
 
 def dense_weight(conv: nn.Conv2d) -> torch.Tensor:

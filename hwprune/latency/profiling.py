@@ -21,7 +21,7 @@ import torch
 import profilers
 from hwprune.devices import Device
 from hwprune.errors import UserError
-from hwprune.graph.grouped import choose_modes, mode_specs, whole_specs
+from hwprune.graph.grouped_modes import choose_modes, mode_specs, whole_specs
 from hwprune.graph.space import PruningSpace, device_options
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key

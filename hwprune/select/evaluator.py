@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hwprune.graph.grouped import widths_ms
+from hwprune.graph.grouped_modes import widths_ms
 from hwprune.graph.space import Choice, PruningSpace
 from latency_models import NetworkLatencyModel
 

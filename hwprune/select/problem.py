@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hwprune.errors import UserError
-from hwprune.graph.grouped import layer_weights
+from hwprune.graph.grouped_modes import layer_weights
 from hwprune.graph.space import Choice, PruningSpace
 from hwprune.importance.active import ActiveImportance, channel_maps, extra_params_per_channel
 from hwprune.importance.criteria import weight_tables
