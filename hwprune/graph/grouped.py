@@ -302,8 +302,11 @@ def conv_kept(space, kept: dict[int, list[int]]) -> tuple[dict[str, tuple[list[i
 
 def prune_skipping(group, skip: set) -> None:
     """Prune a Torch-Pruning group except its items on the modules in ``skip``."""
-    group.items[:] = [it for it in group.items if it.dep.target.module not in skip]
-    if group.items:
+    items = [it for it in group.items if it.dep.target.module not in skip]
+    if len(items) == len(group.items):
+        group.prune()
+    elif items:  # its first item (what the pruning history records) may be gone
+        group.items[:] = items
         group.prune(record_history=False)
 
 
