@@ -42,7 +42,7 @@ def test_resnet20_meets_a_60_percent_budget(shared_store):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,frac", [("concat", 0.6), ("invres", 0.6), ("grouped", 0.8)])
 def test_architectures_outside_the_zoo_meet_their_budget(name, frac, shared_store):
-    """(the grouped conv keeps its widths, so that net cannot go much below 60 %)"""
+    """(grouped: its grouped conv loses channels within its groups or whole groups)"""
     model, x = archs.create(name)
     base = hwprune.measure_latency(model, x)
     res = hwprune.prune(model, x, device="ort-cpu-1t", budget_ms=frac * base, store=shared_store)

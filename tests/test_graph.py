@@ -50,11 +50,12 @@ def test_residual_stage_is_one_group():
     assert len(stream) == 3
 
 
-def test_grouped_conv_is_kept_whole_but_the_rest_prunes():
+def test_grouped_conv_prunes_within_its_groups_and_the_rest_prunes():
     model, x = archs.create("grouped")
     space = PruningSpace(model, x)
     g = next(l for l in space.layers if l.name == "grouped.0")
-    assert g.in_terms == () and g.out_terms == ()
+    assert len(g.in_terms) == len(g.out_terms) == 4  # one segment per conv group, kept alike
+    assert space.layer_spec(g, space.full_choice()).groups == 4
     assert any(l.out_terms for l in space.layers if l.name == "tail.0")
 
 

@@ -17,7 +17,8 @@ A plan (``plan.json``: kept channels per group and a fingerprint of the
 original architecture, :func:`plan_fingerprint`) re-applies a pruning to the
 original model with :func:`apply_plan`; the pruned weights then load with
 ``load_state_dict``. A plan records the example inputs' shapes and dtypes,
-so that it re-applies without example inputs.
+so that it re-applies without example inputs, and how its grouped convs were
+pruned (``grouped_modes``: within their groups or by whole groups).
 """
 from __future__ import annotations
 
@@ -142,7 +143,10 @@ def apply_plan(model: nn.Module, plan, example_inputs=None) -> nn.Module:
         if example_inputs is None:
             raise UserError("this plan does not record its input shapes (made by an older hwprune); pass "
                             "example_inputs: apply_plan(model, plan, example_inputs)")
-    space = PruningSpace(model, example_inputs)
+    modes = plan.get("grouped_modes")
+    if modes is not None and not (isinstance(modes, dict) and all(v in ("within", "whole") for v in modes.values())):
+        raise UserError("plan's grouped_modes must map grouped conv names to 'within' or 'whole'")
+    space = PruningSpace(model, example_inputs, grouped_modes=modes)
     want = plan.get("fingerprint")
     if want is not None:
         have = plan_fingerprint(space)

@@ -11,7 +11,7 @@ shape without building the model.
 
 Layers whose output reaches the model's output without crossing another
 conv/linear (the classifier) keep their outputs. Non-depthwise grouped convs
-keep both widths (their group structure is not pruned).
+are pruned within their groups or by whole groups (:mod:`hwprune.graph.grouped`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hwprune.graph.grouped import options as grouped_options
+from hwprune.graph.grouped import regroup
 from profilers import LayerSpec
 from profilers.inputs import as_inputs
 
@@ -47,6 +49,8 @@ class ChannelGroup:
     size: int
     segments: tuple[Segment, ...]
     seg_index: tuple[tuple[int, ...], ...]  # root indices of each segment
+    uniform: bool = False  # every segment keeps the same count (a grouped conv's groups, within mode)
+    block: int = 1  # kept counts are multiples of this (a grouped conv's whole groups)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Layer:
     fixed_out: int
     in_terms: tuple[Term, ...]
     out_terms: tuple[Term, ...]
+    group_in: int = 0  # whole-group mode: input channels per conv group (groups = n_in // group_in)
 
 
 class GraphError(ValueError):
@@ -143,7 +148,7 @@ def dep_role(dep) -> str | None:
 class PruningSpace:
     """Groups and layers of one model; see the module docstring."""
 
-    def __init__(self, model: nn.Module, example_inputs):
+    def __init__(self, model: nn.Module, example_inputs, grouped_modes=None):
         self.example_inputs = as_inputs(example_inputs)
         model.eval()
         try:
@@ -177,6 +182,11 @@ class PruningSpace:
             used_out = sum(t.mult * sizes[t.gid][t.seg].size for t in outs)
             layers.append(Layer(name, spec, spec.in_channels - used_in, spec.out_channels - used_out, ins, outs))
         self.layers = tuple(layers)
+        try:
+            self.groups, self.layers, self.grouped = regroup(dg, self.groups, self.layers, grouped_modes,
+                                                             dep_role, root_handler)
+        except ValueError as exc:
+            raise GraphError(str(exc)) from None
 
     @staticmethod
     def _build_group(dg, g, name_of, gid):
@@ -185,7 +195,8 @@ class PruningSpace:
         size = len(g[0].idxs)
         members = [(name_of[d.target.module], dep_role(d), d) for d, _ in g
                    if d.target.module in name_of and dep_role(d) is not None]
-        if size < 2 or any(_is_grouped(dg.model.get_submodule(n)) for n, _, _ in members):
+        grouped = any(_is_grouped(dg.model.get_submodule(n)) for n, _, _ in members)
+        if size < 2:
             return None
         if root_mod not in name_of:
             return None
@@ -194,6 +205,9 @@ class PruningSpace:
         simple = all(c % size == 0 for c in counts.values()) and all(
             sorted(set(int(x) for x in i)) == list(range(len(set(int(x) for x in i))))
             for (d, i) in g if d.target.module in name_of)
+        if grouped and not (simple and all(c == size for (n, _), c in counts.items()
+                                           if _is_grouped(dg.model.get_submodule(n)))):
+            return None
         if simple:
             seg = Segment(size, tuple(sorted({n for (n, _) in counts})))
             terms = {key: [Term(gid, 0, c // size)] for key, c in counts.items()}
@@ -230,7 +244,7 @@ class PruningSpace:
 
     def layer_spec(self, layer: Layer, choice: dict[int, tuple[int, ...]]) -> LayerSpec:
         n_in, n_out = self.layer_widths(layer, choice)
-        groups = n_in if layer.spec.depthwise else layer.spec.groups
+        groups = n_in if layer.spec.depthwise else n_in // layer.group_in if layer.group_in else layer.spec.groups
         return replace(layer.spec, in_channels=n_in, out_channels=n_out, groups=groups)
 
     def specs(self, choice: dict[int, tuple[int, ...]]) -> list[LayerSpec]:
@@ -259,6 +273,8 @@ def width_grid(size: int, step: int, min_width: int, align: int = 0) -> list[int
 
 
 def group_options(g: ChannelGroup, step: int, min_width: int, align: int = 0) -> list[tuple[int, ...]]:
+    if g.uniform or g.block > 1:
+        return grouped_options(g, step, min_width, align, width_grid)
     if len(g.segments) == 1:
         return [(w,) for w in width_grid(g.size, step, min_width, align)]
     quantum = max(1, min(step, min_width))

@@ -7,6 +7,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hwprune.graph.grouped import conv_kept, prune_skipping, rebuild_conv
 from hwprune.graph.space import PruningSpace, root_handler
 
 
@@ -29,14 +30,26 @@ def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
     except (RuntimeError, ValueError):  # a forward that needs the example's batch (a reshape to it, say)
         model, inputs = copy.deepcopy(space.model).eval(), space.example_inputs
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+    try:  # grouped convs: their kept channels, and the side that follows a whole-group choice
+        convs, follow = conv_kept(space, kept)
+    except ValueError as exc:
+        raise SurgeryError(str(exc)) from None
+    skip = {model.get_submodule(n) for n in convs}
+    drops = []
     for g in space.groups:
         keep = set(int(i) for i in kept.get(g.gid, range(g.size)))
         if not keep:
             raise SurgeryError(f"group {g.gid} ({g.root}) would lose every channel")
-        drop = sorted(set(range(g.size)) - keep)
+        drops.append((g.root, sorted(set(range(g.size)) - keep)))
+    for name, drop in drops + follow:
         if drop:
-            root = model.get_submodule(g.root)
-            dg.get_pruning_group(root, root_handler(root), idxs=drop).prune()
+            root = model.get_submodule(name)
+            prune_skipping(dg.get_pruning_group(root, root_handler(root), idxs=drop), skip)
+    for name, (keep_in, keep_out) in convs.items():
+        try:
+            rebuild_conv(model.get_submodule(name), space.model.get_submodule(name), keep_in, keep_out)
+        except ValueError as exc:
+            raise SurgeryError(f"{name}: {exc}") from None
     with torch.no_grad():
         model(*inputs)
     return model
@@ -50,3 +63,5 @@ def check_widths(space: PruningSpace, model: nn.Module, choice) -> None:
         if got != (spec.in_channels, spec.out_channels):
             raise SurgeryError(f"layer {layer.name}: pruned widths {got} differ from the planned "
                                f"{(spec.in_channels, spec.out_channels)}")
+        if isinstance(m, nn.Conv2d) and m.groups != spec.groups:
+            raise SurgeryError(f"layer {layer.name}: pruned groups {m.groups} differ from the planned {spec.groups}")

@@ -4,8 +4,8 @@ A weight ``W_l[j, i]`` of a conv or linear layer is *active* when output
 channel j and input channel i of that layer both survive. Its importance
 ``I_l[j, i]`` is the L1 norm of the kernel slice ``W_l[j, i, :, :]`` divided by
 the layer's Frobenius norm ``||W_l||_F`` (linear: ``|W[j, i]|``; depthwise conv:
-the slice of channel j, active when j survives; a grouped conv keeps its widths,
-so its term is constant). A plan's objective is
+the slice of channel j, active when j survives; a grouped conv: its weight
+spread over a dense table, zero between channels of different groups). A plan's objective is
 ``sum_l sum_{kept j, kept i} I_l[j, i]``, reported as a fraction of the full
 network's.
 
@@ -28,24 +28,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwprune.graph.grouped import dense_weight, followers, is_grouped
 from hwprune.graph.space import PruningSpace, dep_role, root_handler
 
 
 def group_items(space: PruningSpace):
     """Every member of every group at full width:
     ``(gid, module, module name, role, idxs, root_idxs)``; ``idxs`` are the
-    module's channel indices, ``root_idxs`` the group's root index of each."""
+    module's channel indices, ``root_idxs`` the group's root index of each.
+    A group that loses whole groups of a grouped conv also has the members of
+    the conv's other side (their channels mapped onto the group's roots)."""
     name_of = {m: n for n, m in space.model.named_modules()}
     for g in space.groups:
-        root = space.model.get_submodule(g.root)
-        grp = space.dg.get_pruning_group(root, root_handler(root), idxs=list(range(g.size)))
-        for item in grp.items:
-            mod = item.dep.target.module
-            roots = getattr(item, "root_idxs", None)
-            if roots is None or len(roots) != len(item.idxs):
-                raise RuntimeError(f"torch_pruning gave no root indices for {name_of.get(mod)}")
-            yield (g.gid, mod, name_of.get(mod), dep_role(item.dep),
-                   [int(i) for i in item.idxs], [int(r) for r in roots])
+        for root_name, size, to_root in [(g.root, g.size, None), *followers(space, g.gid)]:
+            root = space.model.get_submodule(root_name)
+            grp = space.dg.get_pruning_group(root, root_handler(root), idxs=list(range(size)))
+            for item in grp.items:
+                mod = item.dep.target.module
+                roots = getattr(item, "root_idxs", None)
+                if roots is None or len(roots) != len(item.idxs):
+                    raise RuntimeError(f"torch_pruning gave no root indices for {name_of.get(mod)}")
+                roots = [int(r) if to_root is None else to_root[int(r)] for r in roots]
+                yield g.gid, mod, name_of.get(mod), dep_role(item.dep), [int(i) for i in item.idxs], roots
 
 
 def channel_maps(space: PruningSpace) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
@@ -81,7 +85,7 @@ def keep_masks(space: PruningSpace, options, order) -> dict[int, np.ndarray]:
 
 def weight_importance(module: nn.Module) -> np.ndarray | None:
     """``I[j, i]`` of a conv/linear weight (None for an all-zero weight)."""
-    w = module.weight.detach().double()
+    w = (dense_weight(module) if is_grouped(module) else module.weight.detach()).double()
     fro = float(torch.linalg.vector_norm(w))
     if fro == 0:
         return None
@@ -114,9 +118,7 @@ class ActiveImportance:
             og, orr = maps[(layer.name, "out")]
             if layer.spec.depthwise:
                 self._add(og, orr, imp[:, :1], np.array([-1]), np.array([-1]), keep)
-            elif layer.spec.groups > 1:
-                self.const += float(imp.sum())
-            else:
+            else:  # a grouped conv's table is dense, zero outside its groups
                 ig, irr = maps[(layer.name, "in")]
                 self._add(og, orr, imp, ig, irr, keep)
         self.full = self.total

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import UnknownNameError
+from hwprune.graph.grouped import block_scores
 from hwprune.graph.space import PruningSpace
 from hwprune.importance.active import channel_maps, group_items, layer_importances
 from hwprune.importance.data import ccp_scores, taylor_scores
@@ -222,6 +223,7 @@ def compute(name: str, space: PruningSpace, data: Batches | None = None,
         s = np.asarray(scores[g.gid], dtype=float)
         if s.shape != (g.size,) or not np.all(np.isfinite(s)):
             raise RuntimeError(f"importance {name} gave invalid scores for group {g.root}")
+    scores = block_scores(space, scores)  # a conv group pruned whole scores the sum of its channels
     return ChannelScores({g.gid: np.asarray(scores[g.gid], dtype=float) for g in space.groups}, name, scale)
 
 

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hwprune.graph.grouped import dense_weight, is_grouped
 from hwprune.graph.space import PruningSpace, model_device
 from hwprune.importance.data import consumers
 from hwprune.importance.magnitude import magnitude_scores
@@ -106,10 +107,10 @@ class _Capture:
 def _contributions(mod: nn.Module, patches: torch.Tensor, idxs: np.ndarray, roots: np.ndarray, size: int,
                    gen: torch.Generator, max_outputs: int) -> torch.Tensor:
     """``Z`` [size, ...]: each root channel's contribution to (sampled) outputs."""
-    w = mod.weight.detach().double().cpu()
+    w = (dense_weight(mod) if is_grouped(mod) else mod.weight.detach()).double().cpu()
     idx_t, root_t = torch.as_tensor(idxs), torch.as_tensor(roots)
     n_out = w.shape[0]
-    if isinstance(mod, nn.Conv2d) and mod.groups > 1:  # depthwise: channel i feeds output i only
+    if isinstance(mod, nn.Conv2d) and mod.groups > 1 and not is_grouped(mod):  # depthwise: i feeds output i only
         wk = w.reshape(n_out, -1)[idx_t]                                  # [n_idx, kk]
         z = torch.einsum("ik,nikl->inl", wk, patches[:, idx_t]).reshape(len(idx_t), -1)
         # outputs of different channels are orthogonal: stack them on disjoint columns

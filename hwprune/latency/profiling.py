@@ -21,6 +21,7 @@ import torch
 import profilers
 from hwprune.devices import Device
 from hwprune.errors import UserError
+from hwprune.graph.grouped_modes import choose_modes, mode_specs, whole_specs
 from hwprune.graph.space import PruningSpace, device_options
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key
@@ -56,6 +57,8 @@ def family_widths(space: PruningSpace, options: dict[int, list[tuple[int, ...]]]
     fam_out: dict[str, set[int]] = defaultdict(set)
     base: dict[str, LayerSpec] = {}
     for layer in space.layers:
+        if layer.group_in:  # a whole-group conv: one family per group count (whole_specs)
+            continue
         fam = layer.spec.family()
         base.setdefault(fam, layer.spec)
         in_g = sorted({t.gid for t in layer.in_terms})
@@ -87,7 +90,7 @@ def sample_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]])
             for n_in in _spread(ins, 6):
                 for n_out in _spread(outs, 6):
                     specs.append(replace(b, in_channels=n_in, out_channels=n_out))
-    return specs
+    return specs + whole_specs(space, options)
 
 
 def misaligned_specs(space: PruningSpace, options: dict[int, list[tuple[int, ...]]], align: int | None,
@@ -212,6 +215,21 @@ def layer_protocol(device: Device, clock: str = "auto") -> profilers.Protocol | 
     if device_clock(device, clock) == "wall":
         return None
     return replace(profilers.LAYER_PROTOCOL, clock="thread")
+
+
+def measure_grouped_modes(profiler: Profiler, space: PruningSpace, progress: Progress | None = None,
+                          fractions=(0.25, 0.5, 0.75)) -> dict:
+    """Per grouped conv of ``space`` that may lose whole groups, the mode the
+    device runs faster (:func:`hwprune.graph.grouped.choose_modes` on the
+    conv measured in both modes at ``fractions`` of its width)."""
+    if not any(r.whole_ok for r in space.grouped):
+        return {}
+    specs = []
+    for r in space.grouped:
+        spec = next(replace(l.spec, groups=r.groups) for l in space.layers if l.name == r.name)
+        specs += [s for f in fractions for s in mode_specs(spec, f)]
+    ms = {m.spec: m.timing.median_ms for m in profiler.measure_specs(specs, progress)}
+    return choose_modes(space, ms.__getitem__, fractions, source="measured")
 
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,

@@ -55,7 +55,7 @@ from hwprune.graph.space import Choice, PruningSpace, device_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
-from hwprune.latency.profiling import Profiler, Progress, fit_latency_model
+from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, measure_grouped_modes
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
 from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, measure_fastest
 from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty
@@ -101,6 +101,7 @@ def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budg
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
             "fingerprint": plan_fingerprint(space), **plan_input_shapes(space.example_inputs),
             "budget_ms": budget_ms, **(extra or {}),
+            **({"grouped_modes": {r.name: r.mode for r in space.grouped}} if space.grouped else {}),
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
                         "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
 
@@ -344,9 +345,19 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
         raise UserError(exact.infeasible_message(bad))
 
     profs = {d: Profiler(dev, store) for d, dev in devs.items()}
+    modes = measure_grouped_modes(profs[primary], space, progress)  # whole groups where the device rewards it
+    if any(c.mode == "whole" for c in modes.values()):
+        space = PruningSpace(model, example_inputs, grouped_modes={n: c.mode for n, c in modes.items()})
+        options = _grid_options(space, devs[primary], cons)
+        scores = importance.compute(importance_name, space, data)
+        exact = Problem(space, options, scores, replace(cons, latency_ms=()))
+    for c in modes.values():
+        log.info("grouped conv %s pruned %s: %s", c.name, "by whole groups" if c.mode == "whole" else
+                 "within its groups", c.reason)
     meter = BlockMeters({d: BlockMeter(profs[d].runtime, model, example_inputs, initial=2, plan=certainty)
                          for d in devs})
     extra = {"selector": selector,
+             **({"grouped_mode_reasons": {n: c.reason for n, c in modes.items()}} if modes else {}),
              "constraints": replace(cons, latency_ms=tuple(budgets.now(meter).items())).to_json(),
              **({"budget_fraction": budget_fraction} if budget_fraction is not None else {})}
     full_ok = exact.feasible(space.full_choice())

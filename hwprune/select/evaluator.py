@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwprune.graph.grouped_modes import widths_ms
 from hwprune.graph.space import Choice, PruningSpace
 from latency_models import NetworkLatencyModel
 
@@ -71,7 +72,7 @@ class Evaluator:
 
     def layer_ms_grid(self, i: int, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
         """:meth:`layer_ms` over arrays of widths (vectorised)."""
-        return self.model.layer_cost_widths_ms(self.space.layers[i].spec, n_in, n_out)
+        return widths_ms(self.model.layer_cost_widths_ms, self.space.layers[i], n_in, n_out)
 
     def const_ms(self) -> float:
         """The constant of the network latency (the remainder's c0)."""

@@ -36,12 +36,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hwprune.errors import UserError
+from hwprune.graph.grouped_modes import layer_weights
 from hwprune.graph.space import Choice, PruningSpace
 from hwprune.importance.active import ActiveImportance, channel_maps, extra_params_per_channel
 from hwprune.importance.criteria import weight_tables
 from hwprune.select.evaluator import Evaluator, Limit, Selection
 from latency_models.memory import layer_activation_bytes
-from profilers.specs import weight_count
 
 
 def _finite_positive(v) -> bool:
@@ -195,14 +195,14 @@ class FlopsBudget(Resource):
 
     def _layer(self, i, n_in, n_out):
         spec = self.space.layers[i].spec
-        groups = n_in if spec.depthwise else spec.groups
-        return replace(spec, in_channels=n_in, out_channels=n_out, groups=groups).flops
+        oh, ow = spec.out_hw
+        return 2 * spec.batch * oh * ow * int(layer_weights(self.space.layers[i], n_in, n_out))
 
     def layer_grid(self, i, n_in, n_out):
         spec = self.space.layers[i].spec  # LayerSpec.flops over arrays
         n_in, n_out = np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64)
         oh, ow = spec.out_hw
-        return (2 * spec.batch * oh * ow * weight_count(spec, n_in, n_out)).astype(float)
+        return (2 * spec.batch * oh * ow * layer_weights(self.space.layers[i], n_in, n_out)).astype(float)
 
     def label(self) -> str:
         return f"max_flops {self.limit:.6g} (--max-flops)"
@@ -226,7 +226,7 @@ class ParamsBudget(Resource):
         self.const = float(total) - self.value(space.full_choice())
 
     def _layer(self, i, n_in, n_out):
-        return weight_count(self.space.layers[i].spec, n_in, n_out) + (n_out if self._bias[i] else 0)
+        return layer_weights(self.space.layers[i], n_in, n_out) + (n_out if self._bias[i] else 0)
 
     def layer_grid(self, i, n_in, n_out):
         return self._layer(i, np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64)).astype(float)
