@@ -4,10 +4,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from hwprune.graph.space import PruningSpace, root_handler
+from hwprune.graph.trace import build_graph
 
 
 class SurgeryError(RuntimeError):
@@ -25,10 +25,10 @@ def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
     model = copy.deepcopy(space.model).eval()
     inputs = _one_sample(space.example_inputs)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        dg = build_graph(model, inputs)
     except (RuntimeError, ValueError):  # a forward that needs the example's batch (a reshape to it, say)
         model, inputs = copy.deepcopy(space.model).eval(), space.example_inputs
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        dg = build_graph(model, inputs)
     for g in space.groups:
         keep = set(int(i) for i in kept.get(g.gid, range(g.size)))
         if not keep:
