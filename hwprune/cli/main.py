@@ -85,7 +85,8 @@ def cmd_prune(args) -> int:
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,
             "devices": res.devices, "constraints": res.plan.get("constraints"),
             "selector": args.selector, "importance": args.importance, "solve": {k: res.selection.get(k) for k in
-                                                 ("status", "mip_gap", "solve_s", "objective", "note")}}
+                                                 ("status", "mip_gap", "solve_s", "objective", "note")},
+            "frozen": [f.to_json() for f in res.frozen]}
     export = export_pruned(res.model, (lm.example_input,), plan=res.plan, source=lm.model_source,
                            num_classes=lm.num_classes)
     data["onnx_max_abs_diff"] = export.parity.max_abs_diff
@@ -101,8 +102,8 @@ def cmd_prune(args) -> int:
             text += (f"\n{dev}: budget {d['budget_ms']:.3f} ms, measured {d['measured_ms']:.3f} ms "
                      f"(baseline {d['baseline_ms']:.3f})")
     text += f"\n{len(res.rounds)} closed-loop rounds"
-    from hwprune.cli.prune import host_text
-    text += host_text(res)
+    from hwprune.cli.prune import frozen_text, host_text
+    text += host_text(res) + frozen_text(res.frozen)
     solve = data["solve"]
     if solve.get("status"):
         gap = "" if solve.get("mip_gap") is None else f", MIP gap {100 * solve['mip_gap']:.3f} %"

@@ -142,3 +142,13 @@ def host_text(res) -> str:
                      f"of alternating blocks): {verdict}")
     lines += [f"warning: {w}" for w in st.get("warnings", [])]
     return "".join(f"\n{line}" for line in lines)
+
+
+def frozen_text(frozen) -> str:
+    """Lines for ``hwprune prune``'s text output on the channel groups kept whole."""
+    if not frozen:
+        return ""
+    lines = [f"frozen: {len(frozen)} channel group(s) kept whole ({sum(f.channels for f in frozen)} channels); "
+             f"the graph cannot prune them safely:"]
+    lines += [f"  {f.message()}" for f in frozen]
+    return "".join(f"\n{line}" for line in lines)

@@ -12,9 +12,19 @@ shape without building the model.
 Layers whose output reaches the model's output without crossing another
 conv/linear (the classifier) keep their outputs. Non-depthwise grouped convs
 are pruned within their groups or by whole groups (:mod:`hwprune.graph.grouped`).
+
+Constructs the graph cannot map are frozen, not pruned: groups that reach a
+reshape mixing channels with another dimension (a channel shuffle;
+:mod:`hwprune.graph.trace`), and groups whose trial cut to half width fails
+or gives other widths than predicted (a slice or split to sizes stored in a
+module; :mod:`hwprune.graph.guard`). ``space.frozen`` records each one (the
+group's root layer, the construct's module path and type, why) and a
+:class:`FrozenChannelsWarning` names it.
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,10 +33,13 @@ from torch import nn
 
 from hwprune.graph.grouped import options as grouped_options
 from hwprune.graph.grouped import regroup
+from hwprune.graph.guard import Cutter, Failure, FrozenChannelsWarning, FrozenGroup, owner, unsafe_groups
+from hwprune.graph.trace import build_graph, describe_site
 from profilers import LayerSpec
 from profilers.inputs import as_inputs
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
+log = logging.getLogger("hwprune")
 
 
 @dataclass(frozen=True)
@@ -148,45 +161,92 @@ def dep_role(dep) -> str | None:
 class PruningSpace:
     """Groups and layers of one model; see the module docstring."""
 
-    def __init__(self, model: nn.Module, example_inputs, grouped_modes=None):
+    def __init__(self, model: nn.Module, example_inputs, grouped_modes=None, verify: bool = True):
         self.example_inputs = as_inputs(example_inputs)
         model.eval()
         try:
             shapes = layer_input_shapes(model, self.example_inputs)
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=self.example_inputs)
+            dg = build_graph(model, self.example_inputs)
         except Exception as exc:  # tracing arbitrary user code fails in many ways
             raise GraphError(f"cannot trace the model ({type(exc).__name__}: {exc})") from None
         name_of = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES) and n in shapes}
         self.output_layers = tuple(sorted(name_of[m] for m in _output_layers(dg, name_of)))
         ignored = [m for m in name_of if name_of[m] in self.output_layers]
-        groups: list[ChannelGroup] = []
-        terms: dict[tuple[str, str], list[Term]] = {}
+        built: list[tuple[ChannelGroup, dict]] = []
+        frozen: list[FrozenGroup] = []
         for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=LAYER_TYPES):
-            built = self._build_group(dg, g, name_of, len(groups))
-            if built is None:
+            one = self._build_group(dg, g, name_of, len(built))
+            if one is None:
                 continue
-            group, member_terms = built
-            groups.append(group)
-            for key, ts in member_terms.items():
-                terms.setdefault(key, []).extend(ts)
-        self.groups = tuple(groups)
+            opaque = [dg.opaque[d.target.module] for d, _ in g if d.target.module in dg.opaque]
+            if opaque:
+                path, kind = describe_site(opaque[0])
+                op = opaque[0].op if opaque[0] is not None else "reshape"
+                frozen.append(FrozenGroup(one[0].root, one[0].size, path, kind,
+                                          f"mixes channels with another dimension ({op} "
+                                          f"{opaque[0].in_shape if opaque[0] else ''} -> "
+                                          f"{opaque[0].out_shape if opaque[0] else ''}, e.g. a channel shuffle)"))
+                continue
+            built.append(one)
         self.model, self.dg, self._name_of = model, dg, name_of
-        layers = []
-        for mod, name in name_of.items():
-            spec = layer_spec(mod, shapes[name])
-            ins, outs = tuple(terms.get((name, "in"), ())), tuple(terms.get((name, "out"), ()))
-            if _is_depthwise(mod):
-                ins = outs
-            sizes = {g.gid: g.segments for g in groups}
-            used_in = sum(t.mult * sizes[t.gid][t.seg].size for t in ins)
-            used_out = sum(t.mult * sizes[t.gid][t.seg].size for t in outs)
-            layers.append(Layer(name, spec, spec.in_channels - used_in, spec.out_channels - used_out, ins, outs))
-        self.layers = tuple(layers)
+        if verify and built:
+            bad = self._verify(built, shapes)
+            frozen += [FrozenGroup(built[gid][0].root, built[gid][0].size, f.path, f.module_type, f.reason)
+                       for gid, f in sorted(bad.items())]
+            built = [b for b in built if b[0].gid not in bad]
+        groups, terms = _renumber(built)
+        self.groups, self.frozen = tuple(groups), tuple(frozen)
+        for f in self.frozen:
+            warnings.warn(f.message(), FrozenChannelsWarning, stacklevel=2)
+        self.layers = tuple(_layers(name_of, shapes, groups, terms))
         try:
             self.groups, self.layers, self.grouped = regroup(dg, self.groups, self.layers, grouped_modes,
                                                              dep_role, root_handler)
         except ValueError as exc:
             raise GraphError(str(exc)) from None
+
+    def _verify(self, built: list[tuple[ChannelGroup, dict]], shapes) -> dict:
+        """Cut every group to half width (bisecting on failure); the groups that fail."""
+        groups = [g for g, _ in built]
+        # every other channel of each segment: a prefix kept would hide a slice ``x[:, :k]``
+        half = {g.gid: tuple((s.size + 1) // 2 for s in g.segments) for g in groups}
+        drops = {}
+        for g in groups:
+            idxs = sorted(i for seg in g.seg_index for i in seg[1::2])
+            drops[g.gid] = (g.root, root_handler(self.model.get_submodule(g.root)), idxs)
+
+        def predict(gids: set[int]) -> dict[str, tuple[int, int]]:
+            sub = [built[i] for i in sorted(gids)]
+            gs, ts = _renumber(sub)
+            choice = {new.gid: half[old.gid] for (old, _), new in zip(sub, gs)}
+            out = {}
+            for layer in _layers(self._name_of, shapes, gs, ts):
+                if layer.in_terms or layer.out_terms:
+                    n_in = layer.fixed_in + sum(t.mult * choice[t.gid][t.seg] for t in layer.in_terms)
+                    n_out = layer.fixed_out + sum(t.mult * choice[t.gid][t.seg] for t in layer.out_terms)
+                    out[layer.name] = (n_in, n_out)
+            return out
+        bad = {}
+        full = {layer.name: (layer.spec.in_channels, layer.spec.out_channels)
+                for layer in _layers(self._name_of, shapes, [], {})}
+        for g in groups:  # the graph's own count of a group's channels must fit its layers
+            for name, (n_in, n_out) in predict({g.gid}).items():
+                if not (0 < n_in <= full[name][0] and 0 < n_out <= full[name][1]):
+                    path, kind = owner(self.model, name)
+                    bad[g.gid] = Failure(path, kind, f"holds {name} (widths {full[name]}) whose channels the graph "
+                                         f"counts inconsistently: half of the group would leave it {(n_in, n_out)}")
+                    break
+        one = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 1 else t for t in self.example_inputs)
+        try:
+            cut = Cutter(self.model, one, drops, predict)
+        except Exception:
+            cut = Cutter(self.model, self.example_inputs, drops, predict)
+        # grouped convs have their own surgery (:mod:`hwprune.graph.grouped`), not Torch-Pruning's
+        grouped = {g.gid for g, terms in built
+                   if any(_is_grouped(self.model.get_submodule(n)) for n, _ in terms)}
+        bad.update(unsafe_groups(cut, [g.gid for g in groups if g.gid not in bad and g.gid not in grouped]))
+        log.debug("verified %d channel groups in %d cuts, %d unsafe", len(groups), cut.cuts, len(bad))
+        return bad
 
     @staticmethod
     def _build_group(dg, g, name_of, gid):
@@ -233,6 +293,9 @@ class PruningSpace:
                 terms.setdefault(key, []).append(Term(gid, si, mult))
         return ChannelGroup(gid, name_of[root_mod], size, tuple(segments), seg_index), terms
 
+    def frozen_json(self) -> list[dict]:
+        return [f.to_json() for f in self.frozen]
+
     # ---- widths -> shapes -------------------------------------------------
     def full_choice(self) -> dict[int, tuple[int, ...]]:
         return {g.gid: tuple(s.size for s in g.segments) for g in self.groups}
@@ -256,6 +319,30 @@ class PruningSpace:
 
 
 Choice = dict[int, tuple[int, ...]]
+
+
+def _renumber(built: list[tuple[ChannelGroup, dict]]) -> tuple[list[ChannelGroup], dict]:
+    """Groups numbered 0.. in order, and every layer's terms (by (name, role)) with those numbers."""
+    groups, terms = [], {}
+    for new, (g, member_terms) in enumerate(built):
+        groups.append(replace(g, gid=new))
+        for key, ts in member_terms.items():
+            terms.setdefault(key, []).extend(replace(t, gid=new) for t in ts)
+    return groups, terms
+
+
+def _layers(name_of, shapes, groups: list[ChannelGroup], terms: dict) -> list[Layer]:
+    sizes = {g.gid: g.segments for g in groups}
+    layers = []
+    for mod, name in name_of.items():
+        spec = layer_spec(mod, shapes[name])
+        ins, outs = tuple(terms.get((name, "in"), ())), tuple(terms.get((name, "out"), ()))
+        if _is_depthwise(mod):
+            ins = outs
+        used_in = sum(t.mult * sizes[t.gid][t.seg].size for t in ins)
+        used_out = sum(t.mult * sizes[t.gid][t.seg].size for t in outs)
+        layers.append(Layer(name, spec, spec.in_channels - used_in, spec.out_channels - used_out, ins, outs))
+    return layers
 
 
 def width_grid(size: int, step: int, min_width: int, align: int = 0) -> list[int]:

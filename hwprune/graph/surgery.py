@@ -4,11 +4,11 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from hwprune.graph.grouped import conv_kept, prune_skipping, rebuild_conv
 from hwprune.graph.space import PruningSpace, root_handler
+from hwprune.graph.trace import build_graph
 
 
 class SurgeryError(RuntimeError):
@@ -26,10 +26,10 @@ def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
     model = copy.deepcopy(space.model).eval()
     inputs = _one_sample(space.example_inputs)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        dg = build_graph(model, inputs)
     except (RuntimeError, ValueError):  # a forward that needs the example's batch (a reshape to it, say)
         model, inputs = copy.deepcopy(space.model).eval(), space.example_inputs
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+        dg = build_graph(model, inputs)
     try:  # grouped convs: their kept channels, and the side that follows a whole-group choice
         convs, follow = conv_kept(space, kept)
     except ValueError as exc:

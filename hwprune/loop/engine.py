@@ -89,6 +89,7 @@ class PruneResult:
     stats: dict = field(default_factory=dict)
     devices: dict = field(default_factory=dict)    # device -> budget, baseline, predicted, measured ms
     selection: dict = field(default_factory=dict)  # selector, status, mip_gap, solve_s, objective, usage, note
+    frozen: tuple = ()  # FrozenGroup: channel groups kept whole (a construct the graph cannot prune safely)
 
 
 def count_params(model: nn.Module) -> int:
@@ -262,7 +263,7 @@ def _unchanged(model: nn.Module, space: PruningSpace, meter: BlockMeters, budget
     return PruneResult(model, base, base, base, make_plan(space, full_kept, primary, budgets.get(primary), extra),
                        budgets.get(primary), primary, unchanged=True, note=note, stats=stats,
                        devices={d: {"budget_ms": budgets.get(d), "baseline_ms": meter.reference_ms(d)}
-                                for d in meter.meters})
+                                for d in meter.meters}, frozen=space.frozen)
 
 
 def _above_baseline(budgets: dict[str, float], meter: BlockMeters, margin: float) -> bool:
@@ -301,7 +302,7 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
                        predicted_ms=sel.predicted_ms, measured_ms=loop.measured_ms(best, primary),
                        plan=make_plan(space, sel.kept, primary, budgets.get(primary), extra),
                        budget_ms=budgets.get(primary), device=primary, rounds=outcome.rounds, note=outcome.note,
-                       stats=stats, devices=per_device, selection=selection)
+                       stats=stats, devices=per_device, selection=selection, frozen=space.frozen)
 
 
 # ---------------------------------------------------------------- prune
