@@ -96,13 +96,17 @@ def count_params(model: nn.Module) -> int:
 
 
 def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float | None,
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, removed: list[str] | tuple = ()) -> dict:
+    """The plan of ``kept`` channels per group and the blocks at the module
+    paths ``removed`` (recorded only when there are some)."""
     from hwprune.graph.plans import plan_fingerprint, plan_input_shapes
+    blocks = {"removed_blocks": list(removed)} if removed else {}
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
             "fingerprint": plan_fingerprint(space), **plan_input_shapes(space.example_inputs),
             "budget_ms": budget_ms, **(extra or {}),
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
-                        "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
+                        "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups],
+            **blocks}
 
 
 def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None,
