@@ -11,7 +11,9 @@ group's width grid) and fits the latency model's remainder to them;
 fastest (uniform positions at every eighth of the grid, and a descent that
 changes one group at a time while the prediction drops), refitting with them.
 The fastest of everything measured is the minimum the budget is checked
-against (:class:`Calibration`).
+against (:class:`Calibration`). Where the options hold residual blocks
+(:mod:`hwprune.graph.blocks`), the smallest network has every one removed and
+one more calibration network has them all removed at full widths.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from hwprune.graph.blocks import KEPT, REMOVED, is_block_key, live_specs, removed_paths
 from hwprune.graph.space import Choice, PruningSpace, uniform_choice
 from hwprune.graph.surgery import apply_kept
 from hwprune.select.evaluator import Evaluator
@@ -66,9 +69,25 @@ def uniform_name(frac: float) -> str:
 
 def _measure(space: PruningSpace, ev: Evaluator, measure_ms: Callable[[nn.Module], float], name: str,
              choice: Choice, rows: list) -> Network:
-    ms = measure_ms(apply_kept(space, ev.kept(choice)))
-    rows.append((space.specs(choice), ms))
+    ms = measure_ms(apply_kept(space, ev.kept(choice), removed_paths(space, choice)))
+    rows.append((live_specs(space, choice), ms))
     return Network(name, choice, ms)
+
+
+def calibration_choices(options, fractions=UNIFORM) -> list[tuple[str, Choice]]:
+    """The calibration networks: uniform positions on the width grids, every
+    removable block removed in the first (the smallest network) and kept in
+    the others; where the options hold blocks, also the full widths with every
+    block removed, so that the rows' numbers of layers differ."""
+    blocks = [k for k in options if is_block_key(k)]
+    out = []
+    for f in fractions:
+        choice = uniform_choice(options, f)
+        out.append((uniform_name(f), {**choice, **{k: REMOVED if f == 0.0 else KEPT for k in blocks}}))
+    if blocks:
+        full = {k: opts[-1] for k, opts in options.items()}
+        out.append(("full widths, every removable block removed", {**full, **{k: REMOVED for k in blocks}}))
+    return out
 
 
 def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], float], options, scores,
@@ -78,8 +97,8 @@ def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module
     (whole-model measurements, ``(specs, ms)``) and fit ``lat``'s remainder
     to all of ``rows``."""
     ev = Evaluator(space, lat, scores)
-    nets = tuple(_measure(space, ev, measure_ms, uniform_name(f), uniform_choice(options, f), rows)
-                 for f in fractions)
+    nets = tuple(_measure(space, ev, measure_ms, name, choice, rows)
+                 for name, choice in calibration_choices(options, fractions))
     lat.fit_remainder(rows)
     return Calibration(nets)
 

@@ -6,7 +6,8 @@ per-group floors and ceilings. :class:`Problem` binds them to one pruning
 space: options on the grid, channel scores, one latency :class:`Evaluator`
 per device, and the active-weight objective, which every selector reads.
 
-Resources, each a function of the group widths:
+Resources, each a function of the group widths (and of the residual blocks
+kept, :mod:`hwprune.graph.blocks`: a removed block's layers cost nothing):
 
 - ``latency_ms[DEVICE]``: the device's latency model (sum of per-layer
   predictions plus the fitted remainder), the same numbers greedy uses.
@@ -15,7 +16,10 @@ Resources, each a function of the group widths:
 - ``params``: every parameter of the model: conv/linear weights and biases
   at their widths, plus per-channel parameters of other modules in a group
   (BatchNorm's weight and bias), plus the rest unchanged. Equals
-  ``sum(p.numel() for p in pruned.parameters())``.
+  ``sum(p.numel() for p in pruned.parameters())`` (with residual blocks
+  removed, an upper bound: their layers' weights and the groups that live
+  only inside them go, per-channel parameters of other modules in them on
+  widths shared with the rest of the network, and their fixed parameters, stay counted).
 - ``memory_mib``: peak activation memory, defined as the largest
   ``input + output`` activation of a single conv/linear layer, fp32, in MiB
   (2^20 bytes), at batch size of the example input. The live set across
@@ -36,6 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hwprune.errors import UserError
+from hwprune.graph.blocks import dead_groups, dead_layers
 from hwprune.graph.space import Choice, PruningSpace
 from hwprune.importance.active import ActiveImportance, channel_maps, extra_params_per_channel
 from hwprune.importance.criteria import weight_tables
@@ -143,14 +148,17 @@ class Resource(Limit):
         return 0.0
 
     def layer_values(self, choice: Choice) -> list[float]:
-        widths = self.space.layer_widths
-        return [self.layer_cost(i, *widths(layer, choice)) for i, layer in enumerate(self.space.layers)]
+        """Each layer's cost (0 for the layers of removed blocks)."""
+        widths, dead = self.space.layer_widths, dead_layers(self.space, choice)
+        return [0.0 if i in dead else self.layer_cost(i, *widths(layer, choice))
+                for i, layer in enumerate(self.space.layers)]
 
     def value(self, choice: Choice) -> float:
         if self.per_layer:
             return max(self.layer_values(choice), default=0.0)
+        dead = dead_groups(self.space, choice)
         return (self.const + sum(self.layer_values(choice))
-                + sum(self.group_cost(gid, ks) for gid, ks in choice.items()))
+                + sum(self.group_cost(gid, ks) for gid, ks in choice.items() if gid >= 0 and gid not in dead))
 
     def label(self) -> str:
         raise NotImplementedError
