@@ -53,7 +53,7 @@ class TwoBlocks(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.down(x), 1), 1))
 
 
-def make(models, granularity="both", constraints=None):
+def make(models, granularity="both", constraints=None, step=4):
     torch.manual_seed(0)
     model, x = TwoBlocks().eval(), torch.randn(1, 3, 8, 8)
     space = attach_blocks(PruningSpace(model, x), granularity)
@@ -61,7 +61,7 @@ def make(models, granularity="both", constraints=None):
     rng = np.random.default_rng(1)
     scores = {g.gid: rng.random(g.size) + 0.5 for g in space.groups}
     scores.update({b.key: np.array([3.0 + i]) for i, b in enumerate(space.blocks)})
-    options = floor_options(space, {g.gid: group_options(g, 4, 4) for g in space.groups}, 4, cons)
+    options = floor_options(space, {g.gid: group_options(g, step, step) for g in space.groups}, step, cons)
     evs = {d: Evaluator(space, m, scores) for d, m in models.items()}
     return Problem(space, with_blocks(space, options, granularity), scores, cons, evs), x
 
@@ -159,3 +159,36 @@ def test_the_remainder_fits_a_cost_per_layer_only_where_the_numbers_of_layers_di
     assert fitted.const_ms() == pytest.approx(0.01, abs=1e-4)
     plain = FlopsModel().fit_remainder(same)
     assert plain.op_ms() == 0.0 and len(plain.remainder_) == 5  # channel-only rows: the old terms
+
+
+@pytest.mark.parametrize("case", [1, 3])
+def test_coarse_to_fine_with_blocks_is_certified_on_the_full_grid(case):
+    """Searched on 3 widths per group, then finer windows: the answer keeps its certificate
+    (Lagrangian and interval bounds over the gated tables) and equals the exact solve."""
+    models, fracs = CASES[case]
+    problem = scaled(make(models, step=2)[0], **fracs)
+    refined = select("qcqp", problem, mip_rel_gap=1e-9, max_options=3)
+    exact = select("qcqp", problem, mip_rel_gap=1e-9)
+    assert refined.feasible and "certified" in refined.note and refined.mip_gap is not None
+    assert refined.objective == pytest.approx(exact.objective, rel=1e-7) == brute_force(problem)[0] / \
+        problem.objective.full
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.6])
+def test_qcqp_with_blocks_on_resnet20_is_optimal_and_never_below_the_heuristics(frac):
+    from hwprune import zoo
+    model, x = zoo.create("resnet20")
+    space = attach_blocks(PruningSpace(model, x))
+    rng = np.random.default_rng(0)
+    scores = {g.gid: rng.random(g.size) + 0.5 for g in space.groups}
+    scores.update({b.key: np.array([20.0]) for b in space.blocks})
+    options = with_blocks(space, floor_options(space, {g.gid: group_options(g, 8, 8) for g in space.groups}, 8,
+                                               Constraints()))
+    ev = Evaluator(space, OpsModel(), scores)
+    cons = Constraints(latency_ms=(("t", frac * ev.latency_ms(space.full_choice())),))
+    problem = Problem(space, options, scores, cons, {"t": ev})
+    sels = {s: select(s, problem, mip_rel_gap=1e-9) for s in SELECTORS}
+    assert all(sel.feasible for sel in sels.values())
+    assert sels["qcqp"].status == "optimal"
+    assert sels["qcqp"].objective >= max(sels["greedy"].objective, sels["knapsack"].objective) - 1e-9
+    assert any(sel.choice[b.key] == (0,) for sel in sels.values() for b in space.blocks)

@@ -112,6 +112,21 @@ def attach_blocks(space: PruningSpace, granularity: str = "both") -> PruningSpac
     return space
 
 
+def resolve_granularity(space: PruningSpace, granularity: str | None) -> str:
+    """Attach ``space``'s blocks for ``granularity`` (None: ``both`` where the
+    model has removable blocks, else ``channel``) and return it; a
+    :class:`UserError` for an unknown name or ``block`` without blocks."""
+    from hwprune.errors import UserError
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise UserError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}; "
+                        f"give e.g. --granularity both")
+    attach_blocks(space, "both" if granularity is None else granularity)
+    if granularity == "block" and not space.blocks:
+        raise UserError("granularity block: this model has no removable residual block (a submodule whose "
+                        "output is its input plus a branch); use --granularity channel")
+    return granularity or ("both" if space.blocks else "channel")
+
+
 def block_options(space: PruningSpace) -> dict[int, list[tuple[int, ...]]]:
     """Each block's options: removed, kept."""
     return {b.key: [REMOVED, KEPT] for b in space.blocks}

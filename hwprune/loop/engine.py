@@ -51,9 +51,11 @@ from torch import nn
 from hwprune import devices
 from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
+from hwprune.graph.blocks import live_specs, removed_paths, resolve_granularity, with_blocks
 from hwprune.graph.space import Choice, PruningSpace, device_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
+from hwprune.importance.blocks import with_block_scores
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
@@ -224,8 +226,8 @@ class SelectorRun:
 
 
 def cut(space: PruningSpace, selection: Selection) -> nn.Module:
-    """The network with only ``selection``'s channels, its widths checked."""
-    pruned = apply_kept(space, selection.kept)
+    """The network with only ``selection``'s channels and blocks, its widths checked."""
+    pruned = apply_kept(space, selection.kept, removed_paths(space, selection.choice))
     check_widths(space, pruned, selection.choice)
     return pruned
 
@@ -292,7 +294,9 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
              "shapes_reused": sum(p.reused for p in profs.values()),
              "params_before": count_params(model), "params_after": count_params(best.model),
              "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
-             "flops_after": sum(s.flops for s in space.specs(sel.choice)),
+             "flops_after": sum(s.flops for s in live_specs(space, sel.choice)),
+             "granularity": extra.get("granularity", "channel"), "blocks": len(space.blocks),
+             "removed_blocks": removed_paths(space, sel.choice),
              "smallest_ms": cals[primary].smallest.measured_ms, "fastest_ms": cals[primary].fastest.measured_ms,
              "fastest": {d: c.to_json(loop.meter.reference_ms(d)) for d, c in cals.items()},
              "certified": outcome.certified, "ratio_interval": _interval(loop, best), **host}
@@ -302,7 +306,8 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
                  "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
     return PruneResult(model=best.model.eval(), baseline_ms=loop.meter.reference_ms(primary),
                        predicted_ms=sel.predicted_ms, measured_ms=loop.measured_ms(best, primary),
-                       plan=make_plan(space, sel.kept, primary, budgets.get(primary), extra),
+                       plan=make_plan(space, sel.kept, primary, budgets.get(primary), extra,
+                                      removed_paths(space, sel.choice)),
                        budget_ms=budgets.get(primary), device=primary, rounds=outcome.rounds, note=outcome.note,
                        stats=stats, devices=per_device, selection=selection)
 
@@ -313,7 +318,8 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
           selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
           data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = AIM,
           accept_low: float = ACCEPT_LOW, time_limit_s: float = 60.0, progress: Progress | None = None,
-          budget_fraction: float | None = None, grid=None, certainty: Certainty | None = None) -> PruneResult:
+          budget_fraction: float | None = None, grid=None, certainty: Certainty | None = None,
+          granularity: str | None = None) -> PruneResult:
     """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
     bound in ``constraints`` (latency on other devices, FLOPs, parameters,
     memory, floors). ``selector``: greedy, knapsack or qcqp. ``importance_name``:
@@ -328,7 +334,11 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     ``grid``: the channel grid (a number of channels, or device -> number);
     default the step measured on this host (:func:`resolve_grids`).
     ``certainty``: when a plan's measurement stops (default
-    :data:`hwprune.loop.meter.PLAN`: +-2 %, at most 20 rounds or 30 s)."""
+    :data:`hwprune.loop.meter.PLAN`: +-2 %, at most 20 rounds or 30 s).
+    ``granularity``: ``channel`` (widths only), ``block`` (remove whole
+    residual blocks only, :mod:`hwprune.graph.blocks`) or ``both``; default
+    ``both`` where the model has removable blocks. The plan lists the blocks
+    removed (``removed_blocks``)."""
     example_inputs = as_inputs(example_inputs)
     cons = constraints or Constraints()
     certainty = certainty or PLAN
@@ -340,8 +350,9 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     devs = {d: with_grid(dev, grids[d]) for d, dev in found.items()}
     model = model.eval()
     space = PruningSpace(model, example_inputs)
-    options = _grid_options(space, devs[primary], cons)
-    scores = importance.compute(importance_name, space, data)
+    granularity = resolve_granularity(space, granularity)
+    options = with_blocks(space, _grid_options(space, devs[primary], cons), granularity)
+    scores = with_block_scores(space, importance.compute(importance_name, space, data), data)
     exact = Problem(space, options, scores, replace(cons, latency_ms=()))
     bad = exact.violated(exact.smallest())
     if bad:
@@ -350,7 +361,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     profs = {d: Profiler(dev, store) for d, dev in devs.items()}
     meter = BlockMeters({d: BlockMeter(profs[d].runtime, model, example_inputs, initial=2, plan=certainty)
                          for d in devs})
-    extra = {"selector": selector,
+    extra = {"selector": selector, **({"granularity": granularity} if space.blocks else {}),
              "constraints": replace(cons, latency_ms=tuple(budgets.now(meter).items())).to_json(),
              **({"budget_fraction": budget_fraction} if budget_fraction is not None else {})}
     full_ok = exact.feasible(space.full_choice())
