@@ -78,3 +78,20 @@ def test_block_scores_follow_the_weights_and_the_loss_when_skipped():
     assert data[key][0] < min(data[b.key][0] for b in space.blocks if b.key != key)
     assert sum(data[b.key][0] for b in space.blocks) == pytest.approx(sum(weights.values()))
 
+
+def test_cli_granularity_lists_the_removed_blocks_and_the_saved_model_reloads(per_op, tmp_path, capsys):
+    from hwprune.cli.main import main
+    from hwprune.graph.plans import load_model
+    args = ["prune", "--model", "resnet20", "--device", "sim-ops", "--budget-ms", "40%", "--store",
+            str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out")]
+    assert main(args + ["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["granularity"] == "both" and data["removed_blocks"] and data["measured_ms"] <= data["budget_ms"]
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["removed_blocks"] == data["removed_blocks"]
+    loaded = load_model(str(tmp_path / "out" / "model.pt"))
+    assert all(isinstance(loaded.model.get_submodule(p), torch.nn.Identity) for p in plan["removed_blocks"])
+    assert main(args + ["--granularity", "channel"]) == 2
+    assert "below the fastest network measured on sim-ops" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "granularity both: removed " in capsys.readouterr().out
