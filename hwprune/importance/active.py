@@ -176,13 +176,13 @@ class ActiveImportance:
         return self.value(choice) / self.full if self.full > 0 else 1.0
 
 
-def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
-    """Per group, parameters removed with each root index outside conv/linear
-    weights (BatchNorm's weight and bias, ...): a parameter counts when the
-    pruning removes rows of its first dimension."""
-    out = {g.gid: np.zeros(g.size) for g in space.groups}
+def _extra_items(space: PruningSpace):
+    """``(gid, module name, root index, parameters)`` removed with one channel
+    outside conv/linear weights (BatchNorm's weight and bias, ...), each
+    module's channel counted once: a parameter counts when the pruning removes
+    rows of its first dimension."""
     seen = set()
-    for gid, mod, _, _, idxs, roots in group_items(space):
+    for gid, mod, name, _, idxs, roots in group_items(space):
         if isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(mod, nn.Module):
             continue
         params = [p for p in mod.parameters(recurse=False) if p.dim() >= 1 and p.shape[0] > 1]
@@ -190,5 +190,34 @@ def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
             if (id(mod), i) in seen:
                 continue
             seen.add((id(mod), i))
-            out[gid][r] += sum(p.numel() // p.shape[0] for p in params if p.shape[0] > i)
+            yield gid, name, r, sum(p.numel() // p.shape[0] for p in params if p.shape[0] > i)
+
+
+def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
+    """Per group, parameters removed with each root index outside conv/linear
+    weights (BatchNorm's weight and bias, ...): a parameter counts when the
+    pruning removes rows of its first dimension."""
+    out = {g.gid: np.zeros(g.size) for g in space.groups}
+    for gid, _, r, n in _extra_items(space):
+        out[gid][r] += n
+    return out
+
+
+def block_params(space: PruningSpace) -> dict[int, tuple[float, dict[int, np.ndarray]]]:
+    """Per removable block (``space.blocks``): the parameters inside it that
+    no width changes, and per group the parameters of its modules other than
+    conv/linear weights removed with each root index (those of
+    :func:`extra_params_per_channel` that lie inside the block)."""
+    sizes = {g.gid: g.size for g in space.groups}
+    per: dict[int, dict[int, np.ndarray]] = {b.key: {} for b in space.blocks}
+    for gid, name, r, n in _extra_items(space):
+        key = next((b.key for b in space.blocks if name and name.startswith(b.path + ".")), None)
+        if key is not None:
+            per[key].setdefault(gid, np.zeros(sizes[gid]))[r] += n
+    out = {}
+    for b in space.blocks:
+        total = sum(p.numel() for p in space.model.get_submodule(b.path).parameters())
+        layers = sum(p.numel() for i in b.layers
+                     for p in space.model.get_submodule(space.layers[i].name).parameters(recurse=False))
+        out[b.key] = (float(total - layers - sum(a.sum() for a in per[b.key].values())), per[b.key])
     return out

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from hwprune.graph.blocks import dead_groups, dead_layers, is_block_key
+from hwprune.graph.blocks import KEPT, dead_groups, dead_layers, is_block_key
 from hwprune.graph.space import Choice
 from hwprune.select.evaluator import Selection
 from hwprune.select.greedy import greedy_limits
@@ -89,8 +89,9 @@ def _separable(problem, r, gid: int, ref: Choice, layers: list[int]) -> np.ndarr
     for opt in problem.options[gid]:
         ch = {**ref, gid: opt}
         dead = dead_layers(space, ch)
+        saved = r.saving(ch) - r.saving({**ch, gid: KEPT}) if is_block_key(gid) else 0.0
         out.append(sum(r.layer_cost(i, *space.layer_widths(space.layers[i], ch)) for i in layers if i not in dead)
-                   + (0.0 if is_block_key(gid) or gid in dead_groups(space, ch) else r.group_cost(gid, opt)))
+                   + (0.0 if is_block_key(gid) or gid in dead_groups(space, ch) else r.group_cost(gid, opt)) - saved)
     return np.array(out)
 
 

@@ -99,12 +99,13 @@ class MilpModel:
         acc[nodes] = acc.get(nodes, 0.0) + table
         return 0.0
 
-    def add_gated(self, acc: dict, nodes: tuple, table, key: int | None) -> float:
+    def add_gated(self, acc: dict, nodes: tuple, table, key: int | None, on: tuple = (1,)) -> float:
         """:meth:`add` of ``table`` over ``nodes`` times block ``key``'s kept
-        indicator (plain :meth:`add` for ``key`` None); returns the constant part."""
+        indicator (its removed one for ``on=(0,)``; plain :meth:`add` for
+        ``key`` None); returns the constant part."""
         if key is None:
             return self.add(acc, nodes, table)
-        gate = np.array([float(tuple(o) == (1,)) for o in self.opts[key]])
+        gate = np.array([float(tuple(o) == on) for o in self.opts[key]])
         table = np.asarray(table, dtype=float)
         self.add(acc, (*nodes, ("g", key)), table[..., None] * gate)
         return 0.0
@@ -134,6 +135,15 @@ class MilpModel:
             costs = np.array([r.group_cost(gid, o) for o in opts])
             if costs.any():
                 self.add_gated(acc, (("g", gid),), costs, inside.get(gid))
+        for b in self.space.blocks:  # what removing a block saves besides its layers and inner groups
+            if b.key not in self.opts:
+                continue
+            saved, per = r.removed_saving(b.key)
+            if saved:
+                self.add_gated(acc, (), -saved, b.key, on=(0,))
+            for gid, f in per.items():
+                if gid not in b.groups:
+                    self.add_gated(acc, (("g", gid),), -np.array([f(o) for o in self.opts[gid]]), b.key, on=(0,))
         return [({k: v / r.limit for k, v in acc.items()}, -np.inf, (r.limit - const) / r.limit)]
 
     def objective_terms(self) -> dict:
