@@ -131,3 +131,24 @@ def test_a_channel_only_plan_is_unchanged_and_a_bad_block_is_refused():
     assert "removed_blocks" not in plan
     with pytest.raises(UserError, match="layer2.0"):
         apply_plan(model, {**plan, "removed_blocks": ["layer2.0"]})
+
+
+@pytest.mark.parametrize("source", ["torchvision:resnet18", "timm:convnext_atto"])
+def test_torchvision_and_timm_nets_without_their_blocks_export_and_reapply(source, tmp_path):
+    from hwprune.sources import create
+    model, _, _ = create(source, 10)
+    x = torch.randn(1, 3, 64, 64)
+    space = attach_blocks(PruningSpace(model.eval(), (x,)))
+    choice = _all_removed(space)
+    kept = {g.gid: list(range(sum(choice[g.gid]))) for g in space.groups if len(g.segments) == 1}
+    if len(kept) != len(space.groups):
+        pytest.skip("a group of several segments")
+    removed = removed_paths(space, choice)
+    pruned = apply_kept(space, kept, removed)
+    check_widths(space, pruned, choice)
+    export_onnx(pruned, x, tmp_path / "m.onnx")
+    plan = json.loads(json.dumps(make_plan(space, kept, "ort-cpu-1t", 1.0, removed=removed)))
+    rebuilt = apply_plan(create(source, 10)[0], plan)
+    rebuilt.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), pruned(x))
