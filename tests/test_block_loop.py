@@ -25,8 +25,9 @@ def per_op(sim_devices):
 
 def test_a_budget_below_every_channel_only_network_is_reached_by_removing_blocks(per_op, store):
     model, x = per_op
-    with pytest.raises(BelowSmallestError, match="below the fastest network measured on sim-ops"):
+    with pytest.raises(BelowSmallestError, match="below the fastest network measured on sim-ops") as e:
         hwprune.prune(model, x, device="sim-ops", budget_fraction=0.4, store=store, granularity="channel")
+    assert "remove whole residual blocks (--granularity both, granularity='both': this model has 7)" in str(e.value)
     res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.4, store=store)
     assert res.stats["granularity"] == "both" and res.stats["blocks"] == 7
     assert res.measured_ms <= res.budget_ms and res.stats["certified"]

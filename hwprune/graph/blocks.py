@@ -127,6 +127,14 @@ def resolve_granularity(space: PruningSpace, granularity: str | None) -> str:
     return granularity or ("both" if space.blocks else "channel")
 
 
+def blocks_hint(space: PruningSpace) -> str:
+    """For a budget channel pruning cannot reach: how many removable blocks
+    the model has and how to let the selection remove them ("" if none)."""
+    n = len(space.blocks or find_blocks(space))
+    return (f", or let hwprune also remove whole residual blocks (--granularity both, granularity='both': "
+            f"this model has {n})") if n else ""
+
+
 def block_options(space: PruningSpace) -> dict[int, list[tuple[int, ...]]]:
     """Each block's options: removed, kept."""
     return {b.key: [REMOVED, KEPT] for b in space.blocks}

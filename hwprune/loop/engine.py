@@ -51,7 +51,7 @@ from torch import nn
 from hwprune import devices
 from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
-from hwprune.graph.blocks import live_specs, removed_paths, resolve_granularity, with_blocks
+from hwprune.graph.blocks import blocks_hint, live_specs, removed_paths, resolve_granularity, with_blocks
 from hwprune.graph.space import Choice, PruningSpace, device_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
@@ -196,8 +196,8 @@ def _calibrated(prof: Profiler, meter: BlockMeter, space: PruningSpace, options,
     return lat, rows, calibrate_networks(lat, space, meter.measure, options, scores, rows)
 
 
-def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: BlockMeters) -> None:
-    """Refuse a budget below the fastest network measured on its device."""
+def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: BlockMeters, hint: str = "") -> None:
+    """Refuse a budget below the fastest network measured on its device (``hint``: what else may reach it)."""
     for d, b in budgets.now(meter).items():
         fast, small, base = cals[d].fastest, cals[d].smallest, meter.reference_ms(d)
         if b < fast.measured_ms:
@@ -208,7 +208,7 @@ def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: Bloc
             raise BelowSmallestError(
                 f"budget {asked} is below the fastest network measured on {d}: {fast.name}, "
                 f"{fast.measured_ms:.3f} ms ({100 * fast.measured_ms / base:.0f} % of the original's {base:.3f} ms)"
-                f"{also}; raise the budget to at least {fast.measured_ms:.3f} ms", d, small.measured_ms,
+                f"{also}; raise the budget to at least {fast.measured_ms:.3f} ms{hint}", d, small.measured_ms,
                 fastest_ms=fast.measured_ms, fastest=fast.name, baseline_ms=base, budget_ms=b)
 
 
@@ -381,7 +381,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
         cals[d] = cal
     evs = {d: Evaluator(space, lat, scores) for d, (lat, _, _) in fitted.items()}
     t_profile = time.perf_counter() - t_start
-    _check_reachable(budgets, cals, meter)
+    _check_reachable(budgets, cals, meter, blocks_hint(space) if granularity == "channel" else "")
 
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
     loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,
