@@ -96,3 +96,11 @@ def test_cli_granularity_lists_the_removed_blocks_and_the_saved_model_reloads(pe
     assert "below the fastest network measured on sim-ops" in capsys.readouterr().err
     assert main(args) == 0
     assert "granularity both: removed " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("selector", ["knapsack", "qcqp"])
+def test_every_selector_reaches_it_in_the_loop(per_op, store, selector):
+    model, x = per_op
+    res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.4, store=store, selector=selector)
+    assert res.measured_ms <= res.budget_ms and res.stats["certified"] and res.plan["removed_blocks"]
+    assert res.selection["selector"] == selector
