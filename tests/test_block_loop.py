@@ -30,6 +30,9 @@ def test_a_budget_below_every_channel_only_network_is_reached_by_removing_blocks
     assert "remove whole residual blocks (--granularity both, granularity='both': this model has 7)" in str(e.value)
     res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.4, store=store)
     assert res.stats["granularity"] == "both" and res.stats["blocks"] == 7
+    names = [n["network"] for n in res.stats["fastest"]["sim-ops"]["measured"]]
+    assert names[0] == "the smallest network the constraints allow" and len(set(names)) == len(names)
+    assert "full widths, every removable block removed" in names
     assert res.measured_ms <= res.budget_ms and res.stats["certified"]
     removed = res.plan["removed_blocks"]
     assert removed and removed == res.stats["removed_blocks"]
@@ -101,6 +104,9 @@ def test_cli_granularity_lists_the_removed_blocks_and_the_saved_model_reloads(pe
 @pytest.mark.parametrize("selector", ["knapsack", "qcqp"])
 def test_every_selector_reaches_it_in_the_loop(per_op, store, selector):
     model, x = per_op
-    res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.4, store=store, selector=selector)
+    res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.25, store=store, selector=selector)
     assert res.measured_ms <= res.budget_ms and res.stats["certified"] and res.plan["removed_blocks"]
     assert res.selection["selector"] == selector
+    names = [n["network"] for n in res.stats["fastest"]["sim-ops"]["measured"]]  # near the fastest: measured
+    assert len(names) == len(set(names)) == 6
+    assert any(n.endswith("every removable block removed") for n in names[4:])

@@ -74,19 +74,25 @@ def _measure(space: PruningSpace, ev: Evaluator, measure_ms: Callable[[nn.Module
     return Network(name, choice, ms)
 
 
+def _uniform(options, frac: float, removed: bool) -> tuple[str, Choice]:
+    """Uniform widths at ``frac`` of every grid with every removable block
+    removed or kept, and its name (which says so where the options hold blocks)."""
+    blocks = [k for k in options if is_block_key(k)]
+    choice = {**uniform_choice(options, frac), **{k: REMOVED if removed else KEPT for k in blocks}}
+    if not blocks or (frac == 0.0 and removed):
+        return uniform_name(frac), choice
+    base = "full widths" if frac == 1.0 else uniform_name(frac)
+    return base + (", every removable block removed" if removed else ", every block kept"), choice
+
+
 def calibration_choices(options, fractions=UNIFORM) -> list[tuple[str, Choice]]:
     """The calibration networks: uniform positions on the width grids, every
     removable block removed in the first (the smallest network) and kept in
     the others; where the options hold blocks, also the full widths with every
     block removed, so that the rows' numbers of layers differ."""
-    blocks = [k for k in options if is_block_key(k)]
-    out = []
-    for f in fractions:
-        choice = uniform_choice(options, f)
-        out.append((uniform_name(f), {**choice, **{k: REMOVED if f == 0.0 else KEPT for k in blocks}}))
-    if blocks:
-        full = {k: opts[-1] for k, opts in options.items()}
-        out.append(("full widths, every removable block removed", {**full, **{k: REMOVED for k in blocks}}))
+    out = [_uniform(options, f, f == 0.0) for f in fractions]
+    if any(is_block_key(k) for k in options):
+        out.append(_uniform(options, 1.0, True))
     return out
 
 
@@ -121,11 +127,13 @@ def descend(ev: Evaluator, options: dict, start: Choice, sweeps: int = DESCENT_S
 def fastest_candidates(ev: Evaluator, options: dict, measured: list[Choice], k: int = CANDIDATES
                        ) -> list[tuple[str, Choice]]:
     """The ``k`` networks not yet measured that the latency model predicts
-    fastest, among uniform positions at every eighth of the width grids and
-    the descent from the smallest network."""
-    cands = [(uniform_name(i / 8), uniform_choice(options, i / 8)) for i in range(9)]
+    fastest, among uniform positions at every eighth of the width grids (with
+    every removable block removed, and kept) and the descent from the smallest
+    network."""
+    both = (True, False) if any(is_block_key(k) for k in options) else (True,)
+    cands = [_uniform(options, i / 8, removed) for i in range(9) for removed in both]
     cands.append(("the predicted-fastest widths (descent from the smallest network)",
-                  descend(ev, options, uniform_choice(options, 0.0))))
+                  descend(ev, options, _uniform(options, 0.0, True)[1])))
     seen, out = list(measured), []
     for name, choice in sorted(cands, key=lambda c: ev.latency_ms(c[1])):
         if choice not in seen:
