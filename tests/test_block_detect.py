@@ -72,6 +72,21 @@ def test_hand_written_blocks_need_an_identity_path():
     assert _paths(Plain(), torch.randn(1, 3, 16, 16)) == ["res"]
 
 
+def test_a_block_whose_norm_has_no_affine_weights_and_trained_statistics_is_found():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Affineless(), nn.Flatten(), nn.Linear(8 * 64, 4))
+    model[1].bn.running_mean.fill_(0.7)
+    assert _paths(model, torch.randn(1, 3, 8, 8)) == ["1"]
+
+
+class Affineless(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8, affine=False)
+
+    def forward(self, x):
+        return x + self.bn(self.conv(x))
+
+
 @pytest.mark.parametrize("name,count", [("resnet18", 5), ("resnet50", 12), ("mobilenet_v2", 10),
                                         ("efficientnet_b0", 9), ("convnext_tiny", 18), ("regnet_x_400mf", 18)])
 def test_torchvision_families(name, count):

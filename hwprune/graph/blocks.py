@@ -1,7 +1,7 @@
 """Removable residual blocks: a second kind of decision next to channel widths.
 
 A *block* is a submodule that maps its input ``x`` to an output of the same
-shape that equals ``x`` once every parameter inside it is zero: it computes
+shape that equals ``x`` once every parameter inside it (and every norm's running mean) is zero: it computes
 ``act(x + branch(x))`` where a zero branch (conv, linear, norm and layer-scale
 weights at zero give zero) leaves ``act(x) = x`` on its input (a ReLU after a
 ReLU'd input, no activation at all). Replacing it by ``nn.Identity`` leaves the
@@ -57,6 +57,9 @@ def _zeroed_is_identity(module: nn.Module, x: torch.Tensor) -> bool:
     with torch.no_grad():
         for p in m.parameters():
             p.zero_()
+        for name, buf in m.named_buffers():  # a norm without affine weights: its running mean centres zero at zero
+            if name.rpartition(".")[2] == "running_mean":
+                buf.zero_()
         y = m(x.clone())
     if not isinstance(y, torch.Tensor) or y.shape != x.shape or not torch.isfinite(y).all():
         return False
