@@ -110,3 +110,22 @@ def test_every_selector_reaches_it_in_the_loop(per_op, store, selector):
     names = [n["network"] for n in res.stats["fastest"]["sim-ops"]["measured"]]  # near the fastest: measured
     assert len(names) == len(set(names)) == 6
     assert any(n.endswith("every removable block removed") for n in names[4:])
+
+
+def test_with_data_the_block_nearest_the_identity_goes_first(per_op, store):
+    """Blocks scored from data: of resnet20's blocks, one scaled to near the identity is removed
+    when the budget needs a single block gone (any one would do)."""
+    model, x = per_op
+    space = attach_blocks(PruningSpace(model, x))
+    target = space.blocks[4].path  # layer2.2
+    with torch.no_grad():
+        for p in model.get_submodule(target).parameters():
+            p.mul_(0.01)
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
+    res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.95, store=store, granularity="block",
+                        data=batches)
+    assert res.plan["removed_blocks"] == [target] and res.measured_ms <= res.budget_ms
+    # from the weights alone (relative to each layer's norm) a 16-channel block holds the least
+    res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.95, store=store, granularity="block")
+    assert len(res.plan["removed_blocks"]) == 1 and res.plan["removed_blocks"][0].startswith("layer1.")
