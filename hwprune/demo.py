@@ -71,7 +71,9 @@ def run_demo(out_dir: Path, device: str = "ort-cpu-1t", budget_frac: float = 0.5
     t = time.perf_counter()
     first_ms = measure_latency(model, example, dev)
     log.info("baseline %.3f ms on %s; pruning to %.0f %% of it", first_ms, dev.name, 100 * float(budget_frac))
-    res, choice = prune_within_reach(model, example, dev.name, float(budget_frac), store=store, progress=progress)
+    # channel widths only, as the Quickstart describes the demo (hwprune prune removes blocks too by default)
+    res, choice = prune_within_reach(model, example, dev.name, float(budget_frac), store=store, progress=progress,
+                                     granularity="channel")
     budget_ms = res.budget_ms
     log.info("%s", choice.text)  # also in the result (the CLI prints it) and the report
     timings["prune_s"] = time.perf_counter() - t

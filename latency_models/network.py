@@ -8,9 +8,13 @@ session overhead), minus the per-call overhead counted once per isolated
 layer measurement, plus the cost of streaming weights that do not stay in
 cache in a whole network. It is ``c0 + c3 * sum(aligned layers) + c4 *
 sum(misaligned layers) + c1 * activation_elements + c2 * weight_elements``
-(c1, c2 >= 0, c3, c4 >= -0.5), fitted from whole-model measurements
-(:meth:`NetworkLatencyModel.fit_remainder`), its terms taken in that order as
-the rows allow (one term fewer than rows, so a fit never interpolates).
+(c1, c2 >= 0, c3, c4 >= -0.5), plus ``c5 * layers`` (c5 >= 0, a cost per
+layer present, for the operators around it: what a runtime that pays per
+operator, eager PyTorch at batch 1, pays) where the rows' numbers of layers
+differ (networks with residual blocks removed), fitted from whole-model
+measurements (:meth:`NetworkLatencyModel.fit_remainder`), its terms taken in
+the order c0, c3, c5, c4, c1, c2 as the rows allow (one term fewer than rows,
+so a fit never interpolates).
 ``c3`` rescales the isolated layers to their cost inside the network: on ONNX
 Runtime an isolated layer on the blocked kernels pays for its input's and
 output's layout reorders and the call, which a network of such layers pays
@@ -162,6 +166,11 @@ class NetworkLatencyModel:
         c4 = c[4] if len(c) > 4 else c[3]
         return float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c4)
 
+    def op_ms(self) -> float:
+        """``c5``: the remainder's cost per layer present (0 where not fitted)."""
+        c = tuple(getattr(self, "remainder_", ()))
+        return float(c[5]) if len(c) > 5 else 0.0
+
     def misaligned(self, spec: LayerSpec, n_in=None) -> np.ndarray:
         """Whether input widths ``n_in`` (default the spec's) of ``spec`` are off the device's alignment."""
         return misaligned(spec, spec.in_channels if n_in is None else n_in, self.align_channels)
@@ -169,13 +178,13 @@ class NetworkLatencyModel:
     def layer_cost_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
         """A layer's cost inside the network over arrays of widths: its prediction
         times its scale (``1 + c3``, or ``1 + c4`` off the alignment) plus its
-        share of the remainder's activation and weight terms (all but ``c0``)."""
+        share of the remainder's activation, weight and per-layer terms (all but ``c0``)."""
         n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
         _, c1, c2, c3, c4 = self.remainder_coef()
         scale = 1.0 + np.where(self.misaligned(spec, n_in), c4, c3)
         oh, ow = spec.out_hw
         return (scale * self.layer_widths_ms(spec, n_in, n_out) + c1 * spec.batch * oh * ow * n_out
-                + c2 * weight_count(spec, n_in, n_out))
+                + c2 * weight_count(spec, n_in, n_out) + self.op_ms())
 
     def layer_cost_ms(self, spec: LayerSpec) -> float:
         """The layer's prediction plus its share of the remainder (all but ``c0``)."""
@@ -208,12 +217,13 @@ class NetworkLatencyModel:
         measurements ``rows = [(specs, ms), ...]`` by least squares on the relative
         error (each row weighted by 1/ms, so a narrow network's few tenths of a ms
         count as much as a wide one's). Terms in order ``c0, c3, c4, c1, c2``,
-        one fewer than rows (all of them from six rows on); ``c4`` only from
+        one fewer than rows (all of them from six rows on); ``c5`` (per layer,
+        right after ``c3``) only where the rows' numbers of layers differ; ``c4`` only from
         ``TWO_SCALES_MIN_ROWS`` rows whose misaligned share of the layers varies
         by more than 5 points (fewer rows fit it poorly), else
         0: plain kernels pay no reorders of their own, so a misaligned layer
         costs in a network what it costs alone (measured 0.95x); c1, c2 >= 0;
-        c3, c4 >= MIN_LAYER_SCALE - 1."""
+        c3, c4 >= MIN_LAYER_SCALE - 1; c5 >= 0."""
         from scipy.optimize import lsq_linear
         self._check()
         rows = list(rows)
@@ -227,18 +237,22 @@ class NetworkLatencyModel:
         two_scales = len(rows) >= TWO_SCALES_MIN_ROWS and share.max() - share.min() > 0.05
         cols = {"c0": np.ones(len(rows)), "c3": split[:, 0], "c4": split[:, 1],
                 "c1": np.array([activation_elements(sp) for sp, _ in rows], dtype=float),
-                "c2": np.array([weight_elements(sp) for sp, _ in rows], dtype=float)}
-        order = [n for n in ("c0", "c3", "c4", "c1", "c2") if n != "c4" or two_scales][:max(1, len(rows) - 1)]
+                "c2": np.array([weight_elements(sp) for sp, _ in rows], dtype=float),
+                "c5": np.array([len(list(sp)) for sp, _ in rows], dtype=float)}
+        counts_vary = np.ptp(cols["c5"]) > 0
+        order = [n for n in ("c0", "c3", "c5", "c4", "c1", "c2")
+                 if (n != "c4" or two_scales) and (n != "c5" or counts_vary)][:max(1, len(rows) - 1)]
         feats = np.stack([cols[n] for n in order], axis=1)
         scale = np.maximum(np.abs(feats).max(axis=0), 1e-12)
         w = 1.0 / np.maximum(measured, 1e-9)
-        low = {"c0": -np.inf, "c3": MIN_LAYER_SCALE - 1.0, "c4": MIN_LAYER_SCALE - 1.0, "c1": 0.0, "c2": 0.0}
+        low = {"c0": -np.inf, "c3": MIN_LAYER_SCALE - 1.0, "c4": MIN_LAYER_SCALE - 1.0, "c1": 0.0, "c2": 0.0,
+               "c5": 0.0}
         lower = np.array([low[n] for n in order]) * np.where(np.isin(order, ["c3", "c4"]), scale, 1.0)
         sol = lsq_linear(feats / scale * w[:, None], (measured - layers) * w,
                          bounds=(lower, [np.inf] * len(order))).x
         coef = dict(zip(order, (float(c) for c in sol / scale)))
         self.remainder_ = (coef.get("c0", 0.0), coef.get("c1", 0.0), coef.get("c2", 0.0), coef.get("c3", 0.0),
-                           coef.get("c4", 0.0))
+                           coef.get("c4", 0.0)) + ((coef["c5"],) if "c5" in coef else ())
         return self
 
     # ---- serialisation -----------------------------------------------------

@@ -17,6 +17,11 @@ sweep stay exact): ``noise`` multiplies them alternately by ``1 + noise`` and
 average but its interval is wide), and ``drift`` slows the host by that share
 per 100 whole-model measurements.
 
+``op_ms``: what a runtime that pays per operator adds: that many ms per
+conv/linear layer of a whole-model measurement (not in the layer profile,
+where it would be part of each layer's cost), so only the latency model's
+remainder can learn it.
+
 ``interleave``: models measured run by run in one session
 (``measure_modules_interleaved``) each find the caches holding the others, so
 every one but the slowest of the session measures ``1 + interleave`` x slower;
@@ -46,14 +51,15 @@ min_channels = 8
 
 class SimRuntime:
     def __init__(self, bound: str = "flops", step: int = 8, bias: float | str = 1.0, noise: float = 0.0,
-                 drift: float = 0.0, interleave: float = 0.0):
+                 drift: float = 0.0, interleave: float = 0.0, op_ms: float = 0.0):
         self.bound, self.step, self.bias = bound, int(step), bias
+        self.op_ms = float(op_ms)
         self.noise, self.drift, self.calls = float(noise), float(drift), 0
         self.interleave = float(interleave)
 
     def fingerprint(self) -> dict:
         return {"runtime": "sim", "bound": self.bound, "step": self.step,
-                **({"bias": self.bias} if self.bias != 1.0 else {})}
+                **({"bias": self.bias} if self.bias != 1.0 else {}), **({"op_ms": self.op_ms} if self.op_ms else {})}
 
     def spec_ms(self, spec: LayerSpec) -> float:
         out = math.ceil(spec.out_channels / self.step) * self.step
@@ -67,7 +73,7 @@ class SimRuntime:
         example_inputs = tuple(example_inputs) if not isinstance(example_inputs, torch.Tensor) else (example_inputs,)
         shapes = layer_input_shapes(model, example_inputs)
         mods = dict(model.named_modules())
-        return 0.01 + sum(self.spec_ms(layer_spec(mods[n], s)) for n, s in shapes.items()
+        return 0.01 + sum(self.spec_ms(layer_spec(mods[n], s)) + self.op_ms for n, s in shapes.items()
                           if isinstance(mods[n], LAYER_TYPES))
 
     def bias_of(self, model) -> float:

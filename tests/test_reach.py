@@ -15,17 +15,17 @@ def hosts(sim_devices):
 
 
 def test_prune_within_reach_falls_back_midway_and_says_why(hosts, store):
-    """On sim-16 resnet20's fastest network measures 53 % of the original."""
+    """On sim-16 resnet20's fastest channel-pruned network measures 53 % of the original."""
     from hwprune.loop.reach import midway, prune_within_reach
     model, x = zoo.create("resnet20")
-    res, choice = prune_within_reach(model, x, "sim-16", 0.5, store=store)
+    res, choice = prune_within_reach(model, x, "sim-16", 0.5, store=store, granularity="channel")
     assert choice.fallback and choice.requested_fraction == 0.5
     assert choice.fastest_fraction == pytest.approx(0.53, abs=0.01)
     assert choice.fraction == pytest.approx(midway(choice.fastest_fraction)) and choice.fraction > 0.75
     assert res.budget_ms == pytest.approx(choice.fraction * res.baseline_ms) and res.measured_ms <= res.budget_ms
     assert "50 % is below the fastest network measured on this host" in choice.text
     assert "midway between it and the full network" in choice.text
-    res, choice = prune_within_reach(model, x, "sim-16", 0.7, store=store)
+    res, choice = prune_within_reach(model, x, "sim-16", 0.7, store=store, granularity="channel")
     assert not choice.fallback and choice.fraction == 0.7 and "as requested" in choice.text
 
 

@@ -79,7 +79,8 @@ def cmd_prune(args) -> int:
                                   args.seed)[0]
     res = prune(lm.model, (lm.example_input,), device=args.device, **budget_kwargs(budget_ms), constraints=cons,
                 selector=args.selector, time_limit_s=args.time_limit_s, importance_name=args.importance,
-                data=data_loader, store=open_store(args), progress=progress_bar(), grid=args.grid)
+                data=data_loader, store=open_store(args), progress=progress_bar(), grid=args.grid,
+                granularity=args.granularity)
     data = {"device": res.device, "model": lm.source, "budget_ms": res.budget_ms, "baseline_ms": res.baseline_ms,
             "predicted_ms": res.predicted_ms, "measured_ms": res.measured_ms, "unchanged": res.unchanged,
             "note": res.note, "rounds": [r.__dict__ for r in res.rounds], **res.stats,

@@ -78,6 +78,10 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="greedy (default), knapsack (HALP) or qcqp (exact MILP of Jeong et al. with HiGHS)")
     sp.add_argument("--time-limit-s", type=_number, default=60.0, help="qcqp: solver time limit per solve "
                     "(default 60)")
+    sp.add_argument("--granularity", choices=("channel", "block", "both"), default=None,
+                    help="what pruning removes: channel widths, whole residual blocks (a submodule whose output "
+                    "is its input plus a branch, replaced by an identity), or both (default: both where the model "
+                    "has removable blocks, else channel)")
     sp.add_argument("--grid", type=grid_arg, metavar="N", help="prune on a grid of N channels (default: the "
                     "channel step measured on this host, measured on first use and stored)")
     from hwprune.cli.finetune import add_training_arguments
@@ -128,7 +132,8 @@ def constraints_from_args(args):
 def host_text(res) -> str:
     """Lines on the host for ``hwprune prune``'s text output: the grid of each
     device (and whether it was measured now), the primary device's measured
-    interval and whether it certifies the budget, and drift warnings."""
+    interval and whether it certifies the budget, the residual blocks removed,
+    and drift warnings."""
     st, lines = res.stats, []
     for dev, g in st.get("grid", {}).items():
         took = f", {g['measured_s']:.1f} s" if g.get("measured_s") else ""
@@ -140,6 +145,10 @@ def host_text(res) -> str:
         lines.append(f"measured {res.measured_ms:.3f} ms, 95 % interval {iv['measured_lo_ms']:.3f}-"
                      f"{iv['measured_hi_ms']:.3f} ms (+-{100 * iv['half_width_rel']:.1f} %, {iv['rounds']} rounds "
                      f"of alternating blocks): {verdict}")
+    if st.get("blocks"):
+        removed = st.get("removed_blocks") or []
+        lines.append(f"granularity {st.get('granularity')}: removed {len(removed)} of {st['blocks']} residual "
+                     f"blocks" + (f" ({', '.join(removed)})" if removed else ""))
     lines += [f"warning: {w}" for w in st.get("warnings", [])]
     return "".join(f"\n{line}" for line in lines)
 

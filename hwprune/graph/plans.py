@@ -13,8 +13,9 @@
 
 Everything else is read with ``torch.load(weights_only=True)``.
 
-A plan (``plan.json``: kept channels per group and a fingerprint of the
-original architecture, :func:`plan_fingerprint`) re-applies a pruning to the
+A plan (``plan.json``: kept channels per group, the residual blocks it
+removes by module path (``removed_blocks``, only when it removes some) and a
+fingerprint of the original architecture, :func:`plan_fingerprint`) re-applies a pruning to the
 original model with :func:`apply_plan`; the pruned weights then load with
 ``load_state_dict``. A plan records the example inputs' shapes and dtypes,
 so that it re-applies without example inputs, and how its grouped convs were
@@ -154,6 +155,7 @@ def apply_plan(model: nn.Module, plan, example_inputs=None) -> nn.Module:
             raise UserError(f"the plan does not fit this model: it was made for another architecture "
                             f"(plan fingerprint {str(want)[:19]}, this model {have[:19]}); apply it to "
                             f"the model it was made for")
+    removed = plan_removed_blocks(space, plan)
     groups = {(g.gid, g.root, g.size): g for g in space.groups}
     kept = {}
     for pg in plan["groups"]:
@@ -169,7 +171,24 @@ def apply_plan(model: nn.Module, plan, example_inputs=None) -> nn.Module:
             raise UserError(f"plan group {pg['root']}: kept channels must be distinct indices in "
                             f"0..{pg['size'] - 1}, at least one")
         kept[pg["gid"]] = idx
-    return apply_kept(space, kept)
+    return apply_kept(space, kept, removed)
+
+
+def plan_removed_blocks(space, plan: dict) -> list[str]:
+    """The module paths of the blocks ``plan`` removes (``removed_blocks``),
+    each checked to be a removable block of ``space``'s model."""
+    paths = plan.get("removed_blocks") or []
+    if not paths:
+        return []
+    from hwprune.graph.blocks import find_blocks
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise UserError("plan removed_blocks is malformed (expected a list of module paths)")
+    found = {b.path for b in find_blocks(space)}
+    bad = [p for p in paths if p not in found]
+    if bad:
+        raise UserError(f"the plan removes {bad[0]}, which is not a removable residual block of this model; "
+                        f"use the model the plan was made for")
+    return list(paths)
 
 
 def load_model(spec: str, input_shape=None, trust_pickle: bool = False) -> LoadedModel:

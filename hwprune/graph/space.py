@@ -161,6 +161,8 @@ def dep_role(dep) -> str | None:
 class PruningSpace:
     """Groups and layers of one model; see the module docstring."""
 
+    blocks: tuple = ()  # removable residual blocks, once searched (hwprune.graph.blocks.attach_blocks)
+
     def __init__(self, model: nn.Module, example_inputs, grouped_modes=None, verify: bool = True):
         self.example_inputs = as_inputs(example_inputs)
         model.eval()

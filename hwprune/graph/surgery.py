@@ -6,6 +6,7 @@ import copy
 import torch
 from torch import nn
 
+from hwprune.graph.blocks import dead_layers, remove_blocks
 from hwprune.graph.grouped import conv_kept, prune_skipping, rebuild_conv
 from hwprune.graph.space import PruningSpace, root_handler
 from hwprune.graph.trace import build_graph
@@ -21,8 +22,10 @@ def _one_sample(inputs: tuple) -> tuple:
     return tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 1 else t for t in inputs)
 
 
-def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
-    """Return a pruned deep copy of ``space.model`` keeping ``kept[gid]`` root indices."""
+def apply_kept(space: PruningSpace, kept: dict[int, list[int]], removed=()) -> nn.Module:
+    """Return a pruned deep copy of ``space.model`` keeping ``kept[gid]`` root
+    indices, the residual blocks at the module paths ``removed`` replaced by
+    identities (:mod:`hwprune.graph.blocks`)."""
     model = copy.deepcopy(space.model).eval()
     inputs = _one_sample(space.example_inputs)
     try:
@@ -50,14 +53,19 @@ def apply_kept(space: PruningSpace, kept: dict[int, list[int]]) -> nn.Module:
             rebuild_conv(model.get_submodule(name), space.model.get_submodule(name), keep_in, keep_out)
         except ValueError as exc:
             raise SurgeryError(f"{name}: {exc}") from None
+    remove_blocks(model, removed)
     with torch.no_grad():
         model(*inputs)
     return model
 
 
 def check_widths(space: PruningSpace, model: nn.Module, choice) -> None:
-    """Verify each layer of the pruned model has the widths the space predicts."""
-    for layer, spec in zip(space.layers, space.specs(choice)):
+    """Verify each layer of the pruned model has the widths the space predicts
+    (the layers of removed blocks are gone)."""
+    dead = dead_layers(space, choice)
+    for i, (layer, spec) in enumerate(zip(space.layers, space.specs(choice))):
+        if i in dead:
+            continue
         m = model.get_submodule(layer.name)
         got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
         if got != (spec.in_channels, spec.out_channels):

@@ -97,8 +97,20 @@ def layer_importances(space: PruningSpace) -> dict[str, np.ndarray | None]:
     return {layer.name: weight_importance(space.model.get_submodule(layer.name)) for layer in space.layers}
 
 
+class BlockTerms:
+    """The objective's terms from the layers of one removable block."""
+
+    def __init__(self):
+        self.const = 0.0
+        self.single: dict[int, np.ndarray] = {}
+        self.pair: dict[tuple[int, int], np.ndarray] = {}
+
+
 class ActiveImportance:
-    """The objective as ``const + single + pair`` tables (see the module docstring)."""
+    """The objective as ``const + single + pair`` tables (see the module
+    docstring), plus per removable block (:mod:`hwprune.graph.blocks`) in the
+    options, the tables of its layers (:class:`BlockTerms` in ``blocks``),
+    which count only while the block is kept (its option ``(1,)``)."""
 
     def __init__(self, space: PruningSpace, options: dict[int, list[tuple[int, ...]]], order, maps=None,
                  imps: dict | None = None):
@@ -110,20 +122,26 @@ class ActiveImportance:
         self.const, self.total = 0.0, 0.0
         self.single = {gid: np.zeros(len(opts)) for gid, opts in options.items()}
         self.pair: dict[tuple[int, int], np.ndarray] = {}
-        for layer in space.layers:
+        # the layers of each removable block, whose terms count only while it is kept
+        blocks = [b for b in space.blocks if b.key in options]
+        self.blocks = {b.key: BlockTerms() for b in blocks}
+        block_of = {i: b.key for b in blocks for i in b.layers}
+        for i, layer in enumerate(space.layers):
             imp = imps[layer.name]
             if imp is None:
                 continue
             self.total += float(imp.sum())
+            into = self.blocks.get(block_of.get(i)) or self
             og, orr = maps[(layer.name, "out")]
             if layer.spec.depthwise:
-                self._add(og, orr, imp[:, :1], np.array([-1]), np.array([-1]), keep)
+                self._add(into, og, orr, imp[:, :1], np.array([-1]), np.array([-1]), keep)
             else:  # a grouped conv's table is dense, zero outside its groups
                 ig, irr = maps[(layer.name, "in")]
-                self._add(og, orr, imp, ig, irr, keep)
+                self._add(into, og, orr, imp, ig, irr, keep)
         self.full = self.total
 
-    def _add(self, og, orr, imp, ig, irr, keep) -> None:
+    @staticmethod
+    def _add(into, og, orr, imp, ig, irr, keep) -> None:
         for q in np.unique(og):
             rows = np.flatnonzero(og == q)
             m_out = np.ones((1, rows.size)) if q < 0 else keep[int(q)][:, orr[rows]]
@@ -132,36 +150,41 @@ class ActiveImportance:
                 m_in = np.ones((1, cols.size)) if p < 0 else keep[int(p)][:, irr[cols]]
                 t = m_out @ imp[np.ix_(rows, cols)] @ m_in.T  # (out options, in options)
                 if q < 0 and p < 0:
-                    self.const += float(t[0, 0])
+                    into.const += float(t[0, 0])
                 elif q < 0:
-                    self.single[int(p)] += t[0]
+                    into.single[int(p)] = into.single.get(int(p), 0.0) + t[0]
                 elif p < 0 or p == q:
-                    self.single[int(q)] += t[:, 0] if p < 0 else np.diag(t)
+                    into.single[int(q)] = into.single.get(int(q), 0.0) + (t[:, 0] if p < 0 else np.diag(t))
                 else:
                     a, b = int(q), int(p)
                     if a < b:
-                        self.pair[(a, b)] = self.pair.get((a, b), 0.0) + t
+                        into.pair[(a, b)] = into.pair.get((a, b), 0.0) + t
                     else:
-                        self.pair[(b, a)] = self.pair.get((b, a), 0.0) + t.T
+                        into.pair[(b, a)] = into.pair.get((b, a), 0.0) + t.T
 
     def value(self, choice) -> float:
-        """Active-weight importance kept by ``choice`` (absolute)."""
+        """Active-weight importance kept by ``choice`` (absolute); a removed
+        block's layers keep nothing."""
         idx = {gid: self.index[gid][choice[gid]] for gid in self.index}
         v = self.const + sum(float(u[idx[gid]]) for gid, u in self.single.items())
         v += sum(float(t[idx[a], idx[b]]) for (a, b), t in self.pair.items())
+        for key, terms in self.blocks.items():
+            if tuple(choice[key]) == (1,):  # kept
+                v += terms.const + sum(float(u[idx[gid]]) for gid, u in terms.single.items())
+                v += sum(float(t[idx[a], idx[b]]) for (a, b), t in terms.pair.items())
         return v
 
     def fraction(self, choice) -> float:
         return self.value(choice) / self.full if self.full > 0 else 1.0
 
 
-def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
-    """Per group, parameters removed with each root index outside conv/linear
-    weights (BatchNorm's weight and bias, ...): a parameter counts when the
-    pruning removes rows of its first dimension."""
-    out = {g.gid: np.zeros(g.size) for g in space.groups}
+def _extra_items(space: PruningSpace):
+    """``(gid, module name, root index, parameters)`` removed with one channel
+    outside conv/linear weights (BatchNorm's weight and bias, ...), each
+    module's channel counted once: a parameter counts when the pruning removes
+    rows of its first dimension."""
     seen = set()
-    for gid, mod, _, _, idxs, roots in group_items(space):
+    for gid, mod, name, _, idxs, roots in group_items(space):
         if isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(mod, nn.Module):
             continue
         params = [p for p in mod.parameters(recurse=False) if p.dim() >= 1 and p.shape[0] > 1]
@@ -169,5 +192,34 @@ def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
             if (id(mod), i) in seen:
                 continue
             seen.add((id(mod), i))
-            out[gid][r] += sum(p.numel() // p.shape[0] for p in params if p.shape[0] > i)
+            yield gid, name, r, sum(p.numel() // p.shape[0] for p in params if p.shape[0] > i)
+
+
+def extra_params_per_channel(space: PruningSpace) -> dict[int, np.ndarray]:
+    """Per group, parameters removed with each root index outside conv/linear
+    weights (BatchNorm's weight and bias, ...): a parameter counts when the
+    pruning removes rows of its first dimension."""
+    out = {g.gid: np.zeros(g.size) for g in space.groups}
+    for gid, _, r, n in _extra_items(space):
+        out[gid][r] += n
+    return out
+
+
+def block_params(space: PruningSpace) -> dict[int, tuple[float, dict[int, np.ndarray]]]:
+    """Per removable block (``space.blocks``): the parameters inside it that
+    no width changes, and per group the parameters of its modules other than
+    conv/linear weights removed with each root index (those of
+    :func:`extra_params_per_channel` that lie inside the block)."""
+    sizes = {g.gid: g.size for g in space.groups}
+    per: dict[int, dict[int, np.ndarray]] = {b.key: {} for b in space.blocks}
+    for gid, name, r, n in _extra_items(space):
+        key = next((b.key for b in space.blocks if name and name.startswith(b.path + ".")), None)
+        if key is not None:
+            per[key].setdefault(gid, np.zeros(sizes[gid]))[r] += n
+    out = {}
+    for b in space.blocks:
+        total = sum(p.numel() for p in space.model.get_submodule(b.path).parameters())
+        layers = sum(p.numel() for i in b.layers
+                     for p in space.model.get_submodule(space.layers[i].name).parameters(recurse=False))
+        out[b.key] = (float(total - layers - sum(a.sum() for a in per[b.key].values())), per[b.key])
     return out

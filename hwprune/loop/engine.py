@@ -51,14 +51,16 @@ from torch import nn
 from hwprune import devices
 from hwprune.devices import Device
 from hwprune.errors import BelowSmallestError, UserError
+from hwprune.graph.blocks import blocks_hint, live_specs, removed_paths, resolve_granularity, with_blocks
 from hwprune.graph.space import Choice, PruningSpace, device_options
 from hwprune.graph.surgery import apply_kept, check_widths
 from hwprune.importance import criteria as importance
+from hwprune.importance.blocks import with_block_scores
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, measure_grouped_modes
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
 from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, measure_fastest
-from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty
+from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty, host_stats
 from hwprune.select.evaluator import Evaluator, Selection
 from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
@@ -97,14 +99,18 @@ def count_params(model: nn.Module) -> int:
 
 
 def make_plan(space: PruningSpace, kept: dict[int, list[int]], device: str, budget_ms: float | None,
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, removed: list[str] | tuple = ()) -> dict:
+    """The plan of ``kept`` channels per group and the blocks at the module
+    paths ``removed`` (recorded only when there are some)."""
     from hwprune.graph.plans import plan_fingerprint, plan_input_shapes
+    blocks = {"removed_blocks": list(removed)} if removed else {}
     return {"format": "hwprune-plan/1", "hwprune_version": __version__, "device": device,
             "fingerprint": plan_fingerprint(space), **plan_input_shapes(space.example_inputs),
             "budget_ms": budget_ms, **(extra or {}),
             **({"grouped_modes": {r.name: r.mode for r in space.grouped}} if space.grouped else {}),
             "groups": [{"gid": g.gid, "root": g.root, "size": g.size,
-                        "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups]}
+                        "kept": [int(i) for i in kept.get(g.gid, range(g.size))]} for g in space.groups],
+            **blocks}
 
 
 def calibrate(lat, space: PruningSpace, measure_ms, options, scores, rows: list | None = None,
@@ -192,8 +198,8 @@ def _calibrated(prof: Profiler, meter: BlockMeter, space: PruningSpace, options,
     return lat, rows, calibrate_networks(lat, space, meter.measure, options, scores, rows)
 
 
-def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: BlockMeters) -> None:
-    """Refuse a budget below the fastest network measured on its device."""
+def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: BlockMeters, hint: str = "") -> None:
+    """Refuse a budget below the fastest network measured on its device (``hint``: what else may reach it)."""
     for d, b in budgets.now(meter).items():
         fast, small, base = cals[d].fastest, cals[d].smallest, meter.reference_ms(d)
         if b < fast.measured_ms:
@@ -204,7 +210,7 @@ def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: Bloc
             raise BelowSmallestError(
                 f"budget {asked} is below the fastest network measured on {d}: {fast.name}, "
                 f"{fast.measured_ms:.3f} ms ({100 * fast.measured_ms / base:.0f} % of the original's {base:.3f} ms)"
-                f"{also}; raise the budget to at least {fast.measured_ms:.3f} ms", d, small.measured_ms,
+                f"{also}; raise the budget to at least {fast.measured_ms:.3f} ms{hint}", d, small.measured_ms,
                 fastest_ms=fast.measured_ms, fastest=fast.name, baseline_ms=base, budget_ms=b)
 
 
@@ -222,36 +228,13 @@ class SelectorRun:
 
 
 def cut(space: PruningSpace, selection: Selection) -> nn.Module:
-    """The network with only ``selection``'s channels, its widths checked."""
-    pruned = apply_kept(space, selection.kept)
+    """The network with only ``selection``'s channels and blocks, its widths checked."""
+    pruned = apply_kept(space, selection.kept, removed_paths(space, selection.choice))
     check_widths(space, pruned, selection.choice)
     return pruned
 
 
 # ---------------------------------------------------------------- results
-
-def host_stats(meter: BlockMeters, grids: dict[str, Grid], certainty: Certainty, fraction: bool) -> dict:
-    """What the result says about the host: each device's grid, the spread of
-    the original's block medians over the run (the host's drift) and a warning
-    for each device where it exceeded the width of the interval the answer is
-    certified to (2 x ``target_rel``: 4 %; on a quiet host the 10th-90th
-    percentile spread of resnet20's block medians measured 2.8 %)."""
-    spread = {d: m.spread() for d, m in meter.meters.items()}
-    warnings = []
-    for d, s in spread.items():
-        if s["spread_rel"] > 2 * certainty.target_rel:
-            warnings.append(
-                f"the host's speed drifted while measuring {d}: the original's block medians spread "
-                f"{100 * s['spread_rel']:.0f} % (10th-90th percentile; {s['min_ms']:.3f}-{s['max_ms']:.3f} ms over "
-                f"{s['blocks']} blocks, {s['seconds']:.0f} s), wider than the +-{100 * certainty.target_rel:.0f} % "
-                f"interval the answer is measured to; ratios measured in alternating blocks cancel it, "
-                f"milliseconds carry it"
-                + ("" if fraction else ", so a budget in ms measured at another time may not hold here"))
-    for w in warnings:
-        log.warning("%s", w)
-    return {"grid": {d: g.to_json() for d, g in grids.items()}, "baseline_spread": spread, "warnings": warnings,
-            "certainty": certainty.to_json()}
-
 
 def _unchanged(model: nn.Module, space: PruningSpace, meter: BlockMeters, budgets: dict[str, float],
                primary: str, extra: dict, stats: dict) -> PruneResult:
@@ -290,7 +273,9 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
              "shapes_reused": sum(p.reused for p in profs.values()),
              "params_before": count_params(model), "params_after": count_params(best.model),
              "flops_before": sum(s.flops for s in space.specs(space.full_choice())),
-             "flops_after": sum(s.flops for s in space.specs(sel.choice)),
+             "flops_after": sum(s.flops for s in live_specs(space, sel.choice)),
+             "granularity": extra.get("granularity", "channel"), "blocks": len(space.blocks),
+             "removed_blocks": removed_paths(space, sel.choice),
              "smallest_ms": cals[primary].smallest.measured_ms, "fastest_ms": cals[primary].fastest.measured_ms,
              "fastest": {d: c.to_json(loop.meter.reference_ms(d)) for d, c in cals.items()},
              "certified": outcome.certified, "ratio_interval": _interval(loop, best), **host}
@@ -300,7 +285,8 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
                  "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
     return PruneResult(model=best.model.eval(), baseline_ms=loop.meter.reference_ms(primary),
                        predicted_ms=sel.predicted_ms, measured_ms=loop.measured_ms(best, primary),
-                       plan=make_plan(space, sel.kept, primary, budgets.get(primary), extra),
+                       plan=make_plan(space, sel.kept, primary, budgets.get(primary), extra,
+                                      removed_paths(space, sel.choice)),
                        budget_ms=budgets.get(primary), device=primary, rounds=outcome.rounds, note=outcome.note,
                        stats=stats, devices=per_device, selection=selection, frozen=space.frozen)
 
@@ -311,7 +297,8 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
           selector: str = "greedy", constraints: Constraints | None = None, importance_name: str = "l1",
           data=None, store: MeasurementStore | None = None, max_rounds: int = 6, aim: float = AIM,
           accept_low: float = ACCEPT_LOW, time_limit_s: float = 60.0, progress: Progress | None = None,
-          budget_fraction: float | None = None, grid=None, certainty: Certainty | None = None) -> PruneResult:
+          budget_fraction: float | None = None, grid=None, certainty: Certainty | None = None,
+          granularity: str | None = None) -> PruneResult:
     """Prune ``model`` so that it meets ``budget_ms`` on ``device`` and every
     bound in ``constraints`` (latency on other devices, FLOPs, parameters,
     memory, floors). ``selector``: greedy, knapsack or qcqp. ``importance_name``:
@@ -326,7 +313,11 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     ``grid``: the channel grid (a number of channels, or device -> number);
     default the step measured on this host (:func:`resolve_grids`).
     ``certainty``: when a plan's measurement stops (default
-    :data:`hwprune.loop.meter.PLAN`: +-2 %, at most 20 rounds or 30 s)."""
+    :data:`hwprune.loop.meter.PLAN`: +-2 %, at most 20 rounds or 30 s).
+    ``granularity``: ``channel`` (widths only), ``block`` (remove whole
+    residual blocks only, :mod:`hwprune.graph.blocks`) or ``both``; default
+    ``both`` where the model has removable blocks. The plan lists the blocks
+    removed (``removed_blocks``)."""
     example_inputs = as_inputs(example_inputs)
     cons = constraints or Constraints()
     certainty = certainty or PLAN
@@ -338,8 +329,9 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     devs = {d: with_grid(dev, grids[d]) for d, dev in found.items()}
     model = model.eval()
     space = PruningSpace(model, example_inputs)
-    options = _grid_options(space, devs[primary], cons)
-    scores = importance.compute(importance_name, space, data)
+    granularity = resolve_granularity(space, granularity)
+    options = with_blocks(space, _grid_options(space, devs[primary], cons), granularity)
+    scores = with_block_scores(space, importance.compute(importance_name, space, data), data)
     exact = Problem(space, options, scores, replace(cons, latency_ms=()))
     bad = exact.violated(exact.smallest())
     if bad:
@@ -357,7 +349,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
                  "within its groups", c.reason)
     meter = BlockMeters({d: BlockMeter(profs[d].runtime, model, example_inputs, initial=2, plan=certainty)
                          for d in devs})
-    extra = {"selector": selector,
+    extra = {"selector": selector, **({"granularity": granularity} if space.blocks else {}),
              **({"grouped_mode_reasons": {n: c.reason for n, c in modes.items()}} if modes else {}),
              "constraints": replace(cons, latency_ms=tuple(budgets.now(meter).items())).to_json(),
              **({"budget_fraction": budget_fraction} if budget_fraction is not None else {})}
@@ -378,7 +370,7 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
         cals[d] = cal
     evs = {d: Evaluator(space, lat, scores) for d, (lat, _, _) in fitted.items()}
     t_profile = time.perf_counter() - t_start
-    _check_reachable(budgets, cals, meter)
+    _check_reachable(budgets, cals, meter, blocks_hint(space) if granularity == "channel" else "")
 
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
     loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,

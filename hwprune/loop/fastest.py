@@ -11,7 +11,9 @@ group's width grid) and fits the latency model's remainder to them;
 fastest (uniform positions at every eighth of the grid, and a descent that
 changes one group at a time while the prediction drops), refitting with them.
 The fastest of everything measured is the minimum the budget is checked
-against (:class:`Calibration`).
+against (:class:`Calibration`). Where the options hold residual blocks
+(:mod:`hwprune.graph.blocks`), the smallest network has every one removed and
+one more calibration network has them all removed at full widths.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from hwprune.graph.blocks import KEPT, REMOVED, is_block_key, live_specs, removed_paths
 from hwprune.graph.space import Choice, PruningSpace, uniform_choice
 from hwprune.graph.surgery import apply_kept
 from hwprune.select.evaluator import Evaluator
@@ -66,9 +69,31 @@ def uniform_name(frac: float) -> str:
 
 def _measure(space: PruningSpace, ev: Evaluator, measure_ms: Callable[[nn.Module], float], name: str,
              choice: Choice, rows: list) -> Network:
-    ms = measure_ms(apply_kept(space, ev.kept(choice)))
-    rows.append((space.specs(choice), ms))
+    ms = measure_ms(apply_kept(space, ev.kept(choice), removed_paths(space, choice)))
+    rows.append((live_specs(space, choice), ms))
     return Network(name, choice, ms)
+
+
+def _uniform(options, frac: float, removed: bool) -> tuple[str, Choice]:
+    """Uniform widths at ``frac`` of every grid with every removable block
+    removed or kept, and its name (which says so where the options hold blocks)."""
+    blocks = [k for k in options if is_block_key(k)]
+    choice = {**uniform_choice(options, frac), **{k: REMOVED if removed else KEPT for k in blocks}}
+    if not blocks or (frac == 0.0 and removed):
+        return uniform_name(frac), choice
+    base = "full widths" if frac == 1.0 else uniform_name(frac)
+    return base + (", every removable block removed" if removed else ", every block kept"), choice
+
+
+def calibration_choices(options, fractions=UNIFORM) -> list[tuple[str, Choice]]:
+    """The calibration networks: uniform positions on the width grids, every
+    removable block removed in the first (the smallest network) and kept in
+    the others; where the options hold blocks, also the full widths with every
+    block removed, so that the rows' numbers of layers differ."""
+    out = [_uniform(options, f, f == 0.0) for f in fractions]
+    if any(is_block_key(k) for k in options):
+        out.append(_uniform(options, 1.0, True))
+    return out
 
 
 def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], float], options, scores,
@@ -78,8 +103,8 @@ def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module
     (whole-model measurements, ``(specs, ms)``) and fit ``lat``'s remainder
     to all of ``rows``."""
     ev = Evaluator(space, lat, scores)
-    nets = tuple(_measure(space, ev, measure_ms, uniform_name(f), uniform_choice(options, f), rows)
-                 for f in fractions)
+    nets = tuple(_measure(space, ev, measure_ms, name, choice, rows)
+                 for name, choice in calibration_choices(options, fractions))
     lat.fit_remainder(rows)
     return Calibration(nets)
 
@@ -102,11 +127,13 @@ def descend(ev: Evaluator, options: dict, start: Choice, sweeps: int = DESCENT_S
 def fastest_candidates(ev: Evaluator, options: dict, measured: list[Choice], k: int = CANDIDATES
                        ) -> list[tuple[str, Choice]]:
     """The ``k`` networks not yet measured that the latency model predicts
-    fastest, among uniform positions at every eighth of the width grids and
-    the descent from the smallest network."""
-    cands = [(uniform_name(i / 8), uniform_choice(options, i / 8)) for i in range(9)]
+    fastest, among uniform positions at every eighth of the width grids (with
+    every removable block removed, and kept) and the descent from the smallest
+    network."""
+    both = (True, False) if any(is_block_key(k) for k in options) else (True,)
+    cands = [_uniform(options, i / 8, removed) for i in range(9) for removed in both]
     cands.append(("the predicted-fastest widths (descent from the smallest network)",
-                  descend(ev, options, uniform_choice(options, 0.0))))
+                  descend(ev, options, _uniform(options, 0.0, True)[1])))
     seen, out = list(measured), []
     for name, choice in sorted(cands, key=lambda c: ev.latency_ms(c[1])):
         if choice not in seen:

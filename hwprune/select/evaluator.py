@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwprune.graph.blocks import KEPT, dead_groups, dead_layers
 from hwprune.graph.grouped_modes import widths_ms
 from hwprune.graph.space import Choice, PruningSpace
 from latency_models import NetworkLatencyModel
@@ -79,16 +80,26 @@ class Evaluator:
         return self.model.const_ms()
 
     def latency_ms(self, choice: Choice) -> float:
-        widths = self.space.layer_widths
-        total = sum(self.layer_ms(i, *widths(layer, choice)) for i, layer in enumerate(self.space.layers))
+        """Predicted latency; the layers of removed blocks cost nothing."""
+        widths, dead = self.space.layer_widths, dead_layers(self.space, choice)
+        total = sum(self.layer_ms(i, *widths(layer, choice)) for i, layer in enumerate(self.space.layers)
+                    if i not in dead)
         return total + self.const_ms()
 
     def importance(self, choice: Choice) -> float:
-        return float(sum(p[k] for gid, ks in choice.items() for p, k in zip(self.prefix[gid], ks)))
+        """Kept channel scores of the groups still in the network, plus each
+        kept block's own score (``scores[block key]``, where given)."""
+        dead = dead_groups(self.space, choice)
+        total = sum(p[k] for gid, ks in choice.items() if gid >= 0 and gid not in dead
+                    for p, k in zip(self.prefix[gid], ks))
+        total += sum(float(self.scores[b.key][0]) for b in self.space.blocks
+                     if b.key in self.scores and tuple(choice.get(b.key, KEPT)) == KEPT)
+        return float(total)
 
     def kept(self, choice: Choice) -> dict[int, list[int]]:
+        """Kept root indices per group (block keys left out: :func:`removed_paths`)."""
         return {gid: sorted(i for o, k in zip(self.order[gid], ks) for i in o[:k])
-                for gid, ks in choice.items()}
+                for gid, ks in choice.items() if gid >= 0}
 
 
 class Limit:

@@ -26,6 +26,11 @@ constraint the full-capacity plan breaks). A per-layer bound (memory) removes
 the options that break it even with every other group at its smallest. The
 best plan of the steps at the limits that meets every constraint is kept; if
 none does, greedy cuts the last plan until they hold.
+
+A removable residual block (:mod:`hwprune.graph.blocks`) is one more item
+with two options: kept (its score, the cost of its layers at the
+reference's widths) or removed (nothing); a group's cost counts only the
+layers still present in the reference.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import time
 
 import numpy as np
 
+from hwprune.graph.blocks import KEPT, dead_groups, dead_layers, is_block_key
 from hwprune.graph.space import Choice
 from hwprune.select.evaluator import Selection
 from hwprune.select.greedy import greedy_limits
@@ -82,8 +88,10 @@ def _separable(problem, r, gid: int, ref: Choice, layers: list[int]) -> np.ndarr
     out = []
     for opt in problem.options[gid]:
         ch = {**ref, gid: opt}
-        out.append(sum(r.layer_cost(i, *space.layer_widths(space.layers[i], ch)) for i in layers)
-                   + r.group_cost(gid, opt))
+        dead = dead_layers(space, ch)
+        saved = r.saving(ch) - r.saving({**ch, gid: KEPT}) if is_block_key(gid) else 0.0
+        out.append(sum(r.layer_cost(i, *space.layer_widths(space.layers[i], ch)) for i in layers if i not in dead)
+                   + (0.0 if is_block_key(gid) or gid in dead_groups(space, ch) else r.group_cost(gid, opt)) - saved)
     return np.array(out)
 
 
@@ -111,7 +119,8 @@ def knapsack(problem, start: Choice | None = None, bins: int = 4000, steps: int 
     gids = list(options)
     allowed = _allowed(problem)
     values = [np.array([ev.importance({gid: options[gid][k]}) for k in allowed[gid]]) for gid in gids]
-    layers = {gid: space.layers_of_group(gid) for gid in gids}
+    blocks = {b.key: list(b.layers) for b in space.blocks}
+    layers = {gid: blocks[gid] if is_block_key(gid) else space.layers_of_group(gid) for gid in gids}
     additive = [r for r in problem.resources if not r.per_layer]
     weight = {r.name: 1.0 for r in additive}
     ref = dict(start) if start is not None else problem.largest()

@@ -6,7 +6,8 @@ per-group floors and ceilings. :class:`Problem` binds them to one pruning
 space: options on the grid, channel scores, one latency :class:`Evaluator`
 per device, and the active-weight objective, which every selector reads.
 
-Resources, each a function of the group widths:
+Resources, each a function of the group widths (and of the residual blocks
+kept, :mod:`hwprune.graph.blocks`: a removed block's layers cost nothing):
 
 - ``latency_ms[DEVICE]``: the device's latency model (sum of per-layer
   predictions plus the fitted remainder), the same numbers greedy uses.
@@ -15,7 +16,9 @@ Resources, each a function of the group widths:
 - ``params``: every parameter of the model: conv/linear weights and biases
   at their widths, plus per-channel parameters of other modules in a group
   (BatchNorm's weight and bias), plus the rest unchanged. Equals
-  ``sum(p.numel() for p in pruned.parameters())``.
+  ``sum(p.numel() for p in pruned.parameters())``, residual blocks removed
+  included (their layers, the groups that live only inside them, their other
+  modules' per-channel parameters at the widths kept, and their fixed ones go).
 - ``memory_mib``: peak activation memory, defined as the largest
   ``input + output`` activation of a single conv/linear layer, fp32, in MiB
   (2^20 bytes), at batch size of the example input. The live set across
@@ -36,9 +39,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hwprune.errors import UserError
+from hwprune.graph.blocks import dead_groups, dead_layers, removed_blocks
 from hwprune.graph.grouped_modes import layer_weights
 from hwprune.graph.space import Choice, PruningSpace
-from hwprune.importance.active import ActiveImportance, channel_maps, extra_params_per_channel
+from hwprune.importance.active import ActiveImportance, block_params, channel_maps, extra_params_per_channel
 from hwprune.importance.criteria import weight_tables
 from hwprune.select.evaluator import Evaluator, Limit, Selection
 from latency_models.memory import layer_activation_bytes
@@ -142,15 +146,31 @@ class Resource(Limit):
     def group_cost(self, gid: int, option: tuple[int, ...]) -> float:
         return 0.0
 
+    def removed_saving(self, key: int) -> tuple[float, dict]:
+        """What removing block ``key`` saves besides its layers and the groups
+        that live inside it: a constant, and per other group a function of its option."""
+        return 0.0, {}
+
+    def saving(self, choice: Choice) -> float:
+        """:meth:`removed_saving` of every block ``choice`` removes, at its widths."""
+        total = 0.0
+        for b in removed_blocks(self.space, choice):
+            const, per = self.removed_saving(b.key)
+            total += const + sum(f(choice[gid]) for gid, f in per.items() if gid not in b.groups)
+        return total
+
     def layer_values(self, choice: Choice) -> list[float]:
-        widths = self.space.layer_widths
-        return [self.layer_cost(i, *widths(layer, choice)) for i, layer in enumerate(self.space.layers)]
+        """Each layer's cost (0 for the layers of removed blocks)."""
+        widths, dead = self.space.layer_widths, dead_layers(self.space, choice)
+        return [0.0 if i in dead else self.layer_cost(i, *widths(layer, choice))
+                for i, layer in enumerate(self.space.layers)]
 
     def value(self, choice: Choice) -> float:
         if self.per_layer:
             return max(self.layer_values(choice), default=0.0)
-        return (self.const + sum(self.layer_values(choice))
-                + sum(self.group_cost(gid, ks) for gid, ks in choice.items()))
+        dead = dead_groups(self.space, choice)
+        return (self.const + sum(self.layer_values(choice)) - self.saving(choice)
+                + sum(self.group_cost(gid, ks) for gid, ks in choice.items() if gid >= 0 and gid not in dead))
 
     def label(self) -> str:
         raise NotImplementedError
@@ -222,6 +242,9 @@ class ParamsBudget(Resource):
         # per group and segment: parameters removed with the top-k channels, by k
         self._prefix = {g.gid: [np.concatenate([[0.0], np.cumsum(extra[g.gid][list(o)])]) for o in order[g.gid]]
                         for g in space.groups}
+        self._blocks = {key: (const, {gid: [np.concatenate([[0.0], np.cumsum(a[list(o)])]) for o in order[gid]]
+                                      for gid, a in per.items()})
+                        for key, (const, per) in block_params(space).items()}
         total = sum(p.numel() for p in space.model.parameters())
         self.const = float(total) - self.value(space.full_choice())
 
@@ -233,6 +256,11 @@ class ParamsBudget(Resource):
 
     def group_cost(self, gid, option):
         return float(sum(p[k] for p, k in zip(self._prefix[gid], option)))
+
+    def removed_saving(self, key):
+        const, per = self._blocks.get(key, (0.0, {}))
+        return const, {gid: (lambda option, pre=pre: float(sum(p[k] for p, k in zip(pre, option))))
+                       for gid, pre in per.items()}
 
     def label(self) -> str:
         return f"max_params {self.limit:.6g} (--max-params)"

@@ -1,5 +1,14 @@
 """The QCQP as a linear model: one-hot width per group (x) and the marginal linearisation of each
-adjacent pair of widths (y), assembled for HiGHS (:func:`run_milp`)."""
+adjacent pair of widths (y), assembled for HiGHS (:func:`run_milp`).
+
+A removable residual block (:mod:`hwprune.graph.blocks`) is a node with two
+options, removed and kept; every term of its layers (latency, FLOPs,
+parameters, memory rows, active-weight importance) is multiplied by its
+"kept" indicator: a constant becomes a vector over the block, a vector over
+one node a table over (node, block), a table over a pair of nodes a table
+over (pair, block), linearised by a variable per entry with the marginal
+constraints ``sum_b w[k, l, b] = y[k, l]`` and ``sum_kl w[k, l, b] = x_block[b]``,
+which with one-hot x force ``w = y x_block`` (exact, like the pairs)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +28,8 @@ class MilpModel:
         self.p, self.space, self.opts = problem, problem.space, problem.options
         self.size: dict[tuple, int] = {("g", gid): len(o) for gid, o in self.opts.items()}
         self.pairs: list[tuple] = []
+        self.triples: list[tuple] = []  # (node, node, block node): a pair's table gated by a block
+        self.gate_of = {i: b.key for b in self.space.blocks if b.key in self.opts for i in b.layers}
         self.links: list[tuple[tuple, np.ndarray, list, int]] = []  # aggregate node, widths, terms, fixed
         self._grids: dict[int, tuple] = {}
 
@@ -78,9 +89,25 @@ class MilpModel:
         if len(nodes) == 1:
             acc[nodes[0]] = acc.get(nodes[0], 0.0) + table
             return 0.0
-        if nodes not in self.pairs:
+        if len(nodes) == 3:
+            if nodes[:2] not in self.pairs:
+                self.pairs.append(nodes[:2])
+            if nodes not in self.triples:
+                self.triples.append(nodes)
+        elif nodes not in self.pairs:
             self.pairs.append(nodes)
         acc[nodes] = acc.get(nodes, 0.0) + table
+        return 0.0
+
+    def add_gated(self, acc: dict, nodes: tuple, table, key: int | None, on: tuple = (1,)) -> float:
+        """:meth:`add` of ``table`` over ``nodes`` times block ``key``'s kept
+        indicator (its removed one for ``on=(0,)``; plain :meth:`add` for
+        ``key`` None); returns the constant part."""
+        if key is None:
+            return self.add(acc, nodes, table)
+        gate = np.array([float(tuple(o) == on) for o in self.opts[key]])
+        table = np.asarray(table, dtype=float)
+        self.add(acc, (*nodes, ("g", key)), table[..., None] * gate)
         return 0.0
 
     def resource_rows(self, r) -> list[tuple[dict, float, float]]:
@@ -94,17 +121,29 @@ class MilpModel:
                 if t.max() <= r.limit:
                     continue
                 acc: dict = {}
-                const = self.add(acc, nodes, t / r.limit)
+                const = self.add_gated(acc, nodes, t / r.limit, self.gate_of.get(i))
                 rows.append((acc, -np.inf, 1.0 - const))
             return rows
         acc, const = {}, r.const
         for i in layers:
             nodes, n_in, n_out = self.grid(i)
-            const += self.add(acc, nodes, r.layer_grid(i, n_in, n_out))
+            const += self.add_gated(acc, nodes, r.layer_grid(i, n_in, n_out), self.gate_of.get(i))
+        inside = {g: b.key for b in self.space.blocks if b.key in self.opts for g in b.groups}
         for gid, opts in self.opts.items():
+            if gid < 0:
+                continue
             costs = np.array([r.group_cost(gid, o) for o in opts])
             if costs.any():
-                self.add(acc, (("g", gid),), costs)
+                self.add_gated(acc, (("g", gid),), costs, inside.get(gid))
+        for b in self.space.blocks:  # what removing a block saves besides its layers and inner groups
+            if b.key not in self.opts:
+                continue
+            saved, per = r.removed_saving(b.key)
+            if saved:
+                self.add_gated(acc, (), -saved, b.key, on=(0,))
+            for gid, f in per.items():
+                if gid not in b.groups:
+                    self.add_gated(acc, (("g", gid),), -np.array([f(o) for o in self.opts[gid]]), b.key, on=(0,))
         return [({k: v / r.limit for k, v in acc.items()}, -np.inf, (r.limit - const) / r.limit)]
 
     def objective_terms(self) -> dict:
@@ -114,6 +153,12 @@ class MilpModel:
             self.add(acc, (("g", gid),), u / obj.full)
         for (a, b), t in obj.pair.items():
             self.add(acc, (("g", a), ("g", b)), t / obj.full)
+        for key, terms in obj.blocks.items():
+            self.add_gated(acc, (), terms.const / obj.full, key)
+            for gid, u in terms.single.items():
+                self.add_gated(acc, (("g", gid),), u / obj.full, key)
+            for (a, b), t in terms.pair.items():
+                self.add_gated(acc, (("g", a), ("g", b)), t / obj.full, key)
         return acc
 
     # ---- assembly --------------------------------------------------------------
@@ -130,6 +175,9 @@ class MilpModel:
         for pair in self.pairs:
             start[pair] = n
             n += self.size[pair[0]] * self.size[pair[1]]
+        for triple in self.triples:
+            start[triple] = n
+            n += self.size[triple[0]] * self.size[triple[1]] * self.size[triple[2]]
         r_idx, c_idx, vals, lb, ub = [], [], [], [], []
 
         def put(terms: dict, lo: float, hi: float):
@@ -162,6 +210,21 @@ class MilpModel:
                 r_idx.append(np.full(mu + 1, len(lb)))
                 c_idx.append(np.concatenate([base + np.arange(mu) * mv + k, [start[v] + k]]))
                 vals.append(np.concatenate([np.ones(mu), [-1.0]]))
+                lb.append(0.0)
+                ub.append(0.0)
+        for u, v, b in self.triples:  # marginals of a pair gated by a block
+            mu, mv, mb = self.size[u], self.size[v], self.size[b]
+            base, pair = start[(u, v, b)], start[(u, v)]
+            for kl in range(mu * mv):
+                r_idx.append(np.full(mb + 1, len(lb)))
+                c_idx.append(np.concatenate([base + kl * mb + np.arange(mb), [pair + kl]]))
+                vals.append(np.concatenate([np.ones(mb), [-1.0]]))
+                lb.append(0.0)
+                ub.append(0.0)
+            for m in range(mb):
+                r_idx.append(np.full(mu * mv + 1, len(lb)))
+                c_idx.append(np.concatenate([base + np.arange(mu * mv) * mb + m, [start[b] + m]]))
+                vals.append(np.concatenate([np.ones(mu * mv), [-1.0]]))
                 lb.append(0.0)
                 ub.append(0.0)
         for terms, lo, hi in rows:
