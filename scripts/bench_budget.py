@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--absolute", dest="relative", action="store_false",
                    help="give the engine the budget in ms of this script's baseline measurement instead of as a "
                         "fraction of the baseline the engine measures itself (default: fraction)")
+    p.add_argument("--granularity", choices=["channel", "block", "both"], default="channel",
+                   help="what the engine may remove: channels (default), residual blocks, or both")
     p.add_argument("--store", default=None,
                    help="measurement store path (default: a fresh temp file, so profiling starts empty)")
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
@@ -111,13 +113,15 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
         t0 = time.perf_counter()
         try:
             if args.relative:
-                res, choice = prune_within_reach(model, x, args.device, frac, store=store)
+                res, choice = prune_within_reach(model, x, args.device, frac, store=store,
+                                                 granularity=getattr(args, "granularity", "channel"))
                 if choice.fallback:
                     log(f"[{name}] budget {frac:.2f}: {choice.text}")
                     row.update({"requested_frac": frac, "budget_frac": choice.fraction,
                                 "budget_ms": choice.fraction * base["median_ms"], "budget_note": choice.reason})
             else:
-                res = prune(model, x, device=args.device, budget_ms=budget, store=store)
+                res = prune(model, x, device=args.device, budget_ms=budget, store=store,
+                            granularity=getattr(args, "granularity", "channel"))
         except UserError as exc:
             row["error"] = str(exc)
             row["prune_wall_s"] = time.perf_counter() - t0

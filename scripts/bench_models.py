@@ -103,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=float, default=DEFAULT_BUDGETS,
                    help=f"budgets as fractions of the baseline (default: {' '.join(map(str, DEFAULT_BUDGETS))})")
     p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
+    p.add_argument("--granularity", choices=["channel", "block", "both"], default="channel",
+                   help="what the engine may remove: channels (default), residual blocks, or both")
     p.add_argument("--store", default=None,
                    help="measurement store path (default: a fresh temp file, so profiling starts empty)")
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
@@ -191,7 +193,8 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float) -> s
     lines += common.header_lines(header)
     if header.get("packages_note"):
         lines.append(f"- {header['packages_note']}")
-    lines += [f"- device: {header['device']}; random weights, batch 1, input NxN as in the model column",
+    lines += [f"- device: {header['device']}; granularity {header.get('granularity', 'channel')}; random weights, "
+              "batch 1, input NxN as in the model column",
               "- re-measured / budget = (pruned / original, fresh sessions in alternating blocks until the 95 % "
               "interval is within +-2 %) / budget fraction; engine ratio = the engine's own last reading, same "
               "units; band [{:.2f}, {:.2f}]".format(*BAND),
@@ -232,6 +235,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     header = {**common.machine_header(), "device": dev.name, "budgets": args.budgets, "band": list(BAND),
+              "granularity": args.granularity,
               "models": [f"{n}@{s}" if s else n for n, s in args.specs], "packages_note": note}
     log(f"bench_models: {header['cpu']}, {header['cores']} cores; device {dev.name}")
     rows, out = [], Path(args.out)
