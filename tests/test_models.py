@@ -150,3 +150,39 @@ def test_safe_model_freezes_nothing():
         warnings.simplefilter("error", FrozenChannelsWarning)
         space = PruningSpace(model, (x,))
     assert space.frozen == () and {g.root for g in space.groups} == {"stem", "mid"}
+
+
+class ConcatSliceBlock(nn.Module):
+    """RexNet's shortcut: the input added to the first channels of a wider output, the rest concatenated."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.cin = cin
+        self.expand, self.project = nn.Conv2d(cin, 2 * cin, 1), nn.Conv2d(2 * cin, cout, 1)
+
+    def forward(self, x):
+        y = self.project(torch.relu(self.expand(x)))
+        return torch.cat([y[:, :self.cin] + x, y[:, self.cin:]], dim=1)
+
+
+def test_a_channel_search_that_does_not_end_is_frozen_and_the_rest_pruned():
+    import time
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
+                          *[ConcatSliceBlock(8 + 2 * i, 10 + 2 * i) for i in range(4)],
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        space = PruningSpace(model, (torch.randn(1, 3, 16, 16),))
+    assert time.perf_counter() - t0 < 30, "the search must be cut short, not run on"
+    runaway = [f for f in space.frozen if "does not end" in f.reason]
+    assert runaway
+    assert any("does not end" in str(w.message) for w in caught if w.category is FrozenChannelsWarning)
+    # every block's inner (expanded) width stays prunable, and the cut model runs
+    roots = {g.root for g in space.groups}
+    assert {f"{i}.expand" for i in range(1, 5)} <= roots
+    kept = {g.gid: [i for seg in g.seg_index for i in seg[: (len(seg) + 1) // 2]] for g in space.groups}
+    pruned = apply_kept(space, kept)
+    assert pruned(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+    assert count_params(pruned) < count_params(model)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hwprune.graph.trace import build_graph, culprit, module_stack_hooks
+from hwprune.graph.trace import OpSite, build_graph, culprit, describe_site, module_stack_hooks
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,26 @@ class FrozenGroup:
     def message(self) -> str:
         return (f"{self.channels} channels of {self.root} frozen: {self.path} ({self.module_type}) "
                 f"{self.reason}")
+
+
+def opaque_frozen(root: str, channels: int, site: OpSite | None) -> FrozenGroup:
+    """A group frozen because it reaches a reshape that mixes channels (``site``)."""
+    path, kind = describe_site(site)
+    shapes = f"{site.in_shape} -> {site.out_shape}" if site is not None else ""
+    return FrozenGroup(root, channels, path, kind, f"mixes channels with another dimension "
+                       f"({site.op if site is not None else 'reshape'} {shapes}, e.g. a channel shuffle)")
+
+
+def runaway_frozen(dg, name_of: dict) -> list[FrozenGroup]:
+    """Groups whose channel search did not end (``dg.runaway``, :class:`hwprune.graph.trace.RunawayGroupError`)."""
+    out = []
+    for module, site in getattr(dg, "runaway", ()):
+        path, kind = describe_site(site)
+        out.append(FrozenGroup(name_of.get(module, type(module).__name__), int(getattr(module, "out_channels", 0)
+                               or getattr(module, "out_features", 0)), path, kind,
+                               "is where the channel search does not end (as where a slice of channels is "
+                               "written back into its own tensor: x[:, :c] += y)"))
+    return out
 
 
 class FrozenChannelsWarning(UserWarning):

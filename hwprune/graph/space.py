@@ -31,10 +31,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hwprune.graph import guard
 from hwprune.graph.grouped import options as grouped_options
 from hwprune.graph.grouped import regroup
 from hwprune.graph.guard import Cutter, Failure, FrozenChannelsWarning, FrozenGroup, owner, unsafe_groups
-from hwprune.graph.trace import build_graph, describe_site
+from hwprune.graph.trace import build_graph
 from profilers import LayerSpec
 from profilers.inputs import as_inputs
 
@@ -182,14 +183,10 @@ class PruningSpace:
                 continue
             opaque = [dg.opaque[d.target.module] for d, _ in g if d.target.module in dg.opaque]
             if opaque:
-                path, kind = describe_site(opaque[0])
-                op = opaque[0].op if opaque[0] is not None else "reshape"
-                frozen.append(FrozenGroup(one[0].root, one[0].size, path, kind,
-                                          f"mixes channels with another dimension ({op} "
-                                          f"{opaque[0].in_shape if opaque[0] else ''} -> "
-                                          f"{opaque[0].out_shape if opaque[0] else ''}, e.g. a channel shuffle)"))
+                frozen.append(guard.opaque_frozen(one[0].root, one[0].size, opaque[0]))
                 continue
             built.append(one)
+        frozen += guard.runaway_frozen(dg, name_of)
         self.model, self.dg, self._name_of = model, dg, name_of
         if verify and built:
             bad = self._verify(built, shapes)

@@ -12,6 +12,7 @@ channel mapping out of Torch-Pruning's index mapping and is returned as
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,37 @@ def _split_sizes(grad_fn) -> list[int] | None:
     return [min(size, total - start) for start in range(0, total, size)]
 
 
+# how often Torch-Pruning's search may reach one layer's handler under new
+# indices before the group is called a runaway (legitimate groups of densenet,
+# hrnet, inception, mixnet reach each once)
+RUNAWAY_REPEATS = 64
+
+
+class RunawayGroupError(RuntimeError):
+    """Torch-Pruning's search for a channel group kept reaching the same node
+    under new indices (a slice written back into its own tensor, as RexNet's
+    ``x[:, 0:c] += shortcut``): it would not end."""
+
+    def __init__(self, node):
+        super().__init__(f"channel search does not end at {node}")
+        self.node = node
+
+
+class _CappedGroup(tp.dependency.group.Group):
+    """A Group that stops a search reaching one node's handler too often."""
+
+    def __init__(self):
+        super().__init__()
+        self._reached = Counter()
+
+    def add_dep(self, dep, idxs):
+        key = (id(dep.target), dep.handler)
+        self._reached[key] += 1
+        if self._reached[key] > RUNAWAY_REPEATS:
+            raise RunawayGroupError(dep.target)
+        super().add_dep(dep, idxs)
+
+
 class _Graph(tp.DependencyGraph):
     """A DependencyGraph whose channel splits are sized from the traced op
     (Torch-Pruning guesses ``chunk``'s sizes from its consumers, wrongly when
@@ -101,6 +133,37 @@ class _Graph(tp.DependencyGraph):
         self._mark_opaque()
         tp.dependency.index_mapping.update_index_mapping(self)
         return self
+
+    def get_pruning_group(self, module, pruning_fn, idxs):
+        graph = tp.dependency.graph
+        saved, graph.Group = graph.Group, _CappedGroup  # the search builds its group by this name
+        try:
+            return super().get_pruning_group(module, pruning_fn, idxs)
+        finally:
+            graph.Group = saved
+
+    def get_all_groups(self, ignored_layers=(), root_module_types=(nn.Conv2d, nn.Linear)):
+        """Torch-Pruning's groups, one per root layer not yet in a group; a root
+        whose search runs away is left out and recorded in ``self.runaway``
+        as (root module, :class:`OpSite` or None of the node it kept reaching)."""
+        self.runaway = []
+        ignored = set(ignored_layers) | set(self.IGNORED_LAYERS_IN_TRACING)
+        seen = set()
+        for m in list(self.module2node):
+            pruner = self.get_pruner_of_module(m)
+            if (m in ignored or m in seen or not isinstance(m, tuple(root_module_types)) or pruner is None
+                    or pruner.get_out_channels(m) is None):
+                continue
+            try:
+                group = self.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+            except RunawayGroupError as exc:
+                seen.add(m)
+                self.runaway.append((m, self.sites.get(exc.node.grad_fn)))
+                continue
+            outs = [d.target.module for d, _ in group if self.is_out_channel_pruning_fn(d.handler)]
+            seen.update(outs)
+            if not any(o in ignored for o in outs):
+                yield group
 
     def _mark_opaque(self):
         self.opaque = {}
