@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from hwprune.export.onnx import onnx_bytes_checked
+from hwprune.export.parity import check_parity
 from hwprune.graph.plans import apply_plan
 from hwprune.graph.space import FrozenChannelsWarning, PruningSpace
 from hwprune.graph.surgery import apply_kept, check_widths
@@ -63,9 +65,12 @@ def test_family_prunes_at_half_width(src, name):
     plan = make_plan(space, kept, "ort-cpu-1t", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = apply_plan(copy.deepcopy(model), plan, (x,))
+        again = apply_plan(copy.deepcopy(model), plan)  # the plan knows its input shape
     with torch.no_grad():
         torch.testing.assert_close(again(x), y)
+    # the pruned model exports to ONNX and ONNX Runtime agrees with PyTorch (relative to the output's scale)
+    parity = check_parity(pruned, (x,), onnx_bytes_checked(pruned, (x,)))
+    assert parity.max_rel_diff < 1e-4
 
 
 # ---------------------------------------------------------------- the freezing guard
