@@ -15,6 +15,7 @@ calling thread (checked by per-thread CPU time), so the thread clock applies.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 
 import numpy as np
@@ -51,29 +52,34 @@ class OpenVinoCpuRuntime(OnnxModuleMeasurer):
         return {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": self.precision}
 
-    def compile(self, model_bytes: bytes):
-        """ONNX bytes -> an OpenVINO compiled model on the CPU."""
+    def compile(self, model: bytes | str | os.PathLike):
+        """ONNX bytes, or the path of an ONNX file or an OpenVINO IR ``.xml``
+        -> an OpenVINO compiled model on the CPU."""
         if self.core is None:
             import openvino
             self.core = openvino.Core()
-        return self.core.compile_model(self.core.read_model(bytes(model_bytes), b""), "CPU", self.config())
+        read = self.core.read_model(os.fspath(model)) if isinstance(model, (str, os.PathLike)) \
+            else self.core.read_model(bytes(model), b"")
+        return self.core.compile_model(read, "CPU", self.config())
 
-    def runner(self, model_bytes: bytes, feeds: dict[str, np.ndarray] | None):
-        """A callable running one inference of a freshly compiled model on ``feeds``."""
+    def runner(self, model: bytes | str | os.PathLike, feeds: dict[str, np.ndarray] | None):
+        """A callable running one inference of a freshly compiled ``model`` (see
+        :meth:`compile`) on ``feeds`` (random ones need ONNX bytes)."""
         import openvino
-        req = self.compile(model_bytes).create_infer_request()
-        feeds = feeds if feeds is not None else random_inputs(model_bytes)
+        req = self.compile(model).create_infer_request()
+        feeds = feeds if feeds is not None else random_inputs(model)
         for name, arr in feeds.items():
             req.set_tensor(name, openvino.Tensor(np.ascontiguousarray(arr)))
         return lambda: req.infer(share_outputs=True)
 
-    def run(self, model_bytes: bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, model: bytes | str | os.PathLike, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs of one inference (for parity checks)."""
-        out = self.runner(model_bytes, feeds)()
+        out = self.runner(model, feeds)()
         return [np.array(out[i]) for i in range(len(out))]
 
-    def measure_onnx(self, model_bytes: bytes, feeds: dict[str, np.ndarray] | None = None,
+    def measure_onnx(self, model_bytes: bytes | str | os.PathLike, feeds: dict[str, np.ndarray] | None = None,
                      protocol: Protocol = MODEL_PROTOCOL) -> Timing:
+        """ONNX bytes (or an ONNX / IR file, see :meth:`compile`) measured on ``feeds``."""
         return measure(self.runner(model_bytes, feeds), protocol)
 
     def measure_onnx_interleaved(self, models: list[tuple[bytes, dict]],
