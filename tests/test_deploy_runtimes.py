@@ -154,3 +154,35 @@ def test_thread_clock_applies_to_their_one_thread_devices():
     assert device_clock(devices.get("openvino-cpu-1t")) == "thread"
     assert device_clock(devices.get("openvino-cpu-2t")) == "wall"
     assert device_clock(devices.get("executorch-xnnpack-2t")) == "wall"
+
+
+# -- pruning end to end ------------------------------------------------------------------
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+@pytest.mark.parametrize("device", ["openvino-cpu-1t",   # ExecuTorch lowers each layer shape (~1 s): 40 s
+                                    pytest.param("executorch-xnnpack-1t", marks=pytest.mark.slow)])
+def test_prune_a_tiny_model_on_the_device(device, store):
+    import hwprune
+    res = hwprune.prune(tiny(), X, device=device, budget_fraction=0.85, grid=16, store=store)
+    assert res.measured_ms <= 1.03 * res.budget_ms and res.baseline_ms > 0 and res.predicted_ms > 0
+    with torch.no_grad():
+        assert res.model(X).shape == (1, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["openvino-cpu-1t", "executorch-xnnpack-1t"])
+def test_cli_prunes_resnet20_on_the_device(device, tmp_path, capsys):
+    from hwprune.cli.main import main
+    out = tmp_path / "pruned"
+    code = main(["prune", "--device", device, "--model", "resnet20", "--budget-ms", "80%", "--json",
+                 "--out", str(out), "--store", str(tmp_path / "s.sqlite")])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["device"] == device and data["measured_ms"] <= 1.03 * data["budget_ms"]
+    assert (out / "model.pt").exists() and (out / "plan.json").exists()
