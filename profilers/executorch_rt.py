@@ -37,19 +37,12 @@ from .inputs import as_inputs
 from .onnx_export import quiet_output
 from .ort_cpu import cpu_isa, cpu_model
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol, measure, measure_interleaved
+from .pte import is_pte, pte_problem
 from .specs import LayerSpec, Timing
 from .torch_cpu import pinned_threads
 from .torch_layers import layer_input, layer_module
 
-PTE_IDENTIFIER = b"ET"        # flatbuffer file identifier at bytes 4..7: b"ET" and two digits
-MAX_PTE_BYTES = 1 << 31       # a program this runtime agrees to load
 LAYER_CACHE = 128             # lowered layer programs kept per runtime
-
-
-def is_pte(data: bytes) -> bool:
-    """Whether ``data`` starts like an ExecuTorch program (``.pte``) and is within size."""
-    return (isinstance(data, (bytes, bytearray)) and 8 <= len(data) <= MAX_PTE_BYTES
-            and data[4:6] == PTE_IDENTIFIER and data[6:8].isdigit())
 
 
 def lower(model: torch.nn.Module, example_inputs) -> bytes:
@@ -82,14 +75,17 @@ def set_threads(threads: int) -> None:
 
 
 class LoadedProgram:
-    """A ``.pte`` loaded by ``executorch.runtime``; calling it runs ``forward`` once."""
+    """A ``.pte`` loaded by ``executorch.runtime`` (its header checked first,
+    then the program verified for internal consistency); calling it runs
+    ``forward`` once."""
 
     def __init__(self, data: bytes, inputs):
-        if not is_pte(data):
-            raise ValueError("not an ExecuTorch program (no 'ET' identifier at byte 4, or over 2 GiB)")
+        problem = pte_problem(data)
+        if problem:
+            raise ValueError(f"not an ExecuTorch program: {problem}")
         with quiet_output():
             from executorch.runtime import Runtime, Verification
-            self.program = Runtime.get().load_program(bytes(data), verification=Verification.Minimal)
+            self.program = Runtime.get().load_program(bytes(data), verification=Verification.InternalConsistency)
             self.method = self.program.load_method("forward")
             self.inputs = [t.contiguous() if isinstance(t, torch.Tensor) else t for t in inputs]
             self.outputs = self()  # the first run initialises XNNPACK (which logs to stderr)
@@ -155,15 +151,21 @@ class ExecuTorchRuntime:
         return self.measure_pte_interleaved([(self.program_of(m, inputs), inputs) for m in models], protocol)
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
-        x = (layer_input(spec),)
+        return self.measure_pte(self.layer_program(spec), (layer_input(spec),), protocol)
+
+    def layer_program(self, spec: LayerSpec) -> bytes:
+        """The lowered program of the layer ``spec`` (cached: sweeps measure a shape several times)."""
         data = self.layer_programs.get(spec.key())
         if data is None:
             if len(self.layer_programs) >= LAYER_CACHE:
                 self.layer_programs.pop(next(iter(self.layer_programs)))
-            data = self.layer_programs[spec.key()] = lower(layer_module(spec), x)
-        return self.measure_pte(data, x, protocol)
+            data = self.layer_programs[spec.key()] = lower(layer_module(spec), (layer_input(spec),))
+        return data
 
     def run(self, data: bytes, inputs) -> list:
         """The outputs of one run of a ``.pte`` program (for parity checks)."""
         with self.pinned():
             return list(LoadedProgram(data, as_inputs(inputs)).outputs)
+
+
+__all__ = ["ExecuTorchRuntime", "LoadedProgram", "is_pte", "lower", "set_threads"]

@@ -170,7 +170,8 @@ def cmd_agent(args) -> int:
                 "token_source": source or "generated", "threads": server.threads,
                 "max_bytes": server.max_bytes}
         token = f"token: {server.token}" if source is None else f"token: the one given by {source}"
-        emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
+        served = ", ".join(server.info()["runtimes"])
+        emit(args, data, f"hwprune agent on {host}:{port}: serves {served}, {server.threads} thread(s), "
                           f"uploads up to {args.max_upload_mib:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
                           f"on the host: HWPRUNE_AGENT_TOKEN=<token> hwprune profile --device {device} "
                           f"--model resnet20")
