@@ -93,15 +93,24 @@ def all_devices() -> dict[str, Device]:
     return out
 
 
+REMOTE_RUNTIMES = ("onnxruntime", "openvino", "executorch")
+
+
 def remote(name: str) -> Device:
-    """``remote:HOST:PORT``: a board running ``hwprune agent``; the token comes
-    from ``$HWPRUNE_AGENT_TOKEN``."""
+    """``remote:HOST:PORT``: a board running ``hwprune agent``, measuring with its
+    ONNX Runtime; ``remote:HOST:PORT/openvino`` or ``/executorch``: with that
+    runtime of the board. The token comes from ``$HWPRUNE_AGENT_TOKEN``."""
     _, _, rest = name.partition(":")
+    rest, _, runtime = rest.partition("/")
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UserError(f"remote device {name!r} is not remote:HOST:PORT (e.g. remote:127.0.0.1:8765)")
-    return Device(name=name, runtime="remote", description=f"hwprune agent at {host}:{port}",
-                  options=(("host", host), ("port", int(port)),
+    if runtime and runtime not in REMOTE_RUNTIMES:
+        raise UserError(f"remote device {name!r} names the runtime {runtime!r}; use "
+                        f"{', '.join(f'remote:{host}:{port}/{r}' for r in REMOTE_RUNTIMES)}")
+    runtime = runtime or REMOTE_RUNTIMES[0]
+    return Device(name=name, runtime="remote", description=f"hwprune agent at {host}:{port} ({runtime})",
+                  options=(("host", host), ("port", int(port)), ("runtime", runtime),
                            ("token", os.environ.get("HWPRUNE_AGENT_TOKEN", ""))),
                   step_channels=16, min_channels=8, path="")
 

@@ -26,6 +26,9 @@ RUNTIMES.register("ort-cpu", "profilers.ort_cpu:OrtCpuRuntime", requires=("onnxr
 RUNTIMES.register("torch-cpu", "profilers.torch_cpu:TorchCpuRuntime", requires=("torch",))
 RUNTIMES.register("torch-cuda", "profilers.torch_cuda:TorchCudaRuntime", requires=("torch",))
 RUNTIMES.register("tensorrt", "profilers.tensorrt_rt:TensorRTRuntime", requires=("tensorrt", "torch"))
+RUNTIMES.register("executorch-xnnpack", "profilers.executorch_rt:ExecuTorchRuntime",
+                  requires=("executorch", "torch"), extra="executorch")
+RUNTIMES.register("openvino-cpu", "profilers.openvino_rt:OpenVinoCpuRuntime", requires=("openvino",), extra="openvino")
 RUNTIMES.register("remote", "profilers.remote:RemoteRuntime")
 
 
@@ -49,18 +52,26 @@ def _installed(package: str) -> bool:
         return True
 
 
+def missing_package(kind: str, package: str) -> str:
+    """Why ``kind`` cannot run: ``package`` is missing (and the extra that installs it)."""
+    extra = RUNTIMES.metadata(kind).get("extra")
+    how = f" (pip install 'hwprune[{extra}]')" if extra else ""
+    return f"runtime {kind!r} needs the package {package!r}{how}"
+
+
 def create_runtime(kind: str, **options):
     """A runtime of the registered ``kind``; :class:`UnknownName` (a ``KeyError``)
-    lists the kinds, :class:`RuntimeUnavailable` names a missing package."""
+    lists the kinds, :class:`RuntimeUnavailable` names a missing package (and
+    the optional extra that installs it, where the entry names one)."""
     missing = [p for p in RUNTIMES.metadata(kind).get("requires", ()) if not _installed(p)]
     if missing:
-        raise RuntimeUnavailable(f"runtime {kind!r} needs the package {missing[0]!r}")
+        raise RuntimeUnavailable(missing_package(kind, missing[0]))
     try:
         return RUNTIMES.create(kind, **options)
     except ImportError as exc:
         if exc.name and exc.name.startswith("profilers"):
             raise RuntimeUnavailable(f"runtime {kind!r} is not part of this version") from None
-        raise RuntimeUnavailable(f"runtime {kind!r} needs the package {exc.name!r}") from None
+        raise RuntimeUnavailable(missing_package(kind, exc.name)) from None
 
 
 __all__ = ["LayerSpec", "Measurement", "Timing", "Protocol", "measure", "measure_interleaved", "LAYER_PROTOCOL",

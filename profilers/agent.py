@@ -1,4 +1,6 @@
-"""An HTTP agent that runs on a board and measures ONNX models sent to it.
+"""An HTTP agent that runs on a board and measures models sent to it: ONNX on
+ONNX Runtime (the default) or OpenVINO, ExecuTorch programs (``.pte``) on
+ExecuTorch (query ``runtime=``; see :mod:`profilers.agent_runtimes`).
 
 Run it on the board (``hwprune agent``), then profile from the host with the
 device ``remote:HOST:PORT`` (:class:`profilers.remote.RemoteRuntime`). The
@@ -6,10 +8,12 @@ board needs Python, numpy, onnx and onnxruntime; nothing of hwprune's engine.
 
 Endpoints (every request needs ``Authorization: Bearer <token>``):
 
-- ``GET /info``: the agent version, its limits and the fingerprint of the
-  board's ONNX Runtime.
+- ``GET /info``: the agent version, its limits, the fingerprint of the
+  board's ONNX Runtime (``runtime``) and of every runtime it serves (``runtimes``).
 - ``POST /measure``: body = the bytes of one ONNX model. Query: ``kind=layer``
-  or ``model`` (which protocol to start from), optional ``threads`` and
+  or ``model`` (which protocol to start from), optional ``runtime``
+  (``onnxruntime``, ``openvino``, ``executorch``: then the body is a ``.pte``
+  and the input shapes are required), ``threads`` and
   protocol fields (``warmup_runs``, ``warmup_s``, ``min_runs``, ``max_runs``,
   ``max_s``, ``target_rel``). Optional header ``X-Hwprune-Inputs``: JSON
   ``{input name: shape}``. Returns the :class:`Timing` fields as JSON.
@@ -18,8 +22,9 @@ Endpoints (every request needs ``Authorization: Bearer <token>``):
   bytes one after the other. Same query. Returns ``{"timings": [...]}``.
 
 Inputs are random float32 tensors generated here, of the model's input shapes
-(or the shapes given). Only ONNX is accepted (parsed and checked, external
-data refused); no other format is ever deserialised. Bodies over the size
+(or the shapes given). Only ONNX (parsed and checked, external data refused)
+and ExecuTorch programs (header checked, then verified on load) are accepted;
+nothing is ever unpickled. Bodies over the size
 limit get 413 before they are read. One measurement runs at a time, since two
 at once would disturb each other.
 """
@@ -41,6 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from .agent_runtimes import MAX_INPUT_ELEMENTS, Refused, board_runtime, fingerprints, measure_on_board
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol
 
 log = logging.getLogger("profilers.agent")
@@ -50,7 +56,6 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 MAX_MODELS = 32
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_INPUT_ELEMENTS = 1 << 26
 INPUTS_HEADER = "X-Hwprune-Inputs"
 # protocol field -> (type, lowest, highest) accepted from a request
 PROTOCOL_LIMITS = {"warmup_runs": (int, 0, 100_000), "warmup_s": (float, 0.0, 60.0),
@@ -178,22 +183,21 @@ class AgentServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address, token: str, max_bytes: int, threads: int):
-        from .ort_cpu import OrtCpuRuntime
         super().__init__(address, AgentHandler)
         self.token = token
         self.max_bytes = int(max_bytes)
         self.threads = int(threads)
         self.max_threads = max(os.cpu_count() or 1, self.threads)
         self.measure_lock = threading.Lock()
-        self.runtime_cls = OrtCpuRuntime
 
-    def runtime(self, threads: int | None = None):
-        return self.runtime_cls(threads or self.threads)
+    def runtime(self, threads: int | None = None, name: str = "onnxruntime"):
+        """The board's runtime ``name`` (see :mod:`profilers.agent_runtimes`)."""
+        return board_runtime(name, threads or self.threads)
 
     def info(self) -> dict:
         return {"agent": "hwprune-agent", "agent_version": AGENT_VERSION, "threads": self.threads,
                 "max_threads": self.max_threads, "max_bytes": self.max_bytes,
-                "runtime": self.runtime().fingerprint()}
+                "runtime": self.runtime().fingerprint(), "runtimes": fingerprints(self.threads)}
 
 
 class AgentHandler(BaseHTTPRequestHandler):
@@ -290,13 +294,13 @@ class AgentHandler(BaseHTTPRequestHandler):
         try:
             query = parse_qs(url.query)
             protocol = parse_protocol(query)
-            threads = self._threads(query)
+            threads, name = self._threads(query), query.get("runtime", ["onnxruntime"])[-1]
             if url.path == "/measure":
                 shapes = self._header_inputs()
-                result = self._measure([(body, shapes)], protocol, threads)
+                result = self._measure([(body, shapes)], protocol, threads, name)
                 self._reply(200, asdict(result[0]))
             else:
-                result = self._measure(split_framed(body), protocol, threads)
+                result = self._measure(split_framed(body), protocol, threads, name)
                 self._reply(200, {"timings": [asdict(t) for t in result]})
         except BadRequest as exc:
             self._error(exc.status, str(exc))
@@ -324,23 +328,14 @@ class AgentHandler(BaseHTTPRequestHandler):
         except ValueError:
             raise BadRequest(f"{INPUTS_HEADER} must be JSON {{input name: shape}}") from None
 
-    def _measure(self, models, protocol: Protocol, threads: int | None):
-        runtime = self.server.runtime(threads)
-        with self.server.measure_lock:  # checking a large model would disturb a measurement too
-            prepared = []
-            for data, shapes in models:
-                model = check_onnx(data)
-                prepared.append((data, make_feeds(model, shapes)))
-            try:
-                if len(prepared) == 1:
-                    data, feeds = prepared[0]
-                    return [runtime.measure_onnx(data, feeds, protocol)]
-                return runtime.measure_onnx_interleaved(prepared, protocol)
-            except Exception as exc:
-                if type(exc).__module__.startswith("onnxruntime"):
-                    first = (str(exc).strip().splitlines() or [""])[0][:300]
-                    raise BadRequest(f"ONNX Runtime on this board cannot run the model: {first}") from None
-                raise
+    def _measure(self, models, protocol: Protocol, threads: int | None, name: str = "onnxruntime"):
+        try:
+            runtime = self.server.runtime(threads, name)
+            with self.server.measure_lock:  # checking a large model would disturb a measurement too
+                return measure_on_board(runtime, name, models, protocol,
+                                        lambda data, shapes: make_feeds(check_onnx(data), shapes))
+        except Refused as exc:
+            raise BadRequest(str(exc)) from None
 
 
 def new_token() -> str:

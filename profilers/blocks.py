@@ -106,8 +106,9 @@ def ratio_in_blocks(reference: Callable[[], float], candidate: Callable[[], floa
 
 def block_runner(runtime, model, example_inputs, protocol: Protocol = BLOCK_PROTOCOL) -> Callable[[], float]:
     """A block of ``model`` on ``runtime``: ONNX runtimes export once and open a
-    fresh session per block; others measure the module as they run it."""
-    if hasattr(runtime, "measure_onnx"):
+    fresh session per block; others (ExecuTorch, which lowers once per module
+    and loads the program afresh per block) measure the module as they run it."""
+    if hasattr(runtime, "measure_onnx") and getattr(runtime, "measures_onnx", True):
         from .onnx_export import feeds, to_onnx_bytes
         data, f = to_onnx_bytes(model, example_inputs), feeds(example_inputs)
         return lambda: runtime.measure_onnx(data, f, protocol=protocol).median_ms

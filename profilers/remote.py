@@ -1,8 +1,10 @@
 """Measure on a remote board through its ``hwprune agent`` (see ``profilers.agent``).
 
 The models are exported to ONNX here and sent to the agent, which runs them
-with the board's ONNX Runtime on random inputs of the same shapes; the wire
-carries ONNX bytes and JSON only.
+with the board's ONNX Runtime (or, with ``runtime="openvino"``, its OpenVINO)
+on random inputs of the same shapes. With ``runtime="executorch"`` they are
+lowered to XNNPACK ``.pte`` programs here (this host needs executorch) and run
+by the board's ExecuTorch. The wire carries ONNX or ``.pte`` bytes and JSON only.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import numpy as np
 
 from . import RuntimeUnavailable
 from .agent import AGENT_VERSION, INPUTS_HEADER
+from .agent_runtimes import BOARD_RUNTIMES, DEFAULT
+from .inputs import as_inputs
 from .onnx_export import OnnxModuleMeasurer
 from .onnx_layers import layer_model
 from .protocol import LAYER_PROTOCOL, MODEL_PROTOCOL, Protocol
@@ -47,16 +51,21 @@ class RemoteRuntime(OnnxModuleMeasurer):
 
     ``threads`` (intra-op threads on the board) defaults to the agent's own
     setting; ``timeout_s`` bounds each request, waiting for the board's
-    measurement lock included.
+    measurement lock included; ``runtime``: the board's runtime that measures
+    (``onnxruntime``, ``openvino`` or ``executorch``).
     """
 
     kind = "remote"
 
     def __init__(self, host: str, port: int, token: str = "", timeout_s: float = 300.0,
-                 threads: int | None = None):
+                 threads: int | None = None, runtime: str = DEFAULT):
+        if runtime not in BOARD_RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(BOARD_RUNTIMES)}, not {runtime!r}")
         self.host, self.port, self.token = str(host), int(port), str(token or "")
         self.timeout_s = float(timeout_s)
         self.threads = int(threads) if threads else None
+        self.runtime = runtime
+        self.lowering = None   # an ExecuTorchRuntime here, for its lowering and caches
         self._info: dict | None = None
         # never route the board's traffic through an HTTP proxy from the environment
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -135,9 +144,19 @@ class RemoteRuntime(OnnxModuleMeasurer):
             self._info = info
         return self._info
 
+    @property
+    def measures_onnx(self) -> bool:
+        """Whether whole models travel as ONNX (else as ``.pte`` programs)."""
+        return BOARD_RUNTIMES[self.runtime][3] == "onnx"
+
     def fingerprint(self) -> dict:
         info = self.info()
-        board = dict(info["runtime"])
+        board = info["runtime"] if self.runtime == DEFAULT else (info.get("runtimes") or {}).get(self.runtime)
+        if not isinstance(board, dict):
+            served = ", ".join(info.get("runtimes") or [DEFAULT])
+            raise RemoteError(f"the agent at {self.address} does not serve {self.runtime} (it serves {served}); "
+                              f"install 'hwprune[{self.runtime}]' on the board and restart the agent")
+        board = dict(board)
         fp = {**board, "runtime": f"remote:{board.get('runtime', '?')}", "agent": self.address,
               "agent_version": info["agent_version"]}
         if self.threads:
@@ -148,6 +167,8 @@ class RemoteRuntime(OnnxModuleMeasurer):
         q = {"kind": kind, **asdict(protocol)}
         if self.threads:
             q["threads"] = self.threads
+        if self.runtime != DEFAULT:
+            q["runtime"] = self.runtime
         return q
 
     def _decode(self, data: dict, key: str | None = None, count: int = 1) -> list[Timing]:
@@ -177,7 +198,40 @@ class RemoteRuntime(OnnxModuleMeasurer):
         return self._decode(data, "timings", len(models))
 
     def measure_spec(self, spec: LayerSpec, protocol: Protocol = LAYER_PROTOCOL) -> Timing:
+        if not self.measures_onnx:
+            from .torch_layers import layer_input
+            return self.measure_pte(self.lowerer().layer_program(spec), (layer_input(spec),), protocol, "layer")
         return self.measure_onnx(layer_model(spec), protocol=protocol, kind="layer")
+
+    # --- ExecuTorch programs -----------------------------------------------
+    def lowerer(self):
+        """The local ExecuTorch runtime that lowers models (and caches their programs)."""
+        if self.lowering is None:
+            from . import create_runtime
+            self.lowering = create_runtime("executorch-xnnpack")
+        return self.lowering
+
+    def measure_pte(self, data: bytes, inputs, protocol: Protocol = MODEL_PROTOCOL, kind: str = "model") -> Timing:
+        """One ``.pte`` program; of ``inputs`` only the shapes travel."""
+        shapes = {f"input{i}": list(t.shape) for i, t in enumerate(as_inputs(inputs))}
+        data = self._request("POST", "/measure", bytes(data), self._query(protocol, kind),
+                             {INPUTS_HEADER: json.dumps(shapes)})
+        return self._decode(data)[0]
+
+    def measure_module(self, model, example_inputs, protocol: Protocol = MODEL_PROTOCOL) -> Timing:
+        if self.measures_onnx:
+            return super().measure_module(model, example_inputs, protocol)
+        return self.measure_pte(self.lowerer().program_of(model, example_inputs), example_inputs, protocol)
+
+    def measure_modules_interleaved(self, models, example_inputs, protocol: Protocol = MODEL_PROTOCOL):
+        if self.measures_onnx:
+            return super().measure_modules_interleaved(models, example_inputs, protocol)
+        shapes = {f"input{i}": list(t.shape) for i, t in enumerate(as_inputs(example_inputs))}
+        programs = [self.lowerer().program_of(m, example_inputs) for m in models]
+        manifest = {"models": [{"bytes": len(p), "inputs": shapes} for p in programs]}
+        body = json.dumps(manifest).encode("utf-8") + b"\n" + b"".join(programs)
+        data = self._request("POST", "/measure_interleaved", body, self._query(protocol, "model"))
+        return self._decode(data, "timings", len(models))
 
 
 __all__ = ["RemoteRuntime", "RemoteError"]

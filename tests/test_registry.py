@@ -114,7 +114,7 @@ def test_the_cli_prints_an_unknown_runtime_as_one_error_line(tmp_path, monkeypat
 
 def test_every_registry_lists_its_names():
     assert profilers.RUNTIMES.list() == profilers.list_runtimes() == \
-        ["ort-cpu", "remote", "tensorrt", "torch-cpu", "torch-cuda"]
+        ["executorch-xnnpack", "openvino-cpu", "ort-cpu", "remote", "tensorrt", "torch-cpu", "torch-cuda"]
     assert latency_models.MODELS.list() == latency_models.list_models() == \
         ["quadratic-m6", "quadratic-m5", "step-quadratic", "lookup", "flops", "params", "forest", "gbrt"]
     assert CRITERIA.list() == ["l1", "l2", "bn-scale", "taylor", "cpmc", "ccp", "dcp"]

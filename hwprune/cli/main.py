@@ -129,7 +129,8 @@ def cmd_export(args) -> int:
     from hwprune.export.artifact import export_model, report_text
     from hwprune.graph.plans import load_model
     src = Path(args.model)
-    default = "model.engine" if args.format == "tensorrt" else "model.onnx"
+    default = {"tensorrt": "model.engine", "executorch": "model.pte", "openvino": "model.xml"}.get(args.format,
+                                                                                                  "model.onnx")
     folder = src if src.is_dir() else src.parent if src.exists() else Path(".")
     out = Path(args.out) if args.out else folder / default
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
@@ -170,7 +171,8 @@ def cmd_agent(args) -> int:
                 "token_source": source or "generated", "threads": server.threads,
                 "max_bytes": server.max_bytes}
         token = f"token: {server.token}" if source is None else f"token: the one given by {source}"
-        emit(args, data, f"hwprune agent on {host}:{port}: ONNX Runtime CPU, {server.threads} thread(s), "
+        served = ", ".join(server.info()["runtimes"])
+        emit(args, data, f"hwprune agent on {host}:{port}: serves {served}, {server.threads} thread(s), "
                           f"uploads up to {args.max_upload_mib:g} MB; Ctrl-C stops it\ndevice: {device}\n{token}\n"
                           f"on the host: HWPRUNE_AGENT_TOKEN=<token> hwprune profile --device {device} "
                           f"--model resnet20")
@@ -242,11 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     from hwprune.cli.finetune import add_parser as add_finetune_parser
     add_finetune_parser(sub, common)
     from profilers.onnx_export import OPSET
-    sp = sub.add_parser("export", help="export a (pruned) model to ONNX or TensorRT")
+    sp = sub.add_parser("export", help="export a (pruned) model to ONNX, TensorRT, ExecuTorch or OpenVINO")
     common(sp)
-    sp.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
-    sp.add_argument("--out", help="output file (default: model.onnx or model.engine next to the model); "
-                    "a report goes to OUT.report.json, a TensorRT export also writes OUT with suffix .onnx")
+    sp.add_argument("--format", choices=["onnx", "tensorrt", "executorch", "openvino"], default="onnx",
+                    help="onnx; tensorrt (an engine); executorch (a .pte lowered to XNNPACK); openvino (IR .xml "
+                    "and .bin)")
+    sp.add_argument("--out", help="output file (default: model.onnx, model.engine, model.pte or model.xml next to "
+                    "the model); a report goes to OUT.report.json, a TensorRT export also writes OUT with suffix "
+                    ".onnx, an OpenVINO export OUT with suffix .bin")
     sp.add_argument("--force", action="store_true", help="replace existing output files")
     sp.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     sp.add_argument("--dynamic-batch", action="store_true", help="export with a variable batch size")

@@ -1,5 +1,6 @@
-"""The export command's job: an ONNX file or a TensorRT engine (with its ONNX), checked against
-PyTorch, measured, and described in ``OUT.report.json``; written atomically."""
+"""The export command's job: an ONNX file, a TensorRT engine (with its ONNX), an ExecuTorch
+program or an OpenVINO IR, checked against PyTorch, measured, and described in
+``OUT.report.json``; written atomically."""
 from __future__ import annotations
 
 import hashlib
@@ -10,27 +11,39 @@ import torch
 
 from hwprune.errors import UserError
 from hwprune.export.data import load_data
+from hwprune.export.deploy import FORMATS as DEPLOY_FORMATS
+from hwprune.export.deploy import deploy_text
 from hwprune.export.onnx import dynamic_shapes, onnx_part, report_path, trtexec_command, write_onnx
 from hwprune.export.outdir import atomic_files, check_outputs
 from hwprune.report import format_table
 from profilers.inputs import as_inputs
 from profilers.onnx_export import OPSET
 
+FORMATS = ("onnx", "tensorrt", *DEPLOY_FORMATS)
+
 
 def export_model(model: torch.nn.Module, example_inputs, out, *, fmt: str = "onnx", opset: int = OPSET,
                  dynamic_batch: bool = False, fp16: bool = False, int8: bool = False, data: str | None = None,
-                 force: bool = False, latency_device: str | None = "ort-cpu-1t", max_batch: int = 32,
+                 force: bool = False, latency_device: str | None = "auto", max_batch: int = 32,
                  source: str = "") -> dict:
-    """Export ``model`` to ``out`` as ONNX or a TensorRT engine and return the
-    report (also written to ``out.report.json``). TensorRT exports also write
-    ``out`` with the suffix ``.onnx``; where tensorrt does not import, that ONNX
-    is written and :class:`UserError` gives the ``trtexec`` line for it."""
+    """Export ``model`` to ``out`` as ONNX, a TensorRT engine, an ExecuTorch
+    program (``.pte``, XNNPACK) or an OpenVINO IR (``.xml`` and ``.bin``) and
+    return the report (also written to ``out.report.json``). TensorRT exports
+    also write ``out`` with the suffix ``.onnx``; where tensorrt does not
+    import, that ONNX is written and :class:`UserError` gives the ``trtexec``
+    line for it. ``latency_device``: where the export is measured (``auto``:
+    ort-cpu-1t, or the format's own device for executorch and openvino;
+    None: not measured)."""
     from hwprune.version import __version__
     inputs, out = as_inputs(example_inputs), Path(out)
-    if fmt not in ("onnx", "tensorrt"):
-        raise UserError(f"unknown export format {fmt!r}; use onnx or tensorrt")
-    if fmt == "onnx" and (fp16 or int8):
-        raise UserError("--fp16 and --int8 apply to --format tensorrt (the ONNX file is float32)")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
+    if fmt != "tensorrt" and (fp16 or int8):
+        raise UserError(f"--fp16 and --int8 apply to --format tensorrt (the {fmt} export is float32)")
+    if fmt in DEPLOY_FORMATS and dynamic_batch:
+        raise UserError(f"--dynamic-batch applies to onnx and tensorrt; the {fmt} export has the example's batch")
+    if latency_device == "auto":
+        latency_device = DEPLOY_FORMATS[fmt][0] if fmt in DEPLOY_FORMATS else "ort-cpu-1t"
     if int8 and not data:
         raise UserError("--int8 needs calibration inputs: pass --data digits or --data FILE.npz")
     if not 7 <= opset <= 21:
@@ -39,6 +52,12 @@ def export_model(model: torch.nn.Module, example_inputs, out, *, fmt: str = "onn
         raise UserError(f"--max-batch {max_batch} must be at least 1")
     head = {"format": fmt, "model": source, "hwprune_version": __version__,
             "input_shapes": [list(t.shape) for t in inputs]}
+    if fmt in DEPLOY_FORMATS:
+        from hwprune.export.deploy import write_executorch, write_openvino
+        loaded = load_data(data, inputs) if data else None
+        if fmt == "executorch":
+            return write_executorch(model, inputs, out, loaded, latency_device, force, head)
+        return write_openvino(model, inputs, out, opset, loaded, latency_device, force, head)
     if fmt == "onnx":
         check_outputs([out, report_path(out)], force)
         return write_onnx(model, inputs, out, opset, dynamic_batch,
@@ -85,13 +104,16 @@ def report_text(report: dict) -> str:
              _num(r["accuracy_export"] and 100 * r["accuracy_export"], ".1f")] for r in report["parity"]]
     text = format_table(["runtime", "inputs vs PyTorch", "samples", "max abs diff", "max rel diff",
                          "top-1 agree %", "accuracy %"], rows)
+    lat = report.get("latency")
+    lat_line = lat and f"\nlatency on {lat['device']}: {lat['median_ms']:.3f} ms (IQR {lat['iqr_ms']:.3f}, " \
+        f"{lat['runs']} runs)"
+    if "onnx" not in report:   # an on-device format: no ONNX file was written
+        return text + "\n" + deploy_text(report) + (lat_line or "") + "\nwrote " + ", ".join(report["files"])
     o = report["onnx"]
     text += (f"\nONNX: opset {o['opset']}, {o['bytes'] / 1e6:.2f} MB, onnx.checker passed"
              + (f", dynamic batch (checked at {', '.join(map(str, o['dynamic_batches_checked']))})"
                 if o["dynamic_batch"] else ", static batch"))
-    lat = report.get("latency")
-    if lat:
-        text += f"\nlatency on {lat['device']}: {lat['median_ms']:.3f} ms (IQR {lat['iqr_ms']:.3f}, {lat['runs']} runs)"
+    text += lat_line or ""
     t = report.get("tensorrt")
     if t:
         text += (f"\nTensorRT {t['version']}: {t['precision']} engine, {t['bytes'] / 1e6:.2f} MB, built in "

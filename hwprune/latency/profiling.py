@@ -177,20 +177,24 @@ class Profiler:
 
 
 CLOCKS = ("auto", "thread", "wall")
+# runtimes that, at one thread, compute on the calling thread only (checked per runtime with
+# per-thread CPU times: ExecuTorch with a 1-thread XNNPACK pool, OpenVINO with INFERENCE_NUM_THREADS 1)
+CALLING_THREAD_RUNTIMES = ("ort-cpu", "torch-cpu", "executorch-xnnpack", "openvino-cpu")
 
 
 def device_clock(device: Device, clock: str = "auto") -> str:
     """How runs are timed on ``device``: ``"thread"`` (the calling thread's CPU
     time, immune to other processes taking the core; see
     :mod:`profilers.protocol`) or ``"wall"``. ``auto``: the thread clock where
-    the runtime computes on the calling thread only (ONNX Runtime or PyTorch on
-    the CPU at one thread), else wall-clock."""
+    the runtime computes on the calling thread only (ONNX Runtime, PyTorch,
+    ExecuTorch or OpenVINO on the CPU at one thread), else wall-clock."""
     if clock not in CLOCKS:
         raise UserError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
-    one_thread = device.runtime in ("ort-cpu", "torch-cpu") and int(dict(device.options).get("threads", 1)) == 1
+    one_thread = device.runtime in CALLING_THREAD_RUNTIMES and int(dict(device.options).get("threads", 1)) == 1
     if clock == "thread" and not one_thread:
         raise UserError(f"the thread clock only times runtimes that compute on the calling thread "
-                        f"(ort-cpu-1t, torch-cpu-1t), not {device.name}; use --clock wall")
+                        f"(ort-cpu-1t, torch-cpu-1t, executorch-xnnpack-1t, openvino-cpu-1t), not {device.name}; "
+                        f"use --clock wall")
     return "thread" if clock == "thread" or (clock == "auto" and one_thread) else "wall"
 
 
