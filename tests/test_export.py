@@ -345,6 +345,15 @@ def test_torch_export_file_loads_with_its_input(tmp_path):
         assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
 
 
+def test_pruning_a_torch_export_file_is_a_clear_error(tmp_path):
+    import hwprune
+    model, x = archs.create("invres")
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    loaded = load_model(str(tmp_path / "m.pt2"))
+    with pytest.raises(UserError, match="torch.export program cannot be pruned.*torchvision:NAME"):
+        hwprune.prune(loaded.model, (loaded.example_input,), device="ort-cpu-1t", budget_fraction=0.5)
+
+
 def test_garbage_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")

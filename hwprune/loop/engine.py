@@ -327,7 +327,12 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     found = {name: devices.get(name) for name in dict.fromkeys([primary, *budgets.ms])}
     grids = resolve_grids(found, store, grid, progress)
     devs = {d: with_grid(dev, grids[d]) for d, dev in found.items()}
-    model = model.eval()
+    try:
+        model = model.eval()
+    except NotImplementedError:  # torch.export's module: its layers are graph operations, not modules
+        raise UserError("a torch.export program cannot be pruned (its layers are graph operations, not modules to "
+                        "cut); give the model's Python definition: a zoo name, torchvision:NAME, timm:NAME or a "
+                        "hwprune checkpoint") from None
     space = PruningSpace(model, example_inputs)
     granularity = resolve_granularity(space, granularity)
     options = with_blocks(space, _grid_options(space, devs[primary], cons), granularity)
