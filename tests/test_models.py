@@ -35,7 +35,8 @@ def _model(src: str, name: str) -> tuple[nn.Module, torch.Tensor]:
     else:
         import timm
         model = timm.create_model(name)
-    return model.eval(), torch.randn(1, 3, 96 if name == "inception_v3" else 64, 64)
+    size = 96 if name == "inception_v3" else 64  # inception_v3 needs 75 px or more
+    return model.eval(), torch.randn(1, 3, size, size)
 
 
 def _half(space: PruningSpace):
