@@ -52,18 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=float, default=DEFAULT_BUDGETS,
                    help="budgets as fractions of the measured baseline latency "
                         f"(default: {' '.join(map(str, DEFAULT_BUDGETS))})")
-    p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
     p.add_argument("--load", action="store_true", help="run under a co-running load: another process streams a "
                    "256 MB array through memory all along, as a shared cloud host's neighbour does")
     p.add_argument("--absolute", dest="relative", action="store_false",
                    help="give the engine the budget in ms of this script's baseline measurement instead of as a "
                         "fraction of the baseline the engine measures itself (default: fraction)")
-    p.add_argument("--granularity", choices=["channel", "block", "both"], default="channel",
-                   help="what the engine may remove: channels (default), residual blocks, or both")
-    p.add_argument("--store", default=None,
-                   help="measurement store path (default: a fresh temp file, so profiling starts empty)")
-    p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
-                   help="output folder (default: scripts/results/)")
+    common.add_run_args(p)
     args = p.parse_args(argv)
     bad = [b for b in args.budgets if not 0.0 < b < 1.0]
     if bad:
@@ -114,14 +108,14 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
         try:
             if args.relative:
                 res, choice = prune_within_reach(model, x, args.device, frac, store=store,
-                                                 granularity=getattr(args, "granularity", "channel"))
+                                                 granularity=args.granularity)
                 if choice.fallback:
                     log(f"[{name}] budget {frac:.2f}: {choice.text}")
                     row.update({"requested_frac": frac, "budget_frac": choice.fraction,
                                 "budget_ms": choice.fraction * base["median_ms"], "budget_note": choice.reason})
             else:
                 res = prune(model, x, device=args.device, budget_ms=budget, store=store,
-                            granularity=getattr(args, "granularity", "channel"))
+                            granularity=args.granularity)
         except UserError as exc:
             row["error"] = str(exc)
             row["prune_wall_s"] = time.perf_counter() - t0

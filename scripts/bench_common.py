@@ -49,6 +49,17 @@ def header_lines(h: dict) -> list[str]:
                                    if h["co_running_load"] else "none (quiet host)")])
 
 
+def add_run_args(p) -> None:
+    """The options every pruning benchmark takes: device, granularity, store, output folder."""
+    p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
+    p.add_argument("--granularity", choices=["channel", "block", "both"], default="channel",
+                   help="what the engine may remove: channels (default), residual blocks, or both")
+    p.add_argument("--store", default=None,
+                   help="measurement store path (default: a fresh temp file, so profiling starts empty)")
+    p.add_argument("--out", default=str(REPO_ROOT / "scripts" / "results"),
+                   help="output folder (default: scripts/results/)")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
     use_repo_packages()

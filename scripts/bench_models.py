@@ -102,13 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=None, help="input size for every model (overrides @SIZE)")
     p.add_argument("--budgets", nargs="+", type=float, default=DEFAULT_BUDGETS,
                    help=f"budgets as fractions of the baseline (default: {' '.join(map(str, DEFAULT_BUDGETS))})")
-    p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
-    p.add_argument("--granularity", choices=["channel", "block", "both"], default="channel",
-                   help="what the engine may remove: channels (default), residual blocks, or both")
-    p.add_argument("--store", default=None,
-                   help="measurement store path (default: a fresh temp file, so profiling starts empty)")
-    p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
-                   help="output folder (default: scripts/results/)")
+    common.add_run_args(p)
     p.add_argument("--stem", default="bench_models", help="output file name stem (default: bench_models)")
     p.add_argument("--append", action="store_true",
                    help="keep the rows of other models already in the output JSON (rows of the models run now "
