@@ -2,13 +2,13 @@
 to PyTorch's, lazily imported, and a missing package is one error naming the extra."""
 import importlib.metadata
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from devices_listing import devices_listing
 from torch import nn
 
 from profilers import LayerSpec, Protocol, RuntimeUnavailable, create_runtime, fingerprint_key
@@ -133,15 +133,9 @@ def test_missing_package_is_one_error_line_in_the_cli(monkeypatch, capsys, tmp_p
 
 
 def test_devices_lists_them_without_importing_them(tmp_path):
-    code = ("import json, sys\nfrom hwprune.cli.main import main\n"
-            f"rc = main(['devices', '--json', '--store', {str(tmp_path / 's.sqlite')!r}])\n"
-            "print(json.dumps({'rc': rc, 'modules': sorted({m.split('.')[0] for m in sys.modules} "
-            "& {'executorch', 'openvino'})}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    *listing, last = proc.stdout.strip().splitlines()
-    found, result = json.loads("\n".join(listing))["devices"], json.loads(last)
-    assert result == {"rc": 0, "modules": []}
+    found, rc, modules = devices_listing(tmp_path / "s.sqlite",
+                                         lambda m: m.split(".")[0] in ("executorch", "openvino"))
+    assert (rc, modules) == (0, [])
     names = {d["name"]: d for d in found}
     for name in ("executorch-xnnpack-1t", "executorch-xnnpack-2t", "openvino-cpu-1t", "openvino-cpu-2t"):
         assert names[name]["available"], names[name]["reason"]

@@ -1,11 +1,10 @@
 """The one registry mechanism (profilers.registry) and the five registries built on it."""
 import importlib.util
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from devices_listing import devices_listing
 
 import latency_models
 import profilers
@@ -149,14 +148,8 @@ def test_hwprune_devices_does_not_import_tensorrt(tmp_path):
     """Listing devices opens each runtime to say whether it runs here; with the
     tensorrt package absent, neither it nor the TensorRT runtime's module (and
     the CUDA code that module imports) is imported."""
-    code = ("import json, sys\nfrom hwprune.cli.main import main\n"
-            f"rc = main(['devices', '--json', '--store', {str(tmp_path / 's.sqlite')!r}])\n"
-            "print(json.dumps({'rc': rc, 'modules': sorted(m for m in sys.modules "
-            "if m.split('.')[0] == 'tensorrt' or m == 'profilers.tensorrt_rt')}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    *listing, last = proc.stdout.strip().splitlines()
-    devices, result = json.loads("\n".join(listing))["devices"], json.loads(last)
-    assert result == {"rc": 0, "modules": []}
+    devices, rc, modules = devices_listing(tmp_path / "s.sqlite", lambda m: m.split(".")[0] == "tensorrt"
+                                           or m == "profilers.tensorrt_rt")
+    assert (rc, modules) == (0, [])
     trt = [d for d in devices if d["runtime"] == "tensorrt"]
     assert trt and all(not d["available"] and "needs the package 'tensorrt'" in d["reason"] for d in trt)
