@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import math
 
+from .inputs import forward_with_hooks
+
 
 def bins(size: int, out: int) -> list[tuple[int, int]]:
     """The input range ``[start, end)`` each of ``out`` adaptive-pooling bins covers."""
@@ -78,12 +80,7 @@ def exportable(model, example_inputs):
         return lambda mod, args: seen[name].add(tuple(args[0].shape[-2:]))
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in pools.items()]
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_inputs, handles)
     swap = {}
     for name, m in pools.items():
         if len(seen[name]) != 1:      # not run, or at several sizes: leave it

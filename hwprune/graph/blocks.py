@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hwprune.graph.space import LAYER_TYPES, Choice, PruningSpace
+from profilers.inputs import forward_with_hooks
 
 REMOVED, KEPT = (0,), (1,)
 GRANULARITIES = ("channel", "block", "both")
@@ -80,12 +81,7 @@ def _candidates(model: nn.Module, layer_names: list[str], example_inputs) -> dic
                   and isinstance(out, torch.Tensor) and out.shape == args[0].shape)
             seen.setdefault(name, []).append(args[0].detach().clone() if ok else None)
         hooks.append(m.register_forward_hook(hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example_inputs, hooks)
     return {n: calls[0] for n, calls in seen.items() if len(calls) == 1 and calls[0] is not None}
 
 

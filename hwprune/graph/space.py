@@ -37,7 +37,7 @@ from hwprune.graph.grouped import regroup
 from hwprune.graph.guard import Cutter, Failure, FrozenChannelsWarning, FrozenGroup, owner, unsafe_groups
 from hwprune.graph.trace import build_graph
 from profilers import LayerSpec
-from profilers.inputs import as_inputs
+from profilers.inputs import as_inputs, forward_with_hooks
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 log = logging.getLogger("hwprune")
@@ -102,12 +102,7 @@ def layer_input_shapes(model: nn.Module, example_inputs) -> dict[str, tuple[int,
             def hook(mod, inp, out, name=name):
                 shapes.setdefault(name, tuple(inp[0].shape))
             hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example_inputs, hooks)
     return shapes
 
 
