@@ -6,25 +6,27 @@ the step-aware quadratic). The remainder covers what is not a conv or linear
 layer (adds, pools, concats, BatchNorm where the runtime does not fuse it,
 session overhead), minus the per-call overhead counted once per isolated
 layer measurement, plus the cost of streaming weights that do not stay in
-cache in a whole network. It is ``c0 + c3 * sum(aligned layers) + c4 *
-sum(misaligned layers) + c1 * activation_elements + c2 * weight_elements``
-(c1, c2 >= 0, c3, c4 >= -0.5), plus ``c5 * layers`` (c5 >= 0, a cost per
-layer present, for the operators around it: what a runtime that pays per
-operator, eager PyTorch at batch 1, pays) where the rows' numbers of layers
-differ (networks with residual blocks removed), fitted from whole-model
-measurements (:meth:`NetworkLatencyModel.fit_remainder`), its terms taken in
-the order c0, c3, c5, c4, c1, c2 as the rows allow (one term fewer than rows,
-so a fit never interpolates).
-``c3`` rescales the isolated layers to their cost inside the network: on ONNX
-Runtime an isolated layer on the blocked kernels pays for its input's and
-output's layout reorders and the call, which a network of such layers pays
-once (the sum of isolated aligned layers is 1.8-2.2x the network, measured on
-depthwise inverted-residual networks with AVX-512; 1.3-4x on mobilenetv2),
-while a layer off the alignment (``align_channels``, see
-:func:`latency_models.quadratic.misaligned`) runs plain kernels with no
-reorders of its own and costs about what it costs alone (0.95x): ``c4`` is
-its own scale, fitted where the rows' misaligned share varies (else it
-follows ``c3``).
+cache in a whole network. It is ``c0 + c3 * sum(layers) - c6 *
+sum(reorders saved) + c1 * activation_elements + c2 * weight_elements``
+(c1, c2, c6 >= 0, c3 >= MIN_LAYER_SCALE - 1), plus ``c5 * layers`` (c5 >= 0, a
+cost per layer present, for the operators around it: what a runtime that pays
+per operator, eager PyTorch at batch 1, pays) where the rows' numbers of
+layers differ (networks with residual blocks removed), fitted from
+whole-model measurements (:meth:`NetworkLatencyModel.fit_remainder`), its
+terms taken in the order c0, c3, c6, c5, c1, c2 as the rows allow (one term
+fewer than rows, so a fit never interpolates).
+``c3`` rescales the isolated layers to their cost inside the network (per-call
+overhead, caches). ``c6`` is the price of one element of a layout reorder:
+on ONNX Runtime a layer whose input width is on the alignment (``align_channels``,
+see :func:`latency_models.quadratic.misaligned`) runs blocked (NCHWc)
+kernels, and measured alone it pays for reordering its input and output,
+which a chain of such layers inside a network does not, while a network
+mixing blocked and plain layers pays a reorder at every change
+(:func:`reorder_saved_elements`). Modelling that, instead of one scale for
+aligned and one for misaligned layers, took free-width depthwise networks
+from 57 to 93 % of predictions within +-10 % on an AVX-512 host. A model
+saved with a separate scale for misaligned layers (``c4``) still predicts
+with it.
 Every term runs over the layers, so every layer's share of the remainder is
 known (``layer_cost_ms``) and the selector's per-layer tables add up to
 :meth:`NetworkLatencyModel.predict`.
@@ -47,7 +49,6 @@ from .quadratic import QuadraticLayerModel, QuadraticModel, misaligned
 # and weights (nearly collinear with them), no more accurate on 50 other
 # networks (RMSPE 2.1 vs 2.3 % and 1.9 vs 1.9 %) and blind to the device step.
 MIN_LAYER_SCALE = 0.35
-TWO_SCALES_MIN_ROWS = 6  # whole networks before misaligned layers get a scale of their own (else 1x)
 
 
 def weight_elements(specs: Iterable[LayerSpec]) -> int:
@@ -64,6 +65,31 @@ def activation_elements(specs: Iterable[LayerSpec]) -> int:
         oh, ow = s.out_hw
         total += s.batch * s.out_channels * oh * ow
     return total
+
+
+def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None) -> np.ndarray:
+    """Elements of layout reorders a layer does not pay inside a network, over
+    arrays of widths (negative where it pays one the isolated layer did not).
+
+    A runtime with a blocked layout (ONNX Runtime's NCHWc, when the input width
+    is on the alignment) measures an isolated layer with a reorder of its input
+    (unless it reads an image's few channels as they are) and of its output;
+    inside a network a chain of blocked layers pays none of them, and a tensor
+    pays one where its producer's layout differs from its consumers'
+    (approximated per layer: a blocked layer writing a width off the alignment
+    feeds plain layers, a plain one writing an aligned width feeds blocked ones).
+    Measured on ONNX Runtime with AVX-512, a reorder costs about 0.1-0.2 ns per
+    element, as much as a depthwise conv's whole work at some widths."""
+    n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
+    if not align or align <= 1 or spec.kind != "conv":
+        return np.zeros(n_in.shape)
+    oh, ow = spec.out_hw
+    in_el = spec.batch * spec.height * spec.width * n_in.astype(float)
+    out_el = spec.batch * oh * ow * n_out.astype(float)
+    blocked = ~misaligned(spec, n_in, align)
+    feeds_blocked = ~misaligned(spec, n_out, align)
+    isolated = np.where(blocked, np.where(n_in > align, in_el, 0.0) + out_el, 0.0)
+    return isolated - np.where(blocked != feeds_blocked, out_el, 0.0)
 
 
 def _fresh(model: LayerModel) -> LayerModel:
@@ -171,6 +197,15 @@ class NetworkLatencyModel:
         c = tuple(getattr(self, "remainder_", ()))
         return float(c[5]) if len(c) > 5 else 0.0
 
+    def reorder_ms_per_element(self) -> float:
+        """``c6``: what one element of a layout reorder costs (0 where not fitted)."""
+        c = tuple(getattr(self, "remainder_", ()))
+        return float(c[6]) if len(c) > 6 else 0.0
+
+    def reorder_saved(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
+        """:func:`reorder_saved_elements` on the device's alignment."""
+        return reorder_saved_elements(spec, n_in, n_out, self.align_channels)
+
     def misaligned(self, spec: LayerSpec, n_in=None) -> np.ndarray:
         """Whether input widths ``n_in`` (default the spec's) of ``spec`` are off the device's alignment."""
         return misaligned(spec, spec.in_channels if n_in is None else n_in, self.align_channels)
@@ -183,8 +218,10 @@ class NetworkLatencyModel:
         _, c1, c2, c3, c4 = self.remainder_coef()
         scale = 1.0 + np.where(self.misaligned(spec, n_in), c4, c3)
         oh, ow = spec.out_hw
+        c6 = self.reorder_ms_per_element()
+        saved = self.reorder_saved(spec, n_in, n_out) if c6 else 0.0
         return (scale * self.layer_widths_ms(spec, n_in, n_out) + c1 * spec.batch * oh * ow * n_out
-                + c2 * weight_count(spec, n_in, n_out) + self.op_ms())
+                + c2 * weight_count(spec, n_in, n_out) + self.op_ms() - c6 * saved)
 
     def layer_cost_ms(self, spec: LayerSpec) -> float:
         """The layer's prediction plus its share of the remainder (all but ``c0``)."""
@@ -201,29 +238,15 @@ class NetworkLatencyModel:
         specs = list(specs)
         return self.predict(specs) - self.layers_ms(specs)
 
-    def _split(self, specs: Sequence[LayerSpec]) -> tuple[float, float]:
-        """(aligned, misaligned) sums of the layer predictions."""
-        on = off = 0.0
-        for s in specs:
-            ms = self.layer_ms(s)
-            if bool(self.misaligned(s)):
-                off += ms
-            else:
-                on += ms
-        return on, off
-
     def fit_remainder(self, rows: Sequence[tuple[Sequence[LayerSpec], float]]) -> NetworkLatencyModel:
         """Fit the remainder's terms to ``measured - sum(layers)`` over whole-model
         measurements ``rows = [(specs, ms), ...]`` by least squares on the relative
         error (each row weighted by 1/ms, so a narrow network's few tenths of a ms
-        count as much as a wide one's). Terms in order ``c0, c3, c4, c1, c2``,
-        one fewer than rows (all of them from six rows on); ``c5`` (per layer,
-        right after ``c3``) only where the rows' numbers of layers differ; ``c4`` only from
-        ``TWO_SCALES_MIN_ROWS`` rows whose misaligned share of the layers varies
-        by more than 5 points (fewer rows fit it poorly), else
-        0: plain kernels pay no reorders of their own, so a misaligned layer
-        costs in a network what it costs alone (measured 0.95x); c1, c2 >= 0;
-        c3, c4 >= MIN_LAYER_SCALE - 1; c5 >= 0."""
+        count as much as a wide one's). Terms in order ``c0, c3, c6, c5, c1, c2``,
+        one fewer than rows; ``c6`` only where the rows' reorders (relative to
+        their layers) differ, ``c5`` only where their numbers of layers differ;
+        c1, c2, c5, c6 >= 0, c3 >= MIN_LAYER_SCALE - 1. Misaligned layers take the
+        aligned ones' scale (``c4 = c3``)."""
         from scipy.optimize import lsq_linear
         self._check()
         rows = list(rows)
@@ -231,28 +254,29 @@ class NetworkLatencyModel:
             self.remainder_ = (0.0, 0.0, 0.0, 0.0, 0.0)
             return self
         measured = np.array([ms for _, ms in rows], dtype=float)
-        split = np.array([self._split(specs) for specs, _ in rows])
-        layers = split.sum(axis=1)
-        share = split[:, 1] / np.maximum(layers, 1e-12)
-        two_scales = len(rows) >= TWO_SCALES_MIN_ROWS and share.max() - share.min() > 0.05
-        cols = {"c0": np.ones(len(rows)), "c3": split[:, 0], "c4": split[:, 1],
+        layers = np.array([self.layers_ms(specs) for specs, _ in rows])
+        cols = {"c0": np.ones(len(rows)), "c3": layers,
                 "c1": np.array([activation_elements(sp) for sp, _ in rows], dtype=float),
                 "c2": np.array([weight_elements(sp) for sp, _ in rows], dtype=float),
-                "c5": np.array([len(list(sp)) for sp, _ in rows], dtype=float)}
+                "c5": np.array([len(list(sp)) for sp, _ in rows], dtype=float),
+                "c6": -np.array([sum(float(self.reorder_saved(s, s.in_channels, s.out_channels)) for s in sp)
+                                 for sp, _ in rows])}
         counts_vary = np.ptp(cols["c5"]) > 0
-        order = [n for n in ("c0", "c3", "c5", "c4", "c1", "c2")
-                 if (n != "c4" or two_scales) and (n != "c5" or counts_vary)][:max(1, len(rows) - 1)]
+        reorders_vary = np.ptp(cols["c6"] / np.maximum(layers, 1e-12)) > 0
+        order = [n for n in ("c0", "c3", "c6", "c5", "c1", "c2")
+                 if (n != "c5" or counts_vary) and (n != "c6" or reorders_vary)][:max(1, len(rows) - 1)]
         feats = np.stack([cols[n] for n in order], axis=1)
         scale = np.maximum(np.abs(feats).max(axis=0), 1e-12)
         w = 1.0 / np.maximum(measured, 1e-9)
-        low = {"c0": -np.inf, "c3": MIN_LAYER_SCALE - 1.0, "c4": MIN_LAYER_SCALE - 1.0, "c1": 0.0, "c2": 0.0,
-               "c5": 0.0}
-        lower = np.array([low[n] for n in order]) * np.where(np.isin(order, ["c3", "c4"]), scale, 1.0)
+        low = {"c0": -np.inf, "c3": MIN_LAYER_SCALE - 1.0, "c1": 0.0, "c2": 0.0, "c5": 0.0, "c6": 0.0}
+        lower = np.array([low[n] for n in order]) * np.where(np.isin(order, ["c3"]), scale, 1.0)
         sol = lsq_linear(feats / scale * w[:, None], (measured - layers) * w,
                          bounds=(lower, [np.inf] * len(order))).x
         coef = dict(zip(order, (float(c) for c in sol / scale)))
         self.remainder_ = (coef.get("c0", 0.0), coef.get("c1", 0.0), coef.get("c2", 0.0), coef.get("c3", 0.0),
-                           coef.get("c4", 0.0)) + ((coef["c5"],) if "c5" in coef else ())
+                           coef.get("c3", 0.0))
+        if "c5" in coef or "c6" in coef:
+            self.remainder_ += (coef.get("c5", 0.0),) + ((coef["c6"],) if "c6" in coef else ())
         return self
 
     # ---- serialisation -----------------------------------------------------

@@ -196,7 +196,7 @@ def test_remainder_rescales_the_isolated_layers_first():
     pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16), (64, 8), (8, 64)]
     scaled = lambda specs: 0.6 * net.layers_ms(specs) + 0.05
     net.fit_remainder([(network(a, b), scaled(network(a, b))) for a, b in pairs[:3]])  # c0, c3
-    assert net.remainder_ == pytest.approx((0.05, 0.0, 0.0, -0.4, 0.0), abs=1e-6)
+    assert net.remainder_ == pytest.approx((0.05, 0.0, 0.0, -0.4, -0.4), abs=1e-6)  # misaligned: the same scale
     truth = lambda specs: scaled(specs) + 1e-6 * activation_elements(specs)
     rows = [(network(a, b), truth(network(a, b))) for a, b in pairs]
     net.fit_remainder(rows)
@@ -207,30 +207,35 @@ def test_remainder_rescales_the_isolated_layers_first():
     assert net.remainder_[3] == pytest.approx(MIN_LAYER_SCALE - 1)  # the layers keep their floor
 
 
-def test_misaligned_layers_get_their_own_scale():
-    """On the runtime's blocked kernels a network pays 0.5x its isolated layers;
-    layers off the alignment run plain kernels at 0.95x. Rows whose misaligned
-    share varies recover both scales, and the selector's per-layer costs add up
-    to the network prediction."""
+def test_layout_reorders_inside_a_network_are_modelled():
+    """A runtime with a blocked layout (aligned input widths) whose isolated
+    layers pay a reorder of their input and output: inside a network a chain
+    of blocked layers saves them and a change of layout pays one. Rows mixing
+    aligned and misaligned widths recover the price of a reorder element, and
+    the selector's per-layer costs add up to the network prediction."""
+    from latency_models import reorder_saved_elements
     net = NetworkLatencyModel("quadratic-m6", align_channels=4).fit(samples())
     pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (10, 30), (22, 14), (40, 58), (26, 26)]
+    saved = lambda specs: sum(float(reorder_saved_elements(s, s.in_channels, s.out_channels, 4)) for s in specs)
 
     def truth(specs):
-        off = net.misaligned  # the rule the model uses, checked on its own below
-        return 0.1 + sum((0.95 if bool(off(s)) else 0.5) * net.layer_ms(s) for s in specs)
+        return 0.1 + 0.8 * net.layers_ms(specs) - 2e-6 * saved(specs)
+    assert saved(network(32, 16)) > 0 and saved(network(22, 14)) < saved(network(24, 16))
     net.fit_remainder([(network(a, b), truth(network(a, b))) for a, b in pairs])
-    c0, _, _, c3, c4 = net.remainder_coef()
-    assert (c0, c3, c4) == pytest.approx((0.1, -0.5, -0.05), abs=1e-4)
+    _, _, _, c3, c4 = net.remainder_coef()
+    assert c3 == c4 and net.reorder_ms_per_element() == pytest.approx(2e-6, rel=1e-3)
     assert bool(net.misaligned(replace(CONV, in_channels=30)))
     assert not bool(net.misaligned(replace(CONV, in_channels=32)))
     assert not bool(net.misaligned(replace(CONV, in_channels=3)))  # an image's channels run their own kernel
     for a, b in ((18, 36), (60, 12)):
         specs = network(a, b)
-        assert net.predict(specs) == pytest.approx(truth(specs), rel=1e-6)
+        assert net.predict(specs) == pytest.approx(truth(specs), rel=1e-3)
         assert net.const_ms() + sum(net.layer_cost_ms(s) for s in specs) == pytest.approx(net.predict(specs))
-    aligned_only = [(network(a, b), truth(network(a, b))) for a, b in ((8, 8), (32, 16), (64, 64), (16, 48))]
-    net.fit_remainder(aligned_only)  # no misaligned share to tell the scales apart: misaligned layers at 1x
-    assert net.remainder_coef()[3] == pytest.approx(-0.5, abs=1e-4) and net.remainder_coef()[4] == 0.0
+    again = NetworkLatencyModel.from_dict(json.loads(json.dumps(net.to_dict())))
+    assert again.predict(network(18, 36)) == pytest.approx(net.predict(network(18, 36)))
+    plain = NetworkLatencyModel("quadratic-m6").fit(samples())  # no alignment measured: no layouts to reorder
+    plain.fit_remainder([(network(a, b), truth(network(a, b))) for a, b in pairs])
+    assert plain.reorder_ms_per_element() == 0.0 and float(plain.reorder_saved(CONV, 30, 30)) == 0.0
 
 
 def test_off_alignment_widths_are_predicted_from_their_own_samples():

@@ -25,6 +25,7 @@ from hwprune.graph.grouped_modes import choose_modes, mode_specs, whole_specs
 from hwprune.graph.space import PruningSpace, device_options
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore, Timing, fingerprint_key, measurement_key
+from profilers.anchor import REFERENCE, measure_anchored
 from profilers.blocks import BLOCK_PROTOCOL
 
 log = logging.getLogger("hwprune")
@@ -150,12 +151,20 @@ class Profiler:
             else:
                 self.reused += 1
                 out.append(Measurement(self.device.name, s, t))
-        it = progress(todo, desc=f"profiling {self.device.name}", unit="shape") if (progress and todo) else todo
-        for s in it:
-            t = self.runtime.measure_spec(s, **self.layer_kw)
+        if not todo:
+            return out
+        bar = (lambda items: progress(items, desc=f"profiling {self.device.name}", unit="shape")) if progress else None
+
+        def done(s: LayerSpec, t: Timing) -> None:
             self.store.put(self.rows_key, s.key(), t)
             self.measured += 1
             out.append(Measurement(self.device.name, s, t))
+        measure = lambda s: self.runtime.measure_spec(s, **self.layer_kw)  # noqa: E731
+        anchor = self.store.get_meta(self.rows_key, "anchor_ms")
+        if anchor is None:  # the first reading on this host and runtime: kept before anything is stored
+            anchor = measure(REFERENCE).median_ms
+            self.store.put_meta(self.rows_key, "anchor_ms", anchor)
+        measure_anchored(measure, todo, anchor, progress=bar, done=done)
         return out
 
     def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3,

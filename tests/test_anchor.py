@@ -1,0 +1,46 @@
+"""Layer profiles put on one footing against a reference layer (profilers.anchor)."""
+from dataclasses import replace
+
+import pytest
+
+from profilers import LayerSpec, Timing
+from profilers.anchor import REFERENCE, measure_anchored
+
+SPECS = [LayerSpec("conv", n, n, (3, 3), (1, 1), (1, 1), (1, 1), 1, 16, 16) for n in range(8, 200, 8)]
+TRUE_MS = {s: 0.01 * s.in_channels for s in SPECS} | {REFERENCE: 0.5}
+
+
+class DriftingHost:
+    """Every measurement is the true time times the host's speed, which drifts
+    from 1.0 to ``end`` linearly over the calls."""
+
+    def __init__(self, end: float, calls: int):
+        self.end, self.calls, self.n = end, calls, 0
+
+    def __call__(self, spec: LayerSpec) -> Timing:
+        speed = 1.0 + (self.end - 1.0) * self.n / self.calls
+        self.n += 1
+        return Timing(median_ms=TRUE_MS[spec] * speed, iqr_ms=0.0, runs=20, ci_rel=0.01, stable=True)
+
+
+def test_drift_cancels_against_the_reference():
+    host = DriftingHost(end=1.5, calls=len(SPECS) + len(SPECS) // 8 + 2)
+    raw = DriftingHost(end=1.5, calls=host.calls)
+    out, anchor = measure_anchored(host, SPECS, None, every=8)
+    assert anchor == pytest.approx(0.5)  # the first reading becomes the anchor
+    got = [t.median_ms / TRUE_MS[s] for s, t in zip(SPECS, out)]
+    assert max(abs(g - 1) for g in got) < 0.02  # within 2 % of the truth at the anchor's speed
+    plain = [raw(s).median_ms / TRUE_MS[s] for s in SPECS]
+    assert max(plain) > 1.3  # uncorrected, the last shapes read 30 %+ slow
+
+
+def test_a_later_session_lands_on_the_first_footing_and_keeps_what_it_finished():
+    """A stored anchor from a faster moment: today's host is 2x slower, and the
+    corrected times are those of the anchor's moment; every finished chunk is
+    handed over as it completes."""
+    slow = lambda spec: replace(DriftingHost(1.0, 1)(spec), median_ms=2 * TRUE_MS[spec])  # noqa: E731
+    seen = []
+    out, anchor = measure_anchored(slow, SPECS[:10], 0.5, every=4, done=lambda s, t: seen.append(s))
+    assert anchor == 0.5 and seen == SPECS[:10]
+    assert [t.median_ms for t in out] == pytest.approx([TRUE_MS[s] for s in SPECS[:10]])
+    assert measure_anchored(slow, [], 0.5) == ([], 0.5)  # nothing to measure: nothing measured
