@@ -17,5 +17,5 @@ from .quadratic import QuadraticLayerModel, QuadraticModel
 
 __all__ = ["MODELS", "LayerModel", "NotFittedError", "create", "describe", "list_models", "model_from_dict", "register",
            "ForestModel", "FlopsLinearModel", "ParamsLinearModel", "LookupTableModel", "full_grid_size",
-           "NetworkLatencyModel", "QuadraticLayerModel", "QuadraticModel", "activation_elements", "reorder_saved_elements",
-           "weight_elements"]
+           "NetworkLatencyModel", "QuadraticLayerModel", "QuadraticModel", "activation_elements",
+           "reorder_saved_elements", "weight_elements"]

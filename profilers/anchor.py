@@ -8,10 +8,11 @@ layer. :func:`measure_anchored` measures a fixed reference layer
 (:data:`REFERENCE`) before the first shape and after every ``every`` shapes,
 and scales each shape by ``anchor / reference``: the reference's reading at
 the anchor moment over its reading at the shape's moment (interpolated, on
-logs, between the readings just before and just after it). The anchor is the reference's first reading on this host and runtime
-(kept in the store), so shapes measured today and next week are on the
-footing of that first moment: ratios between them are what the device does,
-not what the host was doing.
+logs, between the readings just before and just after it). The anchor is
+the reference's first reading on this host and runtime (kept in the store),
+so shapes measured today and next week are on the footing of that first
+moment: ratios between them are what the device does, not what the host was
+doing.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def test_a_later_session_lands_on_the_first_footing_and_keeps_what_it_finished()
     """A stored anchor from a faster moment: today's host is 2x slower, and the
     corrected times are those of the anchor's moment; every finished chunk is
     handed over as it completes."""
-    slow = lambda spec: replace(DriftingHost(1.0, 1)(spec), median_ms=2 * TRUE_MS[spec])  # noqa: E731
+    slow = lambda spec: replace(DriftingHost(1.0, 1)(spec), median_ms=2 * TRUE_MS[spec])
     seen = []
     out, anchor = measure_anchored(slow, SPECS[:10], 0.5, every=4, done=lambda s, t: seen.append(s))
     assert anchor == 0.5 and seen == SPECS[:10]

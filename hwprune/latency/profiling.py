@@ -159,7 +159,7 @@ class Profiler:
             self.store.put(self.rows_key, s.key(), t)
             self.measured += 1
             out.append(Measurement(self.device.name, s, t))
-        measure = lambda s: self.runtime.measure_spec(s, **self.layer_kw)  # noqa: E731
+        measure = lambda s: self.runtime.measure_spec(s, **self.layer_kw)
         anchor = self.store.get_meta(self.rows_key, "anchor_ms")
         if anchor is None:  # the first reading on this host and runtime: kept before anything is stored
             anchor = measure(REFERENCE).median_ms
