@@ -13,8 +13,9 @@ on one device:
    (:func:`hwprune.latency.profiling.fit_latency_model` with ``free_widths``,
    ``also`` and ``use_table``), and calibrated on the full network, three
    uniform grid sub-networks (:func:`hwprune.loop.engine.calibrate`) and
-   ``CALIBRATION`` random free-width ones (other seed), whose misaligned
-   share lets the remainder tell the two layer scales apart;
+   ``CALIBRATION`` random free-width ones (other seed), whose mixes of
+   aligned and misaligned widths show what layout reorders cost, each
+   measured against the full network in alternating blocks as in 3.;
 3. ``--samples`` random sub-networks with free widths (every group at least
    ``MIN_SHARE`` of its width) are predicted as a ratio to the full network's
    prediction, and measured as a user measures them: the pruned and the full
@@ -30,12 +31,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 
 import numpy as np
 
 DEFAULT_MODELS = ["concatnet", "invresnet", "groupednet"]
-CALIBRATION = 4  # random free-width networks measured whole for the remainder, besides the engine's four
+CALIBRATION = 8  # random free-width networks measured whole for the remainder, besides the engine's four
 MIN_SHARE = 0.1
 TARGET = {"within_10_pct": 95.0, "within_5_pct": 80.0}
 
@@ -61,10 +61,11 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     from hwprune.graph.subnets import build, random_choices
     from hwprune.importance import criteria
     from hwprune.latency.grid import resolve_grid, with_grid
-    from hwprune.latency.profiling import Profiler, fit_latency_model, layer_protocol, model_protocol
+    from hwprune.latency.profiling import Profiler, block_protocol, fit_latency_model, layer_protocol
     from hwprune.loop.engine import calibrate
+    from hwprune.loop.meter import BlockMeter, Certainty
     from hwprune.select.evaluator import Evaluator
-    from profilers.blocks import BLOCK_PROTOCOL, block_runner, ratio_in_blocks
+    FULL = Certainty(target_rel=0.02, min_rounds=3, max_rounds=30, max_s=60.0)  # as profilers.blocks defaults
 
     t0 = time.perf_counter()
     base = devices.get(device)
@@ -79,19 +80,18 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     # as predict_latency(sub-network) does: each network's own layer shapes are measured
     lat = fit_latency_model(prof, space, options, free_widths=True, use_table=True,
                             also=[s for c in choices + calibration for s in space.specs(c)])
-    protocol = model_protocol(dev)
-    measure = lambda m: prof.measure_module(m, (x,), protocol=protocol).median_ms
-    extra = [(space.specs(c), measure(build(space, c))) for c in calibration]
-    calibrate(lat, space, measure, options, criteria.compute("l1", space),
-              [(space.specs(space.full_choice()), measure(model)), *extra])
+    # every network against the full one in fresh sessions, alternating blocks: calibration and validation
+    # alike, so the host's drift cancels in the fit as in the judgement
+    meter = BlockMeter(prof.runtime, model, (x,), protocol=block_protocol(dev))
+    extra = [(space.specs(c), meter.measure(build(space, c))) for c in calibration]
+    calibrate(lat, space, meter.measure, options, criteria.compute("l1", space),
+              [(space.specs(space.full_choice()), meter.reference_ms), *extra])
     ev = Evaluator(space, lat, criteria.compute("l1", space))
     full_ms = ev.latency_ms(space.full_choice())
-    block = BLOCK_PROTOCOL if protocol is None else replace(BLOCK_PROTOCOL, clock=protocol.clock)
-    full_run = block_runner(prof.runtime, model, (x,), block)
     rows = []
     for i, choice in enumerate(choices):
         predicted = ev.latency_ms(choice) / full_ms
-        est = ratio_in_blocks(full_run, block_runner(prof.runtime, build(space, choice), (x,), block))
+        est = meter.reading(build(space, choice), FULL)
         rows.append({"widths": {str(g): list(w) for g, w in choice.items()}, "predicted_ratio": predicted,
                      "measured_ratio": est.ratio, "ratio_lo": est.ratio_lo, "ratio_hi": est.ratio_hi,
                      "rounds": est.rounds, "sure": est.sure, "error": predicted / est.ratio - 1})

@@ -10,11 +10,21 @@ import torch
 from hwprune import devices
 from hwprune.errors import UserError
 from hwprune.graph.space import PruningSpace, device_options
+from hwprune.graph.subnets import build
 from hwprune.importance import criteria as importance
 from hwprune.latency.grid import resolve_grid, with_grid
-from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, layer_protocol, model_protocol
+from hwprune.latency.profiling import (
+    Profiler,
+    Progress,
+    block_protocol,
+    fit_latency_model,
+    layer_protocol,
+    model_protocol,
+)
 from hwprune.latency.profiling import measure_latency as _measure
 from hwprune.loop.engine import calibrate
+from hwprune.loop.fastest import calibration_choices
+from hwprune.loop.meter import BlockMeter
 from hwprune.select.evaluator import Evaluator
 from latency_models import NetworkLatencyModel
 from profilers import LayerSpec, Measurement, MeasurementStore
@@ -103,7 +113,8 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     shapes missing from the store are profiled on demand, and the prediction
     is the sum of the per-layer step-aware quadratics plus a remainder fitted
     on whole-model measurements of *other* networks: the model's smallest,
-    quarter- and half-width sub-networks (on single-thread CPU runtimes timed
+    quarter-, half- and 3/4-width sub-networks, measured against the last in
+    fresh sessions, alternating blocks (on single-thread CPU runtimes timed
     by the thread's CPU time, which other processes' load does not inflate;
     see :func:`hwprune.latency.profiling.device_clock`). Otherwise (``profile=False``, or
     the runtime cannot run here) it is the sum of the layer predictions from
@@ -129,9 +140,11 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     options = device_options(space, dev)
     lat = fit_latency_model(prof, space, options, progress, use_table=True)  # its own shapes as measured
     scores = importance.compute("l1", space)
-    protocol = model_protocol(dev)
-    calibrate(lat, space, lambda m: prof.measure_module(m, example_inputs, protocol=protocol).median_ms, options,
-              scores, fractions=PREDICT_FRACTIONS)
+    # the calibration networks against the widest of them, in alternating blocks: the host's drift between
+    # them cancels, and their milliseconds are that network's (the model itself is never measured)
+    widest = build(space, calibration_choices(options, PREDICT_FRACTIONS[-1:])[0][1])
+    meter = BlockMeter(prof.runtime, widest, example_inputs, protocol=block_protocol(dev))
+    calibrate(lat, space, meter.measure, options, scores, fractions=PREDICT_FRACTIONS)
     return Evaluator(space, lat, scores).latency_ms(space.full_choice())
 
 
