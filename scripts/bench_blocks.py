@@ -51,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reach", nargs="+", default=DEFAULT_REACH, metavar="DEVICE:FRACTION",
                    help=f"part reach: budgets as device:fraction of the baseline (default {' '.join(DEFAULT_REACH)})")
     p.add_argument("--device", default="ort-cpu-1t", help="part accuracy: device (default ort-cpu-1t)")
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.7],
-                   help="part accuracy: fractions of the measured latency (default 0.5 0.7)")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.6, 0.7],
+                   help="part accuracy: fractions of the measured latency (default 0.6 0.7: channel-only's "
+                        "fastest resnet56 measured 54-56 %% on ort-cpu-1t here, so 50 %% is below it)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4, help="training of the original (default 4)")
     p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning of every pruned network (default 2)")
