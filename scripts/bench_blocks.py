@@ -218,7 +218,7 @@ def accuracy_table(rows: list[dict], fractions) -> tuple[list[dict], list[str]]:
                  "used_fractions": sorted({r["used_fraction"] for r in ok})}
             if ok:
                 acc = [r["accuracy"] for r in ok]
-                e.update({"accuracy": acc, "accuracy_mean": statistics.mean(acc),
+                e.update({"accuracy": acc, "seeds": [r["seed"] for r in ok], "accuracy_mean": statistics.mean(acc),
                           "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                           "ratio": [r["ratio"] for r in ok], "all_in_band": all(r["in_band"] for r in ok),
                           "all_meet": all(r["ratio"] <= r["used_fraction"] for r in ok),
@@ -237,18 +237,22 @@ def verdict(frac: float, ch: dict, both: dict) -> str:
                                     if used and used != [frac] else "") + ": "
     if not ch["n"] or not both["n"]:
         return head + f"no comparison (results: channel-only {ch['n']}/{ch['runs']}, both {both['n']}/{both['runs']})"
-    d = both["accuracy_mean"] - ch["accuracy_mean"]
-    spread = max(ch["accuracy_sd"], both["accuracy_sd"])
+    mine = dict(zip(ch["seeds"], ch["accuracy"]))
+    diffs = [a - mine[s] for s, a in zip(both["seeds"], both["accuracy"]) if s in mine]
     text = (f"channel-only {_pm(ch['accuracy'])} % at {statistics.mean(ch['ratio']):.3f} x, both "
             f"{_pm(both['accuracy'])} % at {statistics.mean(both['ratio']):.3f} x "
             f"({statistics.mean(both['removed']):.1f} blocks removed); ")
-    if d == 0:
-        return head + text + "a tie"
+    d = statistics.mean(diffs) if diffs else 0.0
+    if not diffs or d == 0:
+        return head + text + "a tie" if diffs else head + text + "no seed with both results"
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    up, down = sum(x > 0 for x in diffs), sum(x < 0 for x in diffs)
     win, lose = ("both", "channel-only") if d > 0 else ("channel-only", "both")
-    if abs(d) <= spread:
-        return head + text + (f"{win} ahead by {100 * abs(d):.2f} points, within the seeds' spread "
-                              f"(+-{100 * spread:.2f}): no clear winner")
-    return head + text + f"{win} wins by {100 * abs(d):.2f} points over {lose}"
+    paired = (f"{win} ahead of {lose} by {100 * abs(d):.2f} +- {100 * sd:.2f} points paired by seed (both higher "
+              f"on {up} of {len(diffs)} seeds, lower on {down})")
+    if len(diffs) > 1 and len(diffs) in (up, down):
+        return head + text + f"{win} wins on every seed: " + paired
+    return head + text + "no clear winner: " + paired
 
 
 def accuracy_lines(part: dict) -> list[str]:

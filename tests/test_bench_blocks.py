@@ -27,17 +27,21 @@ def test_verdict_names_the_winner_and_says_when_the_seeds_cannot_tell():
                                                                   (0.7, "channel"), (0.7, "both")]
     assert table[1]["accuracy_mean"] == pytest.approx(0.96) and table[1]["removed"] == [2, 2, 2]
     assert summary[0].startswith("50 %: channel-only 91.00 +- 1.00 % at 0.480 x, both 96.00 +- 1.00 %")
-    assert summary[0].endswith("both wins by 5.00 points over channel-only")
-    assert "within the seeds' spread" in summary[1] and "no clear winner" in summary[1]
+    assert summary[0].endswith("both wins on every seed: both ahead of channel-only by 5.00 +- 0.00 points "
+                               "paired by seed (both higher on 3 of 3 seeds, lower on 0)")
+    assert "no clear winner: both ahead of channel-only by 0.33 +- 1.15 points" in summary[1]
+    assert "(both higher on 2 of 3 seeds, lower on 1)" in summary[1]
     worse = [dict(r, accuracy=r["accuracy"] - 0.1) if r["granularity"] == "both" else r for r in rows]
-    assert bench.accuracy_table(worse, [0.5])[1][0].endswith("channel-only wins by 5.00 points over both")
+    assert "channel-only wins on every seed: channel-only ahead of both by 5.00" in bench.accuracy_table(
+        worse, [0.5])[1][0]
 
 
 def test_a_fallback_and_a_failed_run_are_said():
     rows = [_acc_row("channel", 0.5, 0.9, 0.76, 0, used=0.78), _acc_row("both", 0.5, 0.9, 0.75, 0, used=0.78),
             {"seed": 1, "fraction": 0.5, "granularity": "both", "error": "boom"}]
     table, summary = bench.accuracy_table(rows, [0.5])
-    assert summary[0].startswith("50 % (held to 78 %): ") and table[1]["n"] == 1 and table[1]["runs"] == 2
+    assert summary[0].startswith("50 % (held to 78 %): ") and summary[0].endswith("a tie")
+    assert table[1]["n"] == 1 and table[1]["runs"] == 2
     md = bench.render_md({"accuracy": {
         "header": {"date": "d", "cpu": "c", "cores": 2, "machine": "m", "python": "3", "versions": {},
                    "commit": "abc"}, "model": "resnet56", "total_s": 5.0,
