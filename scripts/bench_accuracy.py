@@ -166,19 +166,26 @@ class BlockRatio:
         return est.ratio, est
 
 
-def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
+def train_original(name: str, seed: int, epochs: int):
+    """Zoo model ``name`` (10 classes) trained ``epochs`` on the digits with ``seed``:
+    (model, example input, training loader, test loader, its row: accuracy, time, FLOPs, params)."""
     from hwprune import zoo
     from hwprune.datasets import digits_loaders
+    from hwprune.train.loop import evaluate, train
+    tr, te = digits_loaders(batch_size=64, seed=seed)
+    model, x = zoo.create(name, num_classes=10, seed=seed)
+    t = time.perf_counter()
+    train(model, tr, epochs, lr=0.05, seed=seed)
+    base = {"seed": seed, "accuracy": evaluate(model, te), "train_s": time.perf_counter() - t}
+    base["flops"], base["params"] = size_of(model, x)
+    return model, x, tr, te, base
+
+
+def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
     from hwprune.errors import UserError
     from hwprune.latency.profiling import Profiler
     from hwprune.loop.reach import prune_within_reach
-    from hwprune.train.loop import evaluate, train
-    tr, te = digits_loaders(batch_size=64, seed=seed)
-    model, x = zoo.create(MODEL, num_classes=10, seed=seed)
-    t = time.perf_counter()
-    train(model, tr, args.train_epochs, lr=0.05, seed=seed)
-    base = {"seed": seed, "accuracy": evaluate(model, te), "train_s": time.perf_counter() - t}
-    base["flops"], base["params"] = size_of(model, x)
+    model, x, tr, te, base = train_original(MODEL, seed, args.train_epochs)
     meter = BlockRatio(Profiler(dev, store), model, (x,))
     base["ms"] = meter.reference_ms
     log(f"[seed {seed}] trained {args.train_epochs} epochs in {base['train_s']:.0f} s: accuracy "
@@ -337,18 +344,6 @@ def render_md(header, args, bases, table, summary) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    import subprocess
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=common.REPO_ROOT, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=common.REPO_ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + (" (with uncommitted changes)" if dirty else "")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     with common.CoRunningLoad(args.load):
@@ -367,7 +362,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     header = {**common.machine_header(), "co_running_load": args.load, "device": args.device,
               "torch_threads": args.threads,
-              "commit": _commit()}
+              "commit": common.commit_id()}
     from hwprune.latency.grid import resolve_grid, with_grid
     store = MeasurementStore(args.store) if args.store else MeasurementStore()
     dev = devices.get(args.device)

@@ -73,8 +73,14 @@ def summarise(values: list[float]) -> dict:
             "runs_ms": values}
 
 
-def measure_repeated(runtime, onnx_bytes: bytes, feed) -> list[float]:
-    return [runtime.measure_onnx(onnx_bytes, feed).median_ms for _ in range(REPEATS)]
+def measure_repeated(runtime, model, x) -> list[float]:
+    """:data:`REPEATS` protocol measurements of ``model``: exported once on ONNX
+    runtimes, the module as it runs on the others (PyTorch eager)."""
+    from profilers.onnx_export import feeds, to_onnx_bytes
+    if hasattr(runtime, "measure_onnx") and getattr(runtime, "measures_onnx", True):
+        data, feed = to_onnx_bytes(model, x), feeds(x)
+        return [runtime.measure_onnx(data, feed).median_ms for _ in range(REPEATS)]
+    return [runtime.measure_module(model, x).median_ms for _ in range(REPEATS)]
 
 
 def bench_model(name: str, args, store, dev, log) -> list[dict]:
@@ -90,13 +96,10 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
     from hwprune.loop.engine import prune
     from hwprune.loop.reach import prune_within_reach
     from profilers.blocks import block_runner, ratio_in_blocks
-    from profilers.onnx_export import feeds, to_onnx_bytes
 
     model.eval()
     runtime = dev.open()
-    feed = feeds(x)
-    base_bytes = to_onnx_bytes(model, x)
-    base = summarise(measure_repeated(runtime, base_bytes, feed))
+    base = summarise(measure_repeated(runtime, model, x))
     log(f"[{name}] baseline {base['median_ms']:.3f} ms (min {base['min_ms']:.3f}, max {base['max_ms']:.3f})")
 
     rows, pruned = [], []
@@ -136,7 +139,9 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
             "params_before": st.get("params_before"), "params_after": st.get("params_after"),
             "flops_before": st.get("flops_before"), "flops_after": st.get("flops_after"),
             "smallest_ms": st.get("smallest_ms"), "fastest_ms": st.get("fastest_ms"),
-            "certified": st.get("certified"), "warnings": st.get("warnings", [])})
+            "certified": st.get("certified"), "warnings": st.get("warnings", []),
+            "granularity": st.get("granularity"), "blocks": st.get("blocks"),
+            "removed_blocks": st.get("removed_blocks", [])})
         log(f"[{name}] budget {row['budget_frac']:.2f} = {row['budget_ms']:.3f} ms: engine measured "
             f"{res.measured_ms:.3f} ms (predicted {res.predicted_ms:.3f}), {len(res.rounds)} rounds, "
             f"{row['prune_wall_s']:.1f} s")

@@ -49,6 +49,19 @@ def header_lines(h: dict) -> list[str]:
                                    if h["co_running_load"] else "none (quiet host)")])
 
 
+def commit_id() -> str:
+    """The checkout's short commit, marked when tracked files have uncommitted changes."""
+    import subprocess
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=REPO_ROOT, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO_ROOT).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + (" (with uncommitted changes)" if dirty else "")
+
+
 def add_run_args(p) -> None:
     """The options every pruning benchmark takes: device, granularity, store, output folder."""
     p.add_argument("--device", default="ort-cpu-1t", help="device name (default: ort-cpu-1t)")
