@@ -129,3 +129,35 @@ def test_with_data_the_block_nearest_the_identity_goes_first(per_op, store):
     # from the weights alone (relative to each layer's norm) a 16-channel block holds the least
     res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.95, store=store, granularity="block")
     assert len(res.plan["removed_blocks"]) == 1 and res.plan["removed_blocks"][0].startswith("layer1.")
+
+
+class GroupedBottleneck(torch.nn.Module):
+    """A ResNeXt-style residual block: 1x1, grouped 3x3, 1x1, added to its input."""
+
+    def __init__(self, c=16, w=32, groups=4):
+        super().__init__()
+        from hwprune.zoo_free import cbr
+        self.branch = torch.nn.Sequential(cbr(c, w, 1), cbr(w, w, 3, 1, groups), torch.nn.Conv2d(w, c, 1))
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+def test_blocks_survive_grouped_convs_pruned_by_whole_groups(sim_devices, store, monkeypatch):
+    """Where the device prices a grouped conv by whole groups the space is rebuilt; its blocks stay."""
+    from hwprune.graph.grouped_modes import ModeChoice
+    from hwprune.loop import engine
+    from hwprune.zoo_free import cbr
+    sim_devices.add("sim-ops", bound="flops", step=8, op_ms=0.02)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(cbr(3, 16), GroupedBottleneck(), GroupedBottleneck(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    whole = lambda prof, space, progress=None: {  # noqa: E731
+        n: ModeChoice(n, "whole", 2.0, 1.0, (0.5,), "measured: whole groups faster") for n in ("1.branch.1.0",
+                                                                                            "2.branch.1.0")}
+    monkeypatch.setattr(engine, "measure_grouped_modes", whole)
+    res = hwprune.prune(model, x, device="sim-ops", budget_fraction=0.5, store=store, granularity="both")
+    assert res.stats["granularity"] == "both" and res.stats["blocks"] == 2
+    assert res.plan["grouped_modes"] == {"1.branch.1.0": "whole", "2.branch.1.0": "whole"}
+    assert res.measured_ms <= res.budget_ms

@@ -346,8 +346,9 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     modes = measure_grouped_modes(profs[primary], space, progress)  # whole groups where the device rewards it
     if any(c.mode == "whole" for c in modes.values()):
         space = PruningSpace(model, example_inputs, grouped_modes={n: c.mode for n, c in modes.items()})
-        options = _grid_options(space, devs[primary], cons)
-        scores = importance.compute(importance_name, space, data)
+        resolve_granularity(space, granularity)  # the rebuilt space keeps the removable blocks
+        options = with_blocks(space, _grid_options(space, devs[primary], cons), granularity)
+        scores = with_block_scores(space, importance.compute(importance_name, space, data), data)
         exact = Problem(space, options, scores, replace(cons, latency_ms=()))
     for c in modes.values():
         log.info("grouped conv %s pruned %s: %s", c.name, "by whole groups" if c.mode == "whole" else
