@@ -153,7 +153,7 @@ def test_blocks_survive_grouped_convs_pruned_by_whole_groups(sim_devices, store,
     model = torch.nn.Sequential(cbr(3, 16), GroupedBottleneck(), GroupedBottleneck(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
     x = torch.randn(1, 3, 32, 32)
-    whole = lambda prof, space, progress=None: {  # noqa: E731
+    whole = lambda prof, space, progress=None: {
         n: ModeChoice(n, "whole", 2.0, 1.0, (0.5,), "measured: whole groups faster") for n in ("1.branch.1.0",
                                                                                             "2.branch.1.0")}
     monkeypatch.setattr(engine, "measure_grouped_modes", whole)
