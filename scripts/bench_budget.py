@@ -73,8 +73,15 @@ def summarise(values: list[float]) -> dict:
             "runs_ms": values}
 
 
-def measure_repeated(runtime, onnx_bytes: bytes, feed) -> list[float]:
-    return [runtime.measure_onnx(onnx_bytes, feed).median_ms for _ in range(REPEATS)]
+def measure_repeated(runtime, model, x) -> list[float]:
+    """``REPEATS`` full protocol measurements of ``model``: ONNX runtimes export
+    it once, the others (ExecuTorch) measure the module as they run it
+    (as :func:`profilers.blocks.block_runner` does)."""
+    if hasattr(runtime, "measure_onnx") and getattr(runtime, "measures_onnx", True):
+        from profilers.onnx_export import feeds, to_onnx_bytes
+        data, feed = to_onnx_bytes(model, x), feeds(x)
+        return [runtime.measure_onnx(data, feed).median_ms for _ in range(REPEATS)]
+    return [runtime.measure_module(model, x).median_ms for _ in range(REPEATS)]
 
 
 def bench_model(name: str, args, store, dev, log) -> list[dict]:
@@ -90,13 +97,10 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
     from hwprune.loop.engine import prune
     from hwprune.loop.reach import prune_within_reach
     from profilers.blocks import block_runner, ratio_in_blocks
-    from profilers.onnx_export import feeds, to_onnx_bytes
 
     model.eval()
     runtime = dev.open()
-    feed = feeds(x)
-    base_bytes = to_onnx_bytes(model, x)
-    base = summarise(measure_repeated(runtime, base_bytes, feed))
+    base = summarise(measure_repeated(runtime, model, x))
     log(f"[{name}] baseline {base['median_ms']:.3f} ms (min {base['min_ms']:.3f}, max {base['max_ms']:.3f})")
 
     rows, pruned = [], []
