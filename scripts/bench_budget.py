@@ -74,10 +74,11 @@ def summarise(values: list[float]) -> dict:
 
 
 def measure_repeated(runtime, model, x) -> list[float]:
-    """:data:`REPEATS` protocol measurements of ``model``: exported once on ONNX
-    runtimes, the module as it runs on the others (PyTorch eager)."""
-    from profilers.onnx_export import feeds, to_onnx_bytes
+    """``REPEATS`` full protocol measurements of ``model``: ONNX runtimes export
+    it once, the others (ExecuTorch) measure the module as they run it
+    (as :func:`profilers.blocks.block_runner` does)."""
     if hasattr(runtime, "measure_onnx") and getattr(runtime, "measures_onnx", True):
+        from profilers.onnx_export import feeds, to_onnx_bytes
         data, feed = to_onnx_bytes(model, x), feeds(x)
         return [runtime.measure_onnx(data, feed).median_ms for _ in range(REPEATS)]
     return [runtime.measure_module(model, x).median_ms for _ in range(REPEATS)]

@@ -269,3 +269,19 @@ def test_validate_takes_a_model_file(capsys, tmp_path, shared_store):
     data = json.loads(capsys.readouterr().out)
     assert set(data["scores"]) == {"step-quadratic", "flops"} and data["model"] == str(path)
     assert all(r["measured_ms"] > 0 for r in data["rows"])
+
+
+def test_validate_draws_and_fits_on_the_grid_it_is_given(sim_devices, store):
+    """The descriptor says 8 channels; given the grid measured on the host (16),
+    every sub-network's widths are multiples of 16, as the engine's plans are."""
+    from hwprune import zoo
+    from hwprune.latency.grid import Grid
+    from hwprune.latency.validate import validate
+    model, x = zoo.create("resnet20")
+    sim_devices.add("sim-grid", bound="flops", step=16)
+    kw = dict(models=["step-quadratic"], calibration=0, store=store)
+    widths = [w for r in validate(model, (x,), "sim-grid", 4, **kw).rows for k in r.widths.values() for w in k]
+    assert any(w % 16 for w in widths)
+    grid = Grid("sim-grid", 16, 16, "measured", "test")
+    res = validate(model, (x,), "sim-grid", 4, grid=grid, **kw)
+    assert all(w % 16 == 0 for r in res.rows for k in r.widths.values() for w in k)

@@ -46,6 +46,7 @@ from hwprune import devices
 from hwprune.errors import UserError
 from hwprune.graph.space import PruningSpace, device_options, uniform_choice
 from hwprune.graph.subnets import build, random_choices
+from hwprune.latency.grid import Grid, with_grid
 from hwprune.latency.profiling import (
     Profiler,
     Progress,
@@ -184,18 +185,21 @@ def check_models(names) -> list[str]:
 def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, *, models=None,
              calibration: int = 16, seed: int = 0, store: MeasurementStore | None = None,
              source: str = "model", progress: Progress | None = None,
-             tolerance: float = 0.04, clock: str = "auto") -> ValidationResult:
+             tolerance: float = 0.04, clock: str = "auto", grid: Grid | None = None) -> ValidationResult:
     """Measure ``samples`` random sub-networks of ``model`` on ``device`` and
     score every latency model in ``models`` (default: every registered one).
     ``tolerance``: the host's drift while a ratio is measured (max / min of the
     full network's blocks - 1) beyond which the result warns (default 4 %, the
-    width of the +-2 % interval each ratio is measured to)."""
+    width of the +-2 % interval each ratio is measured to). ``grid``: the
+    width grid to draw sub-networks on and fit at (e.g. the one the engine
+    prunes on, :func:`hwprune.latency.grid.resolve_grid`); default the
+    device descriptor's."""
     example_inputs = as_inputs(example_inputs)
     if not isinstance(samples, int) or samples < 1:
         raise UserError(f"samples {samples!r} is not a positive integer")
     names = check_models(models)
     t0 = time.perf_counter()
-    dev = devices.get(device)
+    dev = devices.get(device) if grid is None else with_grid(devices.get(device), grid)
     protocol = block_protocol(dev, clock)
     model = model.eval()
     space = PruningSpace(model, example_inputs)
