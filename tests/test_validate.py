@@ -271,17 +271,31 @@ def test_validate_takes_a_model_file(capsys, tmp_path, shared_store):
     assert all(r["measured_ms"] > 0 for r in data["rows"])
 
 
-def test_validate_draws_and_fits_on_the_grid_it_is_given(sim_devices, store):
-    """The descriptor says 8 channels; given the grid measured on the host (16),
-    every sub-network's widths are multiples of 16, as the engine's plans are."""
+def test_validate_draws_and_fits_on_the_grid_measured_here(sim_devices, store):
+    """The descriptor says 8 channels, the device is flat in blocks of 16: by
+    default validate measures the grid as the engine does and every
+    sub-network's widths are multiples of 16; a grid given overrides it."""
     from hwprune import zoo
     from hwprune.latency.grid import Grid
     from hwprune.latency.validate import validate
     model, x = zoo.create("resnet20")
     sim_devices.add("sim-grid", bound="flops", step=16)
     kw = dict(models=["step-quadratic"], calibration=0, store=store)
-    widths = [w for r in validate(model, (x,), "sim-grid", 4, **kw).rows for k in r.widths.values() for w in k]
-    assert any(w % 16 for w in widths)
-    grid = Grid("sim-grid", 16, 16, "measured", "test")
-    res = validate(model, (x,), "sim-grid", 4, grid=grid, **kw)
-    assert all(w % 16 == 0 for r in res.rows for k in r.widths.values() for w in k)
+    res = validate(model, (x,), "sim-grid", 4, **kw)
+    assert all(w % 16 == 0 or w == 8 for r in res.rows for k in r.widths.values() for w in k)  # 8: the minimum
+    grid = Grid("sim-grid", 8, 8, "user", "test")
+    widths = [w for r in validate(model, (x,), "sim-grid", 4, grid=grid, **kw).rows for k in r.widths.values()
+              for w in k]
+    assert any(w % 16 and w > 8 for w in widths)
+
+
+def test_validate_cli_takes_a_grid(sim_devices, store, capsys, tmp_path):
+    sim_devices.add("sim-grid", bound="flops", step=16)
+    args = ["validate", "--device", "sim-grid", "--model", "resnet20", "--samples", "3", "--calibration", "0",
+            "--models", "step-quadratic", "--json", "--out", str(tmp_path / "v"), "--store", str(store.path)]
+    assert main([*args, "--grid", "8"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert any(w % 16 and w > 8 for r in rows for k in r["widths"].values() for w in k)
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--grid", "0"])
+    assert e.value.code == 2 and "not a positive number of channels" in capsys.readouterr().err

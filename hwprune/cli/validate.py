@@ -30,6 +30,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--clock", choices=["auto", "thread", "wall"], default="auto",
                     help="time each run by wall-clock or by the thread's CPU time (auto: CPU time on "
                     "single-thread CPU runtimes, where it is immune to other processes' load)")
+    from hwprune.cli.prune import grid_arg
+    sp.add_argument("--grid", type=grid_arg, metavar="N", help="draw sub-networks on a grid of N channels "
+                    "(default: the one prune uses, the channel step measured on this host)")
     sp.add_argument("--out", default="hwprune-validate",
                     help="folder for validation.json and scatter.png (default hwprune-validate)")
 
@@ -45,9 +48,15 @@ def cmd_validate(args) -> int:
         raise UserError(f"--out {out} is a file; name a folder")
     names = check_models(args.models)
     lm = load_model(args.model, args.input_shape, args.trust_pickle)
+    store = open_store(args)
+    grid = None
+    if args.grid is not None:
+        from hwprune import devices
+        from hwprune.latency.grid import resolve_grid
+        grid = resolve_grid(devices.get(args.device), store, override=args.grid)
     res = validate(lm.model, (lm.example_input,), args.device, args.samples, models=names,
-                   calibration=args.calibration, seed=args.seed, store=open_store(args), source=lm.source,
-                   progress=progress_bar(), clock=args.clock)
+                   calibration=args.calibration, seed=args.seed, store=store, source=lm.source,
+                   progress=progress_bar(), clock=args.clock, grid=grid)
     data = res.to_dict()
     data["files"] = write_validation(res, out)
     rows = [[n, f"{s.rmspe_pct:.1f}", f"{s.max_error_pct:.1f}", f"{s.mean_error_pct:+.1f}",

@@ -46,7 +46,7 @@ from hwprune import devices
 from hwprune.errors import UserError
 from hwprune.graph.space import PruningSpace, device_options, uniform_choice
 from hwprune.graph.subnets import build, random_choices
-from hwprune.latency.grid import Grid, with_grid
+from hwprune.latency.grid import Grid, resolve_grid, with_grid
 from hwprune.latency.profiling import (
     Profiler,
     Progress,
@@ -191,15 +191,17 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     ``tolerance``: the host's drift while a ratio is measured (max / min of the
     full network's blocks - 1) beyond which the result warns (default 4 %, the
     width of the +-2 % interval each ratio is measured to). ``grid``: the
-    width grid to draw sub-networks on and fit at (e.g. the one the engine
-    prunes on, :func:`hwprune.latency.grid.resolve_grid`); default the
-    device descriptor's."""
+    width grid to draw sub-networks on and fit at; default the one the
+    engine prunes on here (:func:`hwprune.latency.grid.resolve_grid`: measured
+    on this host on first use)."""
     example_inputs = as_inputs(example_inputs)
     if not isinstance(samples, int) or samples < 1:
         raise UserError(f"samples {samples!r} is not a positive integer")
     names = check_models(models)
     t0 = time.perf_counter()
-    dev = devices.get(device) if grid is None else with_grid(devices.get(device), grid)
+    store = store if store is not None else MeasurementStore()
+    dev = with_grid(devices.get(device), grid if grid is not None else resolve_grid(devices.get(device), store,
+                                                                                   progress=progress))
     protocol = block_protocol(dev, clock)
     model = model.eval()
     space = PruningSpace(model, example_inputs)
