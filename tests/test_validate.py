@@ -247,7 +247,9 @@ def test_validate_end_to_end_on_ort_cpu(capsys, tmp_path, shared_store):
     assert set(data["scores"]) >= {"step-quadratic", "lookup", "flops", "forest"}
     assert [r["role"] for r in data["rows"]].count("validation") == 6
     assert data["whole_model_measurements"] == 1 + 3 + 2   # full, uniform thirds, random
-    assert data["full_grid_measurements"] > data["layer_measurements"] > 0
+    # a full table of every grid pair is at least what the quadratic measured (on a 16-channel grid,
+    # resnet20's narrow families are measured at every pair)
+    assert data["full_grid_measurements"] >= data["layer_measurements"] > 0
     step = data["scores"]["step-quadratic"]
     assert step["count"] == 6 and step["rmspe_pct"] < 25   # a ratio of latencies measured in this run
     assert (out / "scatter.png").read_bytes()[:4] == b"\x89PNG"
