@@ -31,7 +31,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -323,7 +322,6 @@ def run(args) -> int:
 
     from hwprune import devices
     from hwprune.latency.grid import resolve_grid, with_grid
-    from profilers import MeasurementStore
     torch.set_num_threads(1)
 
     def log(msg: str) -> None:
@@ -332,10 +330,8 @@ def run(args) -> int:
     stem = "bench_blocks_load" if args.load else "bench_blocks"
     path = out / f"{stem}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    tmp = tempfile.TemporaryDirectory(prefix="hwprune-bench-") if args.store is None else None
-    store = MeasurementStore(args.store or str(Path(tmp.name) / "store.sqlite"))
     parts = ["reach", "accuracy"] if args.part == "all" else [args.part]
-    try:
+    with common.bench_store(args.store) as store:
         for part in parts:
             t0 = time.perf_counter()
             header = {**common.machine_header(), "co_running_load": args.load, "commit": common.commit_id()}
@@ -363,10 +359,6 @@ def run(args) -> int:
                 save(rows, {"config": config, "originals": bases, "table": table, "summary": summary})
             for s in results[part]["summary"]:
                 log(s)
-    finally:
-        store.close()
-        if tmp is not None:
-            tmp.cleanup()
     print(render_md(results))
     log(f"wrote {path} and {stem}.md")
     return 0

@@ -7,6 +7,9 @@ import json
 import os
 import platform
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +74,20 @@ def add_run_args(p) -> None:
                    help="measurement store path (default: a fresh temp file, so profiling starts empty)")
     p.add_argument("--out", default=str(REPO_ROOT / "scripts" / "results"),
                    help="output folder (default: scripts/results/)")
+
+
+@contextmanager
+def bench_store(path: str | None) -> Iterator:
+    """The measurement store at ``path``, or (None) a fresh one in a temp
+    folder removed afterwards, so profiling starts empty; closed on exit."""
+    use_repo_packages()
+    from profilers import MeasurementStore
+    with tempfile.TemporaryDirectory(prefix="hwprune-bench-") as tmp:
+        store = MeasurementStore(path or str(Path(tmp) / "store.sqlite"))
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -254,7 +253,6 @@ def main(argv=None) -> int:
     note = bench_models.import_model_packages() if any(":" in n for n, _ in args.specs + [args.validate_spec]) else None
     from hwprune import devices
     from hwprune.errors import UserError
-    from profilers import MeasurementStore
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -271,33 +269,26 @@ def main(argv=None) -> int:
         sitting["seconds"] = time.perf_counter() - t_start
         write(out, data)
 
-    tmpdir = tempfile.TemporaryDirectory(prefix="hwprune-bench-") if args.store is None else None
-    store = None
     try:
-        store = MeasurementStore(str(Path(tmpdir.name) / "store.sqlite") if tmpdir else args.store)
-        for name in args.devices:
-            dev = devices.get(name)
-            d = data["devices"].setdefault(name, {"rows": []})
-            d["descriptor_step"] = dev.step_channels
-            grid = measure_grid(dev, store, log)
-            d["grid"] = grid.to_json()
-            save()
-            if args.part in ("prune", "all"):
-                prune_rows(dev, args, store, d, save, log)
-                after = measure_grid(dev, store, log, measure=False)  # the engine measures again a noisy one
-                if after.step_channels != grid.step_channels:
-                    d["grid_engine"], grid = after.to_json(), after
-                    save()
-            if args.part in ("validate", "all"):
-                validate_device(dev, grid, args, store, d, save, log)
+        with common.bench_store(args.store) as store:
+            for name in args.devices:
+                dev = devices.get(name)
+                d = data["devices"].setdefault(name, {"rows": []})
+                d["descriptor_step"] = dev.step_channels
+                grid = measure_grid(dev, store, log)
+                d["grid"] = grid.to_json()
+                save()
+                if args.part in ("prune", "all"):
+                    prune_rows(dev, args, store, d, save, log)
+                    after = measure_grid(dev, store, log, measure=False)  # the engine measures again a noisy one
+                    if after.step_channels != grid.step_channels:
+                        d["grid_engine"], grid = after.to_json(), after
+                        save()
+                if args.part in ("validate", "all"):
+                    validate_device(dev, grid, args, store, d, save, log)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if store is not None:
-            store.close()
-        if tmpdir is not None:
-            tmpdir.cleanup()
     print(render_md(data))
     print(f"wrote {out / 'bench_runtimes.json'} and .md; {(time.perf_counter() - t_start) / 60:.1f} min")
     return 0
