@@ -200,8 +200,8 @@ def validate(model: torch.nn.Module, example_inputs, device: str, samples: int, 
     names = check_models(models)
     t0 = time.perf_counter()
     store = store if store is not None else MeasurementStore()
-    dev = with_grid(devices.get(device), grid if grid is not None else resolve_grid(devices.get(device), store,
-                                                                                   progress=progress))
+    base = devices.get(device)
+    dev = with_grid(base, grid if grid is not None else resolve_grid(base, store, progress=progress))
     protocol = block_protocol(dev, clock)
     model = model.eval()
     space = PruningSpace(model, example_inputs)
