@@ -353,3 +353,43 @@ def test_no_interval_certificate_across_a_concat_of_groups():
     from hwprune.select.qcqp.interval import certify
     problem = scaled(make("concat")[0], **{"latency_ms[flops]": 0.5})
     assert certify(problem, problem.smallest(), 5.0) is None
+
+
+class CliffModel(NetworkLatencyModel):
+    """A blocked runtime's cliffs: widths on an alignment of 4 run padded to
+    blocks of 16, widths off it run plain kernels at twice the cost."""
+
+    def __init__(self):
+        super().__init__()
+        self.families_, self.remainder_ = {}, (0.0, 0.0)
+
+    @staticmethod
+    def cost(w):
+        return 2 * w if w % 4 else -(-w // 16) * 16
+
+    def layer_ms(self, spec):
+        scale = self.cost(spec.in_channels) * self.cost(spec.out_channels) / (spec.in_channels * spec.out_channels)
+        return spec.flops / 1e6 * scale
+
+
+def test_greedy_stalled_at_a_cliff_takes_the_knapsacks_plan():
+    from hwprune.select.greedy import greedy_limits
+    from hwprune.select.selectors import STALL, max_load
+    model, x = zoo.create("invresnet")  # widths 21 and 105: one level up from an aligned plan crosses a cliff
+    space = PruningSpace(model, x)
+    rng = np.random.default_rng(0)
+    scores = {g.gid: rng.random(g.size) + 0.5 for g in space.groups}
+    options = floor_options(space, {g.gid: group_options(g, 16, 16, 4) for g in space.groups}, 16, Constraints())
+    ev = Evaluator(space, CliffModel(), scores)
+    budget = 0.6 * ev.latency_ms(space.full_choice())
+    problem = Problem(space, options, scores, Constraints(latency_ms=(("t", budget),)), {"t": ev})
+    raw, ok = greedy_limits(problem.ev, problem.options, problem.resources)
+    assert ok and max_load(problem, raw) < STALL  # plain greedy leaves the budget unused
+    sel = select("greedy", problem)
+    assert sel.feasible and sel.predicted_ms <= budget * (1 + 1e-6)
+    assert sel.importance > ev.importance(raw) and sel.predicted_ms > ev.latency_ms(raw)
+    assert "stalled" in sel.note and sel.selector == "greedy"
+    # where greedy does not stall, it answers alone
+    easy = Problem(space, options, scores, Constraints(latency_ms=(("t", 0.7 * ev.latency_ms(space.full_choice())),)),
+                   {"t": ev})
+    assert select("greedy", easy).note == ""

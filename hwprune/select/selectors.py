@@ -19,6 +19,11 @@ constraint):
   every constraint, the cut losing least importance is taken (not the best
   ratio), and a final local search swaps one level between two groups while
   that gains importance within the constraints (:mod:`hwprune.select.greedy`).
+  Greedy moves one level at a time, so it stalls where every next level
+  crosses a latency cliff (a width off the device's alignment costs more than
+  a whole step): when its plan leaves more than ``1 - STALL`` of every
+  bound unused, the knapsack is asked too, seeded with greedy's plan, and the
+  plan keeping more importance is returned (its ``note`` says so).
 - ``knapsack``: HALP's multiple-choice knapsack by dynamic programming
   (:mod:`hwprune.select.knapsack`).
 - ``qcqp``: the exact discrete QCQP of Jeong et al. as a MILP solved by HiGHS
@@ -31,6 +36,7 @@ of different selectors compare on the same objective.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from hwprune.errors import UnknownNameError, UserError
 from hwprune.graph.space import Choice
@@ -39,6 +45,8 @@ from hwprune.select.greedy import greedy_limits
 from hwprune.select.knapsack import knapsack
 from hwprune.select.qcqp.milp import solve
 from profilers.registry import Registry
+
+STALL = 0.95  # greedy using less than this share of every bound may have stalled at a latency cliff
 
 SELECTORS = Registry("selector", error=UnknownNameError)
 """Every selector: ``fn(problem, *, start, swap, smallest, time_limit_s, mip_rel_gap,
@@ -52,7 +60,25 @@ def _greedy(problem, *, start, swap, smallest, **_) -> Selection:
     choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, start, swap)
     if not ok:  # stuck where no single cut helps (a table that is not monotone): grow from the floor
         choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, smallest, swap)
-    return problem.selection(choice, "greedy", status="heuristic", solve_s=time.perf_counter() - t0)
+    chosen = problem.selection(choice, "greedy", status="heuristic", solve_s=time.perf_counter() - t0)
+    if not (ok and stalled(problem, choice)):
+        return chosen
+    other = knapsack(problem, start=choice)
+    if not (other.feasible and other.importance > chosen.importance * (1 + 1e-9)):
+        return replace(chosen, solve_s=time.perf_counter() - t0)
+    return replace(other, selector="greedy", solve_s=time.perf_counter() - t0,
+                   note=f"greedy stalled using {100 * max_load(problem, choice):.0f} % of its tightest bound; "
+                        f"the knapsack's plan keeps more importance")
+
+
+def max_load(problem, choice: Choice) -> float:
+    """The largest share of its bound any summed resource uses (per-layer bounds left out)."""
+    return max((r.load(choice)[0] / r.limit for r in problem.resources if not r.per_layer), default=1.0)
+
+
+def stalled(problem, choice: Choice) -> bool:
+    """Whether ``choice`` leaves more than ``1 - STALL`` of every summed bound unused."""
+    return max_load(problem, choice) < STALL
 
 
 @SELECTORS.register("knapsack", objective="channel scores", help="HALP's multiple-choice knapsack")
