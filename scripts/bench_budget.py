@@ -235,6 +235,10 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
               "drift; abs ratio = re-measured ms / budget ms (inherits the drift between the two times)",
               f"- band: ratio in [{BAND[0]:.2f}, {BAND[1]:.2f}]; total time {total_s:.0f} s",
               "", common.md_table(cols, body), "", f"**{summary}**", ""]
+    notes = [f"- {r['model']} at {r['budget_frac']:.2f}: {r['note']}" for r in rows
+             if not r.get("error") and not r.get("in_band") and r.get("note")]
+    if notes:
+        lines += ["The engine's notes on the rows out of the band:", "", *notes, ""]
     return "\n".join(lines)
 
 

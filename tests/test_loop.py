@@ -191,7 +191,8 @@ def test_nudges_a_repeated_plan_2_percent_more_each_time_and_stops_after_4():
     steps = [b / a for a, b in zip(targets[1:], targets[2:])]
     assert steps == pytest.approx([1.02, 1.04, 1.06, 1.08])
     assert meter.measured == [32] and loop.nudges == MAX_NUDGES + 1
-    assert out.best.model == 32 and out.note == ""
+    assert out.best.model == 32 and out.certified
+    assert out.note == "the plan uses 80 % of the budget; the selector offered no slower plan under it in 1 round"
 
 
 def test_a_nudge_that_finds_a_new_plan_measures_it():
@@ -266,7 +267,9 @@ def test_after_max_rounds_the_plan_meeting_the_budget_with_most_latency_used_win
                                 max_rounds=3)
     out = loop.run()
     assert meter.measured == [48, 51, 52] and loop.nudges == 1
-    assert out.best.model == 48 and out.note == ""
+    assert out.best.model == 48 and out.certified
+    assert out.note.startswith("the plan uses 90 % of the budget: the next plan measured used 105 % (its interval "
+                               "up to 105 %) and the selector found none between")
 
 
 # ---------------------------------------------------------------- certified: the interval decides

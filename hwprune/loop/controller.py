@@ -23,7 +23,8 @@ each a method of :class:`Controller`:
   nudge, at most 4 nudges in the whole loop.
 - :meth:`Controller.outcome`: after ``max_rounds`` measured rounds (or a stop),
   the certified plan (interval under every budget) with the most latency
-  used; if none is certified, the plan whose point estimate meets every
+  used (with a note where it uses less than ``accept_low``: the next plan
+  measured and how much it used); if none is certified, the plan whose point estimate meets every
   budget with the most latency used, not ``certified``, with a note giving its
   interval (and, when the meter hit its cap, that the host is too noisy to
   certify the budget); if none meets them, the fastest one measured.
@@ -286,7 +287,8 @@ class Controller:
         trials, rounds = tuple(self.trials), tuple(self.rounds)
         certified = [t for t in self.trials if self.used_hi(t) <= 1.0]
         if certified:
-            return Outcome(max(certified, key=self.used), trials, rounds)
+            best = max(certified, key=self.used)
+            return Outcome(best, trials, rounds, self.under_note(best))
         meeting = [t for t in self.trials if self.used(t) <= 1.0]
         if meeting:
             best = max(meeting, key=self.used)
@@ -294,6 +296,27 @@ class Controller:
         return Outcome(min(self.trials, key=self.used), trials, rounds,
                        f"budget not met after {len(self.rounds)} rounds; returning the fastest network measured",
                        certified=False)
+
+    def under_note(self, best: Trial) -> str:
+        """Why the certified ``best`` uses less than ``accept_low`` of the budget
+        (empty where it does not, or it is the full network): the next plan
+        measured with more latency used, and how much it used; none was
+        measured between (the latency jumps there, e.g. where widths leave the
+        device's alignment, or every plan between keeps less importance)."""
+        if not self.budgets_ms() or self.at_full(best.selection):
+            return ""
+        u = self.used(best)
+        if u >= self.accept_low:
+            return ""
+        text = f"the plan uses {100 * u:.0f} % of the budget"
+        slower = [t for t in self.trials if self.used(t) > u]
+        if not slower:
+            n = len(self.rounds)
+            return text + f"; the selector offered no slower plan under it in {n} round{'s' if n > 1 else ''}"
+        nxt = min(slower, key=self.used)
+        return (text + f": the next plan measured used {100 * self.used(nxt):.0f} % (its interval up to "
+                f"{100 * self.used_hi(nxt):.0f} %) and the selector found none between (the latency jumps there, "
+                f"or the plans between keep less importance)")
 
     def uncertified_note(self, trial: Trial) -> str:
         """Why ``trial`` (its point estimate under every budget) is not

@@ -278,9 +278,10 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
              "removed_blocks": removed_paths(space, sel.choice),
              "smallest_ms": cals[primary].smallest.measured_ms, "fastest_ms": cals[primary].fastest.measured_ms,
              "fastest": {d: c.to_json(loop.meter.reference_ms(d)) for d, c in cals.items()},
-             "certified": outcome.certified, "ratio_interval": _interval(loop, best), **host}
-    if not outcome.certified and outcome.note:
-        log.warning("%s", outcome.note)
+             "certified": outcome.certified, "ratio_interval": _interval(loop, best),
+             "budget_used": loop.used(best) if budgets else None, **host}
+    if outcome.note:
+        (log.info if outcome.certified else log.warning)("%s", outcome.note)
     selection = {"selector": sel.selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
                  "objective": sel.objective, "importance": sel.importance, "usage": sel.usage, "note": sel.note}
     return PruneResult(model=best.model.eval(), baseline_ms=loop.meter.reference_ms(primary),
