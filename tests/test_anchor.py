@@ -44,3 +44,50 @@ def test_a_later_session_lands_on_the_first_footing_and_keeps_what_it_finished()
     assert anchor == 0.5 and seen == SPECS[:10]
     assert [t.median_ms for t in out] == pytest.approx([TRUE_MS[s] for s in SPECS[:10]])
     assert measure_anchored(slow, [], 0.5) == ([], 0.5)  # nothing to measure: nothing measured
+
+
+class SessionNoise:
+    """The k-th session of a shape reads ``factors(spec)[k]`` times its true
+    time (the reference reads true); records the order of the calls."""
+
+    def __init__(self, factors=lambda spec: (1.02, 1 / 1.02)):
+        self.factors, self.seen, self.calls = factors, {}, []
+
+    def __call__(self, spec: LayerSpec) -> Timing:
+        self.calls.append(spec)
+        if spec == REFERENCE:
+            return Timing(median_ms=TRUE_MS[spec], iqr_ms=0.0, runs=20, ci_rel=0.01, stable=True)
+        k = self.seen[spec] = self.seen.get(spec, 0) + 1
+        return Timing(median_ms=TRUE_MS[spec] * self.factors(spec)[k - 1], iqr_ms=0.001, runs=20, ci_rel=0.01,
+                      stable=k < 2)
+
+
+def test_two_passes_measure_each_chunk_forward_then_backward_and_average_the_sessions():
+    one, two = SessionNoise(), SessionNoise()
+    out1, _ = measure_anchored(one, SPECS[:10], 0.5, every=4)
+    out2, _ = measure_anchored(two, SPECS[:10], 0.5, every=4, passes=2)
+    assert [t.median_ms / TRUE_MS[s] for s, t in zip(SPECS, out1)] == pytest.approx([1.02] * 10)
+    assert [t.median_ms / TRUE_MS[s] for s, t in zip(SPECS, out2)] == pytest.approx([1.0] * 10)
+    assert all(t.runs == 40 and not t.stable for t in out2)  # both sessions counted; unstable if one was
+    chunks = [SPECS[0:4], SPECS[4:8], SPECS[8:10]]
+    expected = [REFERENCE]
+    for c in chunks:
+        expected += c + c[::-1] + [REFERENCE]
+    assert two.calls == expected  # sessions 4 % apart agree: no third
+    with pytest.raises(ValueError):
+        measure_anchored(one, SPECS[:2], 0.5, passes=3)
+
+
+def test_two_sessions_that_disagree_call_for_a_third_and_the_median_wins():
+    odd = SPECS[1]  # its second session is 30 % slow
+    host = SessionNoise(lambda spec: (1.0, 1.3, 1.01) if spec == odd else (1.0, 1.0))
+    out, _ = measure_anchored(host, SPECS[:4], 0.5, every=4, passes=2)
+    assert [t.median_ms / TRUE_MS[s] for s, t in zip(SPECS, out)] == pytest.approx([1.0, 1.01, 1.0, 1.0])
+    assert host.calls == [REFERENCE, *SPECS[:4], *SPECS[:4][::-1], odd, REFERENCE]
+    assert out[1].runs == 60
+
+
+def test_two_passes_still_cancel_drift():
+    host = DriftingHost(end=1.5, calls=2 * len(SPECS) + len(SPECS) // 8 + 2)
+    out, _ = measure_anchored(host, SPECS, None, every=8, passes=2)
+    assert max(abs(t.median_ms / TRUE_MS[s] - 1) for s, t in zip(SPECS, out)) < 0.02

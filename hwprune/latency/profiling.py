@@ -126,13 +126,19 @@ def default_layer_protocol(runtime) -> profilers.Protocol:
     return p.default if p is not None and isinstance(p.default, profilers.Protocol) else profilers.LAYER_PROTOCOL
 
 
+# sessions per layer shape: two (forward, then backward in each chunk) halve a shape's own session-to-session
+# noise, which no drift correction removes, at twice the profiling time
+PASSES = 2
+
+
 class Profiler:
     """A device's runtime plus its store: measures layer specs and whole models."""
 
     def __init__(self, device: Device, store: MeasurementStore | None = None,
-                 layer_protocol: profilers.Protocol | None = None):
-        """``layer_protocol``: how layer shapes are measured (default the runtime's)."""
-        self.device = device
+                 layer_protocol: profilers.Protocol | None = None, passes: int = PASSES):
+        """``layer_protocol``: how layer shapes are measured (default the runtime's);
+        ``passes``: sessions per shape (:func:`profilers.anchor.measure_anchored`)."""
+        self.device, self.passes = device, passes
         self.layer_kw = {} if layer_protocol is None else {"protocol": layer_protocol}
         self.runtime = device.open()
         self.store = store if store is not None else MeasurementStore()
@@ -164,7 +170,7 @@ class Profiler:
         if anchor is None:  # the first reading on this host and runtime: kept before anything is stored
             anchor = measure(REFERENCE).median_ms
             self.store.put_meta(self.rows_key, "anchor_ms", anchor)
-        measure_anchored(measure, todo, anchor, progress=bar, done=done)
+        measure_anchored(measure, todo, anchor, progress=bar, done=done, passes=self.passes)
         return out
 
     def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3,
