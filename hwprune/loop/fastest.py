@@ -101,11 +101,14 @@ def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module
     """Measure the networks at ``fractions`` of every group's width grid
     (default :data:`UNIFORM`, the smallest first), add them to ``rows``
     (whole-model measurements, ``(specs, ms)``) and fit ``lat``'s remainder
-    to all of ``rows``."""
+    to all of ``rows``. Rows given start with the network the others are
+    judged against (the original), which the fit weighs most
+    (:meth:`latency_models.NetworkLatencyModel.fit_remainder`'s ``reference``)."""
     ev = Evaluator(space, lat, scores)
+    reference = 0 if rows else None
     nets = tuple(_measure(space, ev, measure_ms, name, choice, rows)
                  for name, choice in calibration_choices(options, fractions))
-    lat.fit_remainder(rows)
+    lat.fit_remainder(rows, reference=reference)
     return Calibration(nets)
 
 
@@ -145,12 +148,13 @@ def fastest_candidates(ev: Evaluator, options: dict, measured: list[Choice], k: 
 def measure_fastest(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], float], options, scores,
                     rows: list, cal: Calibration, k: int = CANDIDATES) -> Calibration:
     """``cal`` plus the ``k`` predicted-fastest networks not measured yet,
-    measured (and the remainder refitted with them)."""
+    measured (and the remainder refitted with them; ``rows`` start with the
+    original, as :func:`calibrate_networks` was given them)."""
     ev = Evaluator(space, lat, scores)
     new = tuple(_measure(space, ev, measure_ms, name, choice, rows)
                 for name, choice in fastest_candidates(ev, options, [n.choice for n in cal.networks], k))
     if new:
-        lat.fit_remainder(rows)
+        lat.fit_remainder(rows, reference=0)
     return Calibration(cal.networks + new)
 
 
