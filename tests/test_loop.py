@@ -304,17 +304,29 @@ def test_the_acceptance_threshold_is_the_budget_itself(hi_rel, accepted):
 
 
 def test_a_point_estimate_under_the_budget_with_the_interval_over_it_is_not_certified():
-    """Every plan's interval is +-12 % and the meter hit its cap (not sure): no
-    plan is certified; the answer is the plan whose point estimate meets the
-    budget with the most latency used, said to be uncertified, with its interval."""
-    loop, _, meter = controller(FINE, {"d": 5.0}, max_rounds=3, interval=lambda d, w: (0.12, False))
+    """Every plan's interval is +-12 % and the meter hit its cap (not sure), one
+    round allowed: no plan is certified; the answer is the plan whose point
+    estimate meets the budget, said to be uncertified, with its interval."""
+    loop, _, meter = controller(FINE, {"d": 5.0}, max_rounds=1, interval=lambda d, w: (0.12, False))
     out = loop.run()
-    assert len(out.trials) == 3 and all(loop.used_hi(t) > 1.0 for t in out.trials)
+    assert len(out.trials) == 1 and all(loop.used_hi(t) > 1.0 for t in out.trials)
     assert not out.certified and loop.used(out.best) <= 1.0
     assert out.best.model == max(t.model for t in out.trials if loop.used(t) <= 1.0)
     lo, hi = 0.1 * out.best.model / 1.12, 0.1 * out.best.model * 1.12
     assert f"interval is {lo:.3f}-{hi:.3f} ms (+-12.0 %) against the budget 5.000 ms" in out.note
     assert "too noisy to certify the budget" in out.note and "20 rounds, 30 s" in out.note
+
+
+def test_on_a_noisy_host_the_aim_drops_until_a_plan_certifies():
+    """Readings no narrower than +-12 % (the meter's cap): the first plan, aimed
+    at 0.965 of the budget, cannot certify; the aim drops to 0.995 / 1.12 and
+    the acceptance share with it, and the next plan is certified."""
+    loop, sel, _ = controller(FINE, {"d": 5.0}, max_rounds=3, interval=lambda d, w: (0.12, False))
+    out = loop.run()
+    assert loop.aim_now() == pytest.approx(0.995 / 1.12) and loop.noise() == pytest.approx(0.12)
+    assert loop.accept_low_now() == pytest.approx(ACCEPT_LOW - (AIM - 0.995 / 1.12))
+    assert len(out.trials) == 2 and sel.targets(1) == pytest.approx(5.0 * 0.995 / 1.12)
+    assert out.certified and loop.used_hi(out.best) <= 1.0 and loop.used(out.best) >= loop.accept_low_now()
 
 
 def test_a_narrow_interval_just_over_the_budget_is_not_called_noise():

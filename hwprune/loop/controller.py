@@ -29,6 +29,11 @@ each a method of :class:`Controller`:
   interval (and, when the meter hit its cap, that the host is too noisy to
   certify the budget); if none meets them, the fastest one measured.
 
+On a host too noisy for the meter to narrow its interval to the target
+(a reading hit its cap at ``+-h``), the aim and ``accept_low`` drop to
+``CERTIFY / (1 + h)`` and as far below it (:meth:`Controller.aim_now`):
+aimed at 0.965 of the budget, a plan measured to +-4 % could never certify.
+
 Milliseconds are always a reading's ratio times the meter's *current*
 reference (the original's median so far), and a budget given as a fraction
 of the original follows it, so every comparison uses the latest reference.
@@ -50,6 +55,7 @@ AIM = 0.965          # the selector aims this far under the budget, so a re-meas
 ACCEPT_LOW = 0.93    # a plan using at least this share of the budget (and at most all of it) is accepted
 NUDGE_STEP = 0.02    # the k-th nudge scales the targets by 1 + k x NUDGE_STEP (or its inverse)
 MAX_NUDGES = 4       # nudges allowed in one loop
+CERTIFY = 0.995      # on a noisy host the aim is at most this over (1 + the interval's half-width)
 
 
 @dataclass(frozen=True)
@@ -189,9 +195,25 @@ class Controller:
 
     # ---------------------------------------------------------------- decisions
 
+    def noise(self) -> float:
+        """The relative half-width the meter could not narrow below: the widest
+        interval among the readings that hit the meter's cap (0 while every
+        reading met its target)."""
+        return max((r.half_width_rel for t in self.trials for r in t.readings.values() if not r.sure), default=0.0)
+
+    def aim_now(self) -> float:
+        """``aim``, lowered on a host too noisy for it: a plan certifies only
+        when its interval's upper end is under the budget, so with readings
+        no narrower than ``+-h`` the aim is at most ``CERTIFY / (1 + h)``."""
+        return min(self.aim, CERTIFY / (1.0 + self.noise()))
+
+    def accept_low_now(self) -> float:
+        """``accept_low``, lowered with the aim (the same distance under it)."""
+        return self.accept_low - (self.aim - self.aim_now())
+
     def first_targets(self) -> dict[str, float]:
         """Each device's first target: ``aim`` x its budget."""
-        return {d: b * self.aim for d, b in self.budgets_ms().items()}
+        return {d: b * self.aim_now() for d, b in self.budgets_ms().items()}
 
     def at_full(self, selection: Selection) -> bool:
         return all(selection.choice[gid] == width for gid, width in self.full.items())
@@ -204,11 +226,11 @@ class Controller:
         if not self.budgets_ms():
             return True
         u = self.used(trial)
-        return self.used_hi(trial) <= 1.0 and (u >= self.accept_low or self.at_full(trial.selection))
+        return self.used_hi(trial) <= 1.0 and (u >= self.accept_low_now() or self.at_full(trial.selection))
 
     def distance_to_aim(self, trial: Trial) -> float:
         """The largest gap over the devices between measured and aimed latency, as a share of the budget."""
-        return max(abs(self.measured_ms(trial, d) - b * self.aim) / b for d, b in self.budgets_ms().items())
+        return max(abs(self.measured_ms(trial, d) - b * self.aim_now()) / b for d, b in self.budgets_ms().items())
 
     def nearest_to_aim(self) -> Trial:
         """The anchor: the measured plan closest to the aim (the first of equals)."""
@@ -219,7 +241,7 @@ class Controller:
         the anchor's predicted / measured latency there, so that the latency
         model, corrected by that ratio, hits the aim; kept between the plans
         that bracket the aim (:meth:`within_bracket`)."""
-        return self.within_bracket({d: anchor.predicted_ms(d) * (b * self.aim) / self.measured_ms(anchor, d)
+        return self.within_bracket({d: anchor.predicted_ms(d) * (b * self.aim_now()) / self.measured_ms(anchor, d)
                                     for d, b in self.budgets_ms().items()})
 
     def bracket(self, device: str) -> tuple[Trial | None, Trial | None]:
@@ -227,7 +249,7 @@ class Controller:
         the one predicted slowest among those measured under ``aim x budget``,
         and the one predicted fastest among those measured over the budget."""
         b = self.budgets_ms()[device]
-        under = [t for t in self.trials if self.measured_ms(t, device) < b * self.aim]
+        under = [t for t in self.trials if self.measured_ms(t, device) < b * self.aim_now()]
         over = [t for t in self.trials if self.measured_ms(t, device) > b]
         return (max(under, key=lambda t: t.predicted_ms(device), default=None),
                 min(over, key=lambda t: t.predicted_ms(device), default=None))
@@ -247,7 +269,7 @@ class Controller:
             if p_lo < t < p_hi:
                 continue
             m_lo, m_hi = self.measured_ms(lo, d), self.measured_ms(hi, d)
-            aim_ms = self.budgets_ms()[d] * self.aim
+            aim_ms = self.budgets_ms()[d] * self.aim_now()
             out[d] = p_lo + (aim_ms - m_lo) * (p_hi - p_lo) / (m_hi - m_lo)
         return out
 
@@ -271,7 +293,7 @@ class Controller:
         self.nudges += 1
         ref = self.nudge_reference()
         u, hi = (self.used(ref), self.used_hi(ref)) if self.budgets_ms() else (1.0, 1.0)
-        if self.nudges > MAX_NUDGES or (self.accept_low <= u and hi <= 1.0):
+        if self.nudges > MAX_NUDGES or (self.accept_low_now() <= u and hi <= 1.0):
             return None
         step = 1.0 + NUDGE_STEP * self.nudges
         scale = 1.0 / step if hi > 1.0 else step
@@ -306,7 +328,7 @@ class Controller:
         if not self.budgets_ms() or self.at_full(best.selection):
             return ""
         u = self.used(best)
-        if u >= self.accept_low:
+        if u >= self.accept_low_now():
             return ""
         text = f"the plan uses {100 * u:.0f} % of the budget"
         slower = [t for t in self.trials if self.used(t) > u]
