@@ -54,6 +54,9 @@ MIN_LAYER_SCALE = 0.35
 # weight 10 against 1 took free-width sub-networks within +-5 % from 65 to 95 % (groupednet) and from
 # 25 to 20-30 % (invresnet; its full network off by 13-16 % either way: the remainder cannot fit it)
 REFERENCE_WEIGHT = 10.0
+# the reorder term is fitted only where the rows' reorder elements per activation element spread by more
+# than this (networks mixing blocked and plain layers), see :func:`independent`
+REORDER_SPREAD = 0.1
 
 
 def weight_elements(specs: Iterable[LayerSpec]) -> int:
@@ -72,6 +75,17 @@ def activation_elements(specs: Iterable[LayerSpec]) -> int:
     return total
 
 
+def independent(reorders: np.ndarray, activations: np.ndarray, spread: float = REORDER_SPREAD) -> bool:
+    """Whether rows' reorder elements say more than their activation elements:
+    in networks whose layers all run blocked (every width on the alignment)
+    a layer saves the reorders of its input and output, about twice its
+    activations in every network, and a free reorder price would only trade
+    against the other terms (measured: mobilenetv2's greedy plans predicted
+    25-60 % fast). Their ratio must spread by more than ``spread`` (relative)."""
+    r = np.abs(reorders) / np.maximum(activations, 1e-12)
+    return bool(r.max() > 0 and (r.min() <= 0 or r.max() / r.min() - 1 > spread))
+
+
 def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, block: int | None = None) -> np.ndarray:
     """Elements of layout reorders a layer does not pay inside a network, over
     arrays of widths (negative where it pays one the isolated layer did not).
@@ -84,8 +98,9 @@ def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, bloc
     inside a network a chain of blocked layers pays none of them, and a tensor
     pays one where its producer's layout differs from the layout its consumers
     read (approximated per layer, the consumers taken to be of the layer's own
-    kind: a blocked layer writing a width they read plain feeds plain, a plain
-    one writing a width they read blocked feeds blocked).
+    kind, a depthwise conv's to be a pointwise conv, as in inverted residuals:
+    a blocked layer writing a width they read plain feeds plain, a plain one
+    writing a width they read blocked feeds blocked).
     Measured on ONNX Runtime with AVX-512, a reorder costs about 0.1-0.2 ns per
     element, as much as a depthwise conv's whole work at some widths."""
     n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
@@ -95,7 +110,8 @@ def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, bloc
     in_el = spec.batch * spec.height * spec.width * n_in.astype(float)
     out_el = spec.batch * oh * ow * n_out.astype(float)
     blocked = ~misaligned(spec, n_in, align, block)
-    feeds_blocked = ~misaligned(spec, n_out, align, block) & ~reads_plain_input(spec, n_out, block)
+    reader = replace(spec, groups=1) if spec.depthwise else spec  # a depthwise conv feeds a pointwise one
+    feeds_blocked = ~misaligned(reader, n_out, align, block) & ~reads_plain_input(reader, n_out, block)
     reorders_input = (n_in > align) & ~reads_plain_input(spec, n_in, block)
     isolated = np.where(blocked, np.where(reorders_input, in_el, 0.0) + out_el, 0.0)
     return isolated - np.where(blocked != feeds_blocked, out_el, 0.0)
@@ -255,10 +271,12 @@ class NetworkLatencyModel:
         count as much as a wide one's). ``reference``: the index of the row the
         others are judged against (the original network: a budget given as a
         fraction, and every ratio, divide by it), whose error weighs
-        :data:`REFERENCE_WEIGHT` times, so the fit passes close to it. Terms in order ``c0, c3, c6, c5, c1, c2``,
-        one fewer than rows; ``c6`` only where the rows' reorders (relative to
-        their layers) differ, ``c5`` only where their numbers of layers differ;
-        c1, c2, c5, c6 >= 0, c3 >= MIN_LAYER_SCALE - 1. Misaligned layers take the
+        :data:`REFERENCE_WEIGHT` times, so the fit passes close to it. Terms
+        in order ``c0, c3, c6, c5, c1, c2``, one fewer than rows; ``c6`` only
+        where the rows' reorders (relative to their layers and to their
+        activations, :func:`independent`) differ, ``c5`` only where their
+        numbers of layers differ; c1, c2, c5, c6 >= 0, c3 >= MIN_LAYER_SCALE - 1.
+        Misaligned layers take the
         aligned ones' scale (``c4 = c3``)."""
         from scipy.optimize import lsq_linear
         self._check()
@@ -275,7 +293,7 @@ class NetworkLatencyModel:
                 "c6": -np.array([sum(float(self.reorder_saved(s, s.in_channels, s.out_channels)) for s in sp)
                                  for sp, _ in rows])}
         counts_vary = np.ptp(cols["c5"]) > 0
-        reorders_vary = np.ptp(cols["c6"] / np.maximum(layers, 1e-12)) > 0
+        reorders_vary = np.ptp(cols["c6"] / np.maximum(layers, 1e-12)) > 0 and independent(cols["c6"], cols["c1"])
         order = [n for n in ("c0", "c3", "c6", "c5", "c1", "c2")
                  if (n != "c5" or counts_vary) and (n != "c6" or reorders_vary)][:max(1, len(rows) - 1)]
         feats = np.stack([cols[n] for n in order], axis=1)

@@ -409,3 +409,19 @@ def test_prune_on_a_tiny_model_with_a_constant_bias_is_calibrated(sim_devices, s
     model, x = archs.create("concat")
     res = hwprune.prune(model, x, device="sim-slow", budget_fraction=0.6, store=store)
     assert ACCEPT_LOW * res.budget_ms <= res.measured_ms <= res.budget_ms
+
+
+def test_when_no_offered_plan_meets_the_budget_the_calibration_networks_are_measured():
+    """Every plan the selector offers measures 1.5x its prediction (a latency
+    model wrong everywhere it looks): after its rounds the loop measures the
+    networks measured under the budget before, slowest first, and settles on
+    the first that meets it."""
+    loop, sel, meter = controller(COARSE, {"d": 2.0}, bias=lambda d, w: 1.5 if w in COARSE else 1.0, max_rounds=3)
+    out = loop.run()
+    assert not loop.met() and "budget not met" in out.note
+    def selection(w):
+        return Selection({0: (w,)}, {0: list(range(w))}, w * MS_PER_CHANNEL, float(w), True, selector="calibration",
+                         status="measured", usage={"latency_ms[d]": w * MS_PER_CHANNEL})
+    out = loop.rescue([selection(w) for w in (16, 19, 15, 10)])  # 16: measured already
+    assert meter.measured == [16, 19] and loop.met()
+    assert out.best.model == 19 and out.certified and out.best.selection.selector == "calibration"

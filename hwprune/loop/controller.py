@@ -21,6 +21,9 @@ each a method of :class:`Controller`:
   the plan): move every target further in the direction the measurement asks
   for (down when the interval reaches over the budget), by 2 % more at each
   nudge, at most 4 nudges in the whole loop.
+- :meth:`Controller.rescue`: where no measured plan met the budgets (the
+  latency model mispredicts every plan the selector offers), networks
+  measured under the budget while calibrating are measured as plans.
 - :meth:`Controller.outcome`: after ``max_rounds`` measured rounds (or a stop),
   the certified plan (interval under every budget) with the most latency
   used (with a note where it uses less than ``accept_low``: the next plan
@@ -300,6 +303,21 @@ class Controller:
         nudged = {d: t * scale for d, t in targets.items()}
         bracketed = self.within_bracket(nudged)
         return nudged if bracketed == targets else bracketed
+
+    def rescue(self, candidates) -> Outcome:
+        """After :meth:`run` found no plan meeting every budget: measure
+        ``candidates`` (selections measured under the budget before, e.g. while
+        calibrating; slowest first) until one meets them, then settle again."""
+        for selection in candidates:
+            if self.already_measured(selection):
+                continue
+            if self.used(self.measure(selection, self.first_targets())) <= 1.0:
+                break
+        return self.outcome()
+
+    def met(self) -> bool:
+        """Whether a measured plan meets every budget (its point estimate)."""
+        return any(self.used(t) <= 1.0 for t in self.trials)
 
     def outcome(self) -> Outcome:
         """The certified plan with the most latency used; else the plan

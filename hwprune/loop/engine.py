@@ -249,6 +249,16 @@ def _unchanged(model: nn.Module, space: PruningSpace, meter: BlockMeters, budget
                                 for d in meter.meters}, frozen=space.frozen)
 
 
+def _under_budget(problem: Problem, cal: Calibration, budget_ms: float | None) -> list[Selection]:
+    """The calibration networks measured under ``budget_ms`` that meet every
+    other bound, as selections, slowest first."""
+    if budget_ms is None:
+        return []
+    nets = sorted((n for n in cal.networks if n.measured_ms <= budget_ms), key=lambda n: -n.measured_ms)
+    return [problem.selection(n.choice, "calibration network", status="measured", note=n.name)
+            for n in nets if problem.feasible(n.choice)]
+
+
 def _above_baseline(budgets: dict[str, float], meter: BlockMeters, margin: float) -> bool:
     return all(b >= margin * meter.reference_ms(d) for d, b in budgets.items())
 
@@ -383,4 +393,6 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,
                       problem.largest(), max_rounds=max_rounds, aim=aim, accept_low=accept_low)
     outcome = loop.run()
+    if not loop.met():  # every plan offered measured over: the calibration networks under the budget
+        outcome = loop.rescue(_under_budget(problem, cals[primary], budgets.now(meter).get(primary)))
     return _result(model, space, loop, outcome, profs, cals, extra, t_start, t_profile, host())
