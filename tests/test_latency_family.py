@@ -331,3 +331,11 @@ def test_the_reference_row_weighs_most_in_the_remainder():
     plain = err()
     net.fit_remainder(rows, reference=0)
     assert err() < 0.005 < plain
+
+
+def test_the_reorder_term_is_fitted_only_where_reorders_say_more_than_activations():
+    from latency_models.network import independent
+    assert not independent(np.array([2.0, 4.1, 6.0]), np.array([1.0, 2.0, 3.0]))  # all blocked: twice the activations
+    assert independent(np.array([2.0, 0.5, 6.0]), np.array([1.0, 2.0, 3.0]))  # layouts mixed in one row
+    assert independent(np.array([2.0, 0.0, 6.0]), np.array([1.0, 2.0, 3.0]))  # a network with no blocked layer
+    assert not independent(np.zeros(3), np.array([1.0, 2.0, 3.0]))  # nothing blocked anywhere
