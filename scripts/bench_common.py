@@ -108,19 +108,21 @@ def md_table(columns: list[str], rows: list[list[str]]) -> str:
 
 
 STREAMER = """
-import sys, time
+import os, sys, time
 import numpy as np
 a = np.ones(32 * 1024 * 1024)  # 256 MB, far beyond any cache: every pass streams it from memory
 end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
+parent = int(sys.argv[2]) if len(sys.argv) > 2 else None
+while time.monotonic() < end and (parent is None or os.getppid() == parent):
     a += 1.0
-"""  # python -c STREAMER SECONDS
+"""  # python -c STREAMER SECONDS [PARENT_PID]: ends after SECONDS, or as soon as its parent is gone
 
 
 class CoRunningLoad:
     """A process streaming a 256 MB array through memory for at most ``seconds``
-    (ended on exit), as another tenant of a shared cloud host contends for the
-    caches and memory bandwidth; ``enabled=False`` does nothing."""
+    (ended on exit, and on its own when this process dies unannounced), as
+    another tenant of a shared cloud host contends for the caches and memory
+    bandwidth; ``enabled=False`` does nothing."""
 
     def __init__(self, enabled: bool, seconds: float = 7200.0):
         self.enabled, self.seconds, self.proc = enabled, float(seconds), None
@@ -128,7 +130,7 @@ class CoRunningLoad:
     def __enter__(self):
         if self.enabled:
             import subprocess
-            self.proc = subprocess.Popen([sys.executable, "-c", STREAMER, str(self.seconds)])
+            self.proc = subprocess.Popen([sys.executable, "-c", STREAMER, str(self.seconds), str(os.getpid())])
         return self
 
     def __exit__(self, *exc):

@@ -26,3 +26,34 @@ def test_the_report_gives_the_engines_note_on_rows_out_of_the_band():
     assert "- b at 0.60: the plan uses 86 % of the budget: next 115 %" in md
     assert "kept quiet" not in md  # rows in the band keep their notes to the JSON
     assert "notes on the rows out of the band" not in bench.render_md(header, rows[:1], "1/1", 1.0, "store")
+
+
+def test_the_co_running_load_ends_when_its_benchmark_is_killed():
+    """A benchmark killed without its exit handler (SIGKILL) must not leave its
+    memory-streaming load running on the host."""
+    import os
+    import signal
+    import subprocess
+    import time
+    code = (f"import sys; sys.path.insert(0, {str(Path(bench.__file__).parent)!r}); import bench_common as c\n"
+            "with c.CoRunningLoad(True, 60) as load:\n"
+            "    print(load.proc.pid, flush=True)\n"
+            "    import time; time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it if it became ours
+            os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the streamer outlived its benchmark")
