@@ -141,20 +141,21 @@ def test_a_still_host_certifies_the_plan_with_an_exact_interval(hosts, store):
     assert res.rounds[-1].sure and res.rounds[-1].measured_hi_ms == pytest.approx(res.measured_ms)
 
 
-def test_a_noisy_host_is_reported_uncertified_with_its_interval(sim_devices, store):
+def test_a_noisy_host_aims_lower_until_a_plan_certifies(sim_devices, store):
     """Whole-model measurements alternately 5 % fast and slow: ratios are right
-    on average, but no interval narrows to +-2 % within 4 rounds, and every
-    plan near the budget reaches over it."""
+    on average, but no interval narrows to +-2 % within 4 rounds, so a plan
+    aimed at 0.965 of the budget reaches over it; the loop aims lower, by the
+    interval it could reach, and certifies a plan under the budget, interval
+    included. (A loop with no round left reports the plan uncertified with
+    its interval: tests/test_loop.py.)"""
     sim_devices.add("sim-noisy", bound="flops", step=8, noise=0.05)
     model, x = zoo.create("resnet20")
     res = hwprune.prune(model, x, device="sim-noisy", budget_fraction=0.6, store=store,
                         certainty=Certainty(max_rounds=4, max_s=5))
     iv = res.stats["ratio_interval"]["sim-noisy"]
-    assert res.stats["certified"] is False and not iv["sure"] and iv["rounds"] == 4
-    assert iv["measured_lo_ms"] < res.measured_ms <= res.budget_ms < iv["measured_hi_ms"]
-    assert "too noisy to certify the budget" in res.note
-    shown = f"{iv['measured_lo_ms']:.3f}-{iv['measured_hi_ms']:.3f} ms (+-{100 * iv['half_width_rel']:.1f} %)"
-    assert shown in res.note
+    assert not iv["sure"] and iv["rounds"] == 4  # the meter still hit its cap
+    assert res.stats["certified"] is True and iv["measured_hi_ms"] <= res.budget_ms * (1 + 1e-9)
+    assert 0.8 <= res.stats["budget_used"] <= 1.0
     assert any("drifted" in w for w in res.stats["warnings"])
 
 
