@@ -3,6 +3,10 @@ import sys
 import types
 from pathlib import Path
 
+# the suite profiles each layer shape in one session (the default is two, for precision; tests of the
+# two-session measurement call it directly): half the profiling time on CI's two cores
+os.environ.setdefault("HWPRUNE_PROFILE_SESSIONS", "1")
+
 import pytest
 import torch
 

@@ -91,3 +91,15 @@ def test_two_passes_still_cancel_drift():
     host = DriftingHost(end=1.5, calls=2 * len(SPECS) + len(SPECS) // 8 + 2)
     out, _ = measure_anchored(host, SPECS, None, every=8, passes=2)
     assert max(abs(t.median_ms / TRUE_MS[s] - 1) for s, t in zip(SPECS, out)) < 0.02
+
+
+def test_sessions_per_shape_come_from_the_environment(monkeypatch):
+    from hwprune.errors import UserError
+    from hwprune.latency.profiling import PASSES, profile_sessions
+    monkeypatch.delenv("HWPRUNE_PROFILE_SESSIONS", raising=False)
+    assert profile_sessions() == PASSES == 2
+    monkeypatch.setenv("HWPRUNE_PROFILE_SESSIONS", "1")
+    assert profile_sessions() == 1
+    monkeypatch.setenv("HWPRUNE_PROFILE_SESSIONS", "3")
+    with pytest.raises(UserError, match="give 1 or 2"):
+        profile_sessions()

@@ -318,15 +318,19 @@ def test_a_point_estimate_under_the_budget_with_the_interval_over_it_is_not_cert
 
 
 def test_on_a_noisy_host_the_aim_drops_until_a_plan_certifies():
-    """Readings no narrower than +-12 % (the meter's cap): the first plan, aimed
-    at 0.965 of the budget, cannot certify; the aim drops to 0.995 / 1.12 and
-    the acceptance share with it, and the next plan is certified."""
-    loop, sel, _ = controller(FINE, {"d": 5.0}, max_rounds=3, interval=lambda d, w: (0.12, False))
+    """Readings no narrower than +-6 % (the meter's cap): the first plan, aimed
+    at 0.965 of the budget, cannot certify; the aim drops to 0.995 / 1.06 and
+    the acceptance share with it, and the next plan is certified. At +-12 %
+    the acceptance share stops at its floor, 0.90."""
+    loop, sel, _ = controller(FINE, {"d": 5.0}, max_rounds=3, interval=lambda d, w: (0.06, False))
     out = loop.run()
-    assert loop.aim_now() == pytest.approx(0.995 / 1.12) and loop.noise() == pytest.approx(0.12)
-    assert loop.accept_low_now() == pytest.approx(ACCEPT_LOW - (AIM - 0.995 / 1.12))
-    assert len(out.trials) == 2 and sel.targets(1) == pytest.approx(5.0 * 0.995 / 1.12)
+    assert loop.aim_now() == pytest.approx(0.995 / 1.06) and loop.noise() == pytest.approx(0.06)
+    assert loop.accept_low_now() == pytest.approx(ACCEPT_LOW - (AIM - 0.995 / 1.06))
+    assert len(out.trials) == 2 and sel.targets(1) == pytest.approx(5.0 * 0.995 / 1.06)
     assert out.certified and loop.used_hi(out.best) <= 1.0 and loop.used(out.best) >= loop.accept_low_now()
+    wide, _, _ = controller(FINE, {"d": 5.0}, max_rounds=3, interval=lambda d, w: (0.12, False))
+    wide.run()
+    assert wide.aim_now() == pytest.approx(0.995 / 1.12) and wide.accept_low_now() == pytest.approx(0.90)
 
 
 def test_a_narrow_interval_just_over_the_budget_is_not_called_noise():

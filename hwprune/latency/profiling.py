@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -126,19 +127,31 @@ def default_layer_protocol(runtime) -> profilers.Protocol:
     return p.default if p is not None and isinstance(p.default, profilers.Protocol) else profilers.LAYER_PROTOCOL
 
 
-# sessions per layer shape: two (forward, then backward in each chunk) halve a shape's own session-to-session
-# noise, which no drift correction removes, at twice the profiling time
+# sessions per layer shape: two (forward, then backward in each chunk, a third where they disagree) halve a
+# shape's own session-to-session noise, which no drift correction removes, at twice the profiling time;
+# HWPRUNE_PROFILE_SESSIONS=1 measures each shape once (faster, noisier)
 PASSES = 2
+
+
+def profile_sessions() -> int:
+    """Sessions per layer shape: ``$HWPRUNE_PROFILE_SESSIONS`` (1 or 2), else :data:`PASSES`."""
+    raw = os.environ.get("HWPRUNE_PROFILE_SESSIONS", "").strip()
+    if not raw:
+        return PASSES
+    if raw not in ("1", "2"):
+        raise UserError(f"HWPRUNE_PROFILE_SESSIONS={raw!r}: give 1 or 2 sessions per layer shape")
+    return int(raw)
 
 
 class Profiler:
     """A device's runtime plus its store: measures layer specs and whole models."""
 
     def __init__(self, device: Device, store: MeasurementStore | None = None,
-                 layer_protocol: profilers.Protocol | None = None, passes: int = PASSES):
+                 layer_protocol: profilers.Protocol | None = None, passes: int | None = None):
         """``layer_protocol``: how layer shapes are measured (default the runtime's);
-        ``passes``: sessions per shape (:func:`profilers.anchor.measure_anchored`)."""
-        self.device, self.passes = device, passes
+        ``passes``: sessions per shape (:func:`profilers.anchor.measure_anchored`;
+        default ``$HWPRUNE_PROFILE_SESSIONS`` or :data:`PASSES`)."""
+        self.device, self.passes = device, passes if passes is not None else profile_sessions()
         self.layer_kw = {} if layer_protocol is None else {"protocol": layer_protocol}
         self.runtime = device.open()
         self.store = store if store is not None else MeasurementStore()

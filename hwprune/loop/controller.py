@@ -59,6 +59,7 @@ ACCEPT_LOW = 0.93    # a plan using at least this share of the budget (and at mo
 NUDGE_STEP = 0.02    # the k-th nudge scales the targets by 1 + k x NUDGE_STEP (or its inverse)
 MAX_NUDGES = 4       # nudges allowed in one loop
 CERTIFY = 0.995      # on a noisy host the aim is at most this over (1 + the interval's half-width)
+ACCEPT_FLOOR = 0.90  # ... and the acceptance share drops with it, to no less than this
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,9 @@ class Controller:
         return min(self.aim, CERTIFY / (1.0 + self.noise()))
 
     def accept_low_now(self) -> float:
-        """``accept_low``, lowered with the aim (the same distance under it)."""
-        return self.accept_low - (self.aim - self.aim_now())
+        """``accept_low``, lowered with the aim (the same distance under it),
+        never under ``ACCEPT_FLOOR`` (or ``accept_low`` if that is lower)."""
+        return max(min(self.accept_low, ACCEPT_FLOOR), self.accept_low - (self.aim - self.aim_now()))
 
     def first_targets(self) -> dict[str, float]:
         """Each device's first target: ``aim`` x its budget."""
