@@ -87,14 +87,14 @@ def measure_anchored(measure: Callable[[LayerSpec], Timing], specs: Sequence[Lay
             back = [measure(s) for s, _ in reversed(chunk)][::-1] if passes == 2 else []
             split = [k for k in range(len(back))
                      if abs(math.log(back[k].median_ms / chunk[k][1].median_ms)) > math.log1p(AGREE)]
-            third = {k: measure(chunk[k][0]) for k in split}
+            third = {k: (2 * n + 1 + j, measure(chunk[k][0])) for j, k in enumerate(split)}  # (position, timing)
             after = measure(REFERENCE).median_ms
             slots = passes * n + len(third) + 1
             at = lambda pos: anchor / math.exp((1 - pos / slots) * math.log(before) + pos / slots * math.log(after))
             for k, (s, t) in enumerate(chunk):  # positions between the two readings: k + 1, 2n - k, then thirds
                 sessions = [scaled(t, at(k + 1))] + ([scaled(back[k], at(2 * n - k))] if back else [])
                 if k in third:
-                    sessions.append(scaled(third[k], at(2 * n + 1 + split.index(k))))
+                    sessions.append(scaled(third[k][1], at(third[k][0])))
                 out.append(combined(sessions))
                 if done is not None:
                     done(s, out[-1])

@@ -61,24 +61,20 @@ def _greedy(problem, *, start, swap, smallest, **_) -> Selection:
     if not ok:  # stuck where no single cut helps (a table that is not monotone): grow from the floor
         choice, ok = greedy_limits(problem.ev, problem.options, problem.resources, smallest, swap)
     chosen = problem.selection(choice, "greedy", status="heuristic", solve_s=time.perf_counter() - t0)
-    if not (ok and stalled(problem, choice)):
+    load = max_load(problem, choice)
+    if not (ok and load < STALL):
         return chosen
     other = knapsack(problem, start=choice)
     if not (other.feasible and other.importance > chosen.importance * (1 + 1e-9)):
         return replace(chosen, solve_s=time.perf_counter() - t0)
     return replace(other, selector="greedy", solve_s=time.perf_counter() - t0,
-                   note=f"greedy stalled using {100 * max_load(problem, choice):.0f} % of its tightest bound; "
+                   note=f"greedy stalled using {100 * load:.0f} % of its tightest bound; "
                         f"the knapsack's plan keeps more importance")
 
 
 def max_load(problem, choice: Choice) -> float:
     """The largest share of its bound any summed resource uses (per-layer bounds left out)."""
     return max((r.load(choice)[0] / r.limit for r in problem.resources if not r.per_layer), default=1.0)
-
-
-def stalled(problem, choice: Choice) -> bool:
-    """Whether ``choice`` leaves more than ``1 - STALL`` of every summed bound unused."""
-    return max_load(problem, choice) < STALL
 
 
 @SELECTORS.register("knapsack", objective="channel scores", help="HALP's multiple-choice knapsack")
