@@ -86,6 +86,27 @@ def independent(reorders: np.ndarray, activations: np.ndarray, spread: float = R
     return bool(r.max() > 0 and (r.min() <= 0 or r.max() / r.min() - 1 > spread))
 
 
+def reader_wants_blocked(reader: str, n, align: int, block: int | None) -> np.ndarray:
+    """Whether a reader of kind ``reader`` (:data:`profilers.specs.READERS`) of a
+    tensor of ``n`` channels reads it in the blocked layout (ONNX Runtime's
+    rules, read from its optimised graphs: a conv that is not grouped on the
+    alignment from one block on, below a block it reads the plain layout as
+    it is; a depthwise conv on the alignment; a grouped conv with channels per
+    group on the block; a concat or a pool on the block; anything else plain)."""
+    n = np.asarray(n, dtype=np.int64)
+    whole = int(block) if block and block > 1 else int(align)
+    if reader == "conv":
+        return (n % align == 0) & ((n >= block) if block and block > 1 else (n > align))
+    if reader == "dw":
+        return (n % align == 0) | (n <= align)
+    if reader.startswith("grouped:"):
+        g = int(reader.split(":", 1)[1])
+        return (n % g == 0) & ((n // g) % whole == 0)
+    if reader in ("concat", "pool"):
+        return n % whole == 0
+    return np.zeros(n.shape, dtype=bool)
+
+
 def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, block: int | None = None) -> np.ndarray:
     """Elements of layout reorders a layer does not pay inside a network, over
     arrays of widths (negative where it pays one the isolated layer did not).
@@ -96,11 +117,13 @@ def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, bloc
     with a reorder of its input (unless it reads a narrow input as it is:
     :func:`latency_models.quadratic.reads_plain_input`) and of its output;
     inside a network a chain of blocked layers pays none of them, and a tensor
-    pays one where its producer's layout differs from the layout its consumers
-    read (approximated per layer, the consumers taken to be of the layer's own
-    kind, a depthwise conv's to be a pointwise conv, as in inverted residuals:
-    a blocked layer writing a width they read plain feeds plain, a plain one
-    writing a width they read blocked feeds blocked).
+    pays one where its producer's layout differs from the layout a reader of it
+    reads (:func:`reader_wants_blocked`), charged to the producer (a residual
+    add's sum to one of its inputs; the others read it as ``add``). The readers
+    are the spec's (``spec.readers``, from the network's graph); where it has
+    none they are taken to be of the layer's own kind (a depthwise conv's, a
+    pointwise conv). A layer reading a concat (``spec.concat_input``) that is
+    not on whole blocks pays the reorder of its input: the concat runs plain.
     Measured on ONNX Runtime with AVX-512, a reorder costs about 0.1-0.2 ns per
     element, as much as a depthwise conv's whole work at some widths."""
     n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
@@ -109,12 +132,21 @@ def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, bloc
     oh, ow = spec.out_hw
     in_el = spec.batch * spec.height * spec.width * n_in.astype(float)
     out_el = spec.batch * oh * ow * n_out.astype(float)
-    blocked = ~misaligned(spec, n_in, align, block)
-    reader = replace(spec, groups=1) if spec.depthwise else spec  # a depthwise conv feeds a pointwise one
-    feeds_blocked = ~misaligned(reader, n_out, align, block) & ~reads_plain_input(reader, n_out, block)
+    blocked = ~misaligned(spec, n_in, align, block, n_out)
     reorders_input = (n_in > align) & ~reads_plain_input(spec, n_in, block)
     isolated = np.where(blocked, np.where(reorders_input, in_el, 0.0) + out_el, 0.0)
-    return isolated - np.where(blocked != feeds_blocked, out_el, 0.0)
+    if not spec.readers:
+        reader = replace(spec, groups=1) if spec.depthwise else spec  # a depthwise conv feeds a pointwise one
+        feeds_blocked = ~misaligned(reader, n_out, align, block, n_out) & ~reads_plain_input(reader, n_out, block)
+        return isolated - np.where(blocked != feeds_blocked, out_el, 0.0)
+    wants = [reader_wants_blocked(r, n_out, align, block) for r in spec.readers if r != "add"]
+    no = np.zeros(n_out.shape, dtype=bool)
+    some_plain = np.logical_or.reduce([~w for w in wants]) if wants else no
+    some_blocked = np.logical_or.reduce(wants) if wants else no
+    pays = np.where(blocked, some_plain, some_blocked)
+    whole = int(block) if block and block > 1 else int(align)
+    plain_concat = blocked & reorders_input & (n_in % whole != 0) if spec.concat_input else np.zeros(n_in.shape, bool)
+    return isolated - np.where(pays, out_el, 0.0) - np.where(plain_concat, in_el, 0.0)
 
 
 def _fresh(model: LayerModel) -> LayerModel:
@@ -231,9 +263,11 @@ class NetworkLatencyModel:
         """:func:`reorder_saved_elements` on the device's alignment."""
         return reorder_saved_elements(spec, n_in, n_out, self.align_channels, self.step_channels)
 
-    def misaligned(self, spec: LayerSpec, n_in=None) -> np.ndarray:
-        """Whether input widths ``n_in`` (default the spec's) of ``spec`` are off the device's alignment."""
-        return misaligned(spec, spec.in_channels if n_in is None else n_in, self.align_channels, self.step_channels)
+    def misaligned(self, spec: LayerSpec, n_in=None, n_out=None) -> np.ndarray:
+        """Whether input widths ``n_in`` (default the spec's; output widths ``n_out``, for a grouped conv) of
+        ``spec`` are off the device's alignment."""
+        return misaligned(spec, spec.in_channels if n_in is None else n_in, self.align_channels, self.step_channels,
+                          spec.out_channels if n_out is None and n_in is None else n_out)
 
     def layer_cost_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
         """A layer's cost inside the network over arrays of widths: its prediction
@@ -241,7 +275,7 @@ class NetworkLatencyModel:
         share of the remainder's activation, weight and per-layer terms (all but ``c0``)."""
         n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
         _, c1, c2, c3, c4 = self.remainder_coef()
-        scale = 1.0 + np.where(self.misaligned(spec, n_in), c4, c3)
+        scale = 1.0 + np.where(self.misaligned(spec, n_in, n_out), c4, c3)
         oh, ow = spec.out_hw
         c6 = self.reorder_ms_per_element()
         saved = self.reorder_saved(spec, n_in, n_out) if c6 else 0.0

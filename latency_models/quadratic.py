@@ -35,20 +35,28 @@ MIN_ALIGNED = 4  # aligned samples a family needs before misaligned ones stop sh
 MIN_MISALIGNED = 6  # misaligned samples a family needs for a quadratic of their own
 
 
-def misaligned(spec, n_in, align: int | None, block: int | None = None) -> np.ndarray:
+def misaligned(spec, n_in, align: int | None, block: int | None = None, n_out=None) -> np.ndarray:
     """Input widths ``n_in`` of ``spec``'s family that are off the alignment
     (the layer's input channels; a depthwise layer's channels). Linear layers,
     and widths at most one alignment (an image's 3 channels), are never off it.
     With ``block`` (the runtime's channel block, the device step): a conv that
     is not grouped with fewer input channels than a block is never off it
-    either. ONNX Runtime's optimised graphs show it (1.32, AVX-512, block 16):
-    such a conv runs the blocked kernels reading its plain input as it is,
-    whatever its width (3, 11 or 14), while a depthwise conv of 14 channels,
-    or a conv reading 66, runs the plain ones."""
+    either, and a grouped conv (not depthwise) is off it unless its input and
+    output channels per group (``n_out``, default ``n_in``; the spec's groups)
+    are multiples of the block. ONNX Runtime's optimised graphs show it (1.32,
+    AVX-512, block 16): a conv reading 3, 11 or 14 channels runs the blocked
+    kernels reading its plain input as it is, while a depthwise conv of 14
+    channels, a conv reading 66, or a 4-group conv of 96 channels (24 per
+    group) run the plain ones; 4 groups of 16 or 32 run blocked."""
     n = np.asarray(n_in, dtype=np.int64)
     if not align or align <= 1 or spec.kind != "conv":
         return np.zeros(n.shape, dtype=bool)
-    return (n % int(align) != 0) & (n > int(align)) & ~reads_plain_input(spec, n, block)
+    off = (n % int(align) != 0) & (n > int(align)) & ~reads_plain_input(spec, n, block)
+    if block and block > 1 and spec.groups > 1 and not spec.depthwise:
+        out = n if n_out is None else np.asarray(n_out, dtype=np.int64)
+        g = int(spec.groups)
+        off = off | ((n // g) % int(block) != 0) | ((out // g) % int(block) != 0)
+    return off
 
 
 def reads_plain_input(spec, n_in, block: int | None) -> np.ndarray:
@@ -151,7 +159,8 @@ class QuadraticModel(LayerModel):
             n_out = round_up([m.spec.out_channels for m in ms], self.step_channels,
                              max(m.spec.out_channels for m in ms))
             y = np.array([m.timing.median_ms for m in ms])
-            off = misaligned(ms[0].spec, [m.spec.in_channels for m in ms], self.align_channels, self.step_channels)
+            off = misaligned(ms[0].spec, [m.spec.in_channels for m in ms], self.align_channels, self.step_channels,
+                             [m.spec.out_channels for m in ms])
             on = ~off if (~off).sum() >= MIN_ALIGNED else np.ones_like(off)
             q = self.families_[fam] = QuadraticLayerModel(self.form).fit(n_in[on], n_out[on], y[on])
             if off.any():
@@ -172,7 +181,7 @@ class QuadraticModel(LayerModel):
         if q is None:
             raise KeyError(f"no measurements for layer family {spec.family()}")
         n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
-        off = misaligned(spec, n_in, self.align_channels, self.step_channels)
+        off = misaligned(spec, n_in, self.align_channels, self.step_channels, n_out)
         n_in_raw, n_out_raw = n_in, n_out
         if self.step_channels:
             n_in = round_up(n_in, self.step_channels, q.max_in_)

@@ -7,7 +7,13 @@ a frozen dataclass with units in field names.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+# what reads a layer's output, for :attr:`LayerSpec.readers`: a conv that is not grouped, a depthwise conv, a
+# grouped conv ("grouped:<groups>"), a concat, a pooling op, a residual add whose layout another of its inputs
+# answers for (no layout of its own), or anything that reads the plain layout (a linear layer, a reshape, the
+# network's output, an op not listed)
+READERS = ("conv", "dw", "grouped", "concat", "pool", "add", "plain")
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,13 @@ class LayerSpec:
     ``kind`` is ``"conv"`` or ``"linear"``. For a depthwise conv ``groups`` equals
     ``in_channels``. ``height``/``width`` are the *input* spatial size; for a
     linear layer ``batch`` counts every leading row (batch x tokens).
+
+    Where the layer sits in a network (not part of its key, its family or its
+    equality: a layer measured alone is the same layer): ``readers``, what reads
+    its output (:data:`READERS`; empty where unknown), and ``concat_input``,
+    whether its input is a concat of other layers' outputs. A latency model uses
+    them for the layout changes between layers
+    (:func:`latency_models.network.reorder_saved_elements`).
     """
 
     kind: str
@@ -30,6 +43,8 @@ class LayerSpec:
     height: int = 1
     width: int = 1
     batch: int = 1
+    readers: tuple[str, ...] = field(default=(), compare=False)
+    concat_input: bool = field(default=False, compare=False)
 
     @property
     def depthwise(self) -> bool:
@@ -37,12 +52,18 @@ class LayerSpec:
 
     def key(self) -> str:
         """Stable text key, used by the measurement store."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self._fields(), sort_keys=True, separators=(",", ":"))
+
+    def _fields(self) -> dict:
+        d = asdict(self)
+        d.pop("readers")
+        d.pop("concat_input")
+        return d
 
     def family(self) -> str:
         """Key of this spec with the channel counts removed: layers of one family
         differ only in width, so one latency model covers them."""
-        d = asdict(self)
+        d = self._fields()
         d.pop("in_channels")
         d.pop("out_channels")
         d["groups"] = "dw" if self.depthwise else self.groups

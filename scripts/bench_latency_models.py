@@ -18,7 +18,9 @@ Writes ``bench_latency_models.json`` and ``bench_latency_models.md`` into
 ``--out`` (after every network, atomically). ``--rescore FILE`` measures
 nothing: it fits and scores the current latency models again on the
 sub-networks and layer measurements of an earlier run (its JSON, and its
-``--store``, which must then be kept). Bad arguments exit 2.
+``--store``, which must then be kept); with ``--free-widths`` it does the
+same for a free-width run (its JSON records the whole networks it
+calibrated on). Bad arguments exit 2.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(common.REPO_ROOT / "scripts" / "results"),
                    help="output folder (default: scripts/results/)")
     p.add_argument("--rescore", metavar="JSON", help="score the current models on an earlier run's measurements "
-                   "(needs that run's --store)")
+                   "(needs that run's --store); with --free-widths, an earlier free-width run's")
     p.add_argument("--free-widths", action="store_true", help="instead: the engine's latency model on random "
                    "sub-networks with free (off-grid) widths of architectures outside the grid (default models "
                    "concatnet invresnet groupednet, --samples 20, first --devices only), measured in fresh "
@@ -165,7 +167,7 @@ def run_free_widths(args, log) -> int:
     with tempfile.TemporaryDirectory(prefix="hwprune-bench-") as tmp:
         store = MeasurementStore(args.store or str(Path(tmp) / "store.sqlite"))
         header = {**common.machine_header(), "device": args.devices[0], "models": args.models,
-                  "samples": args.samples, "seed": args.seed}
+                  "samples": args.samples, "seed": args.seed, "store": args.store}
         runs, out = [], Path(args.out)
         for name in args.models:
             runs.append(fw.run_model(name, args.devices[0], args.samples, args.seed, store, log))
@@ -174,6 +176,37 @@ def run_free_widths(args, log) -> int:
             common.write_atomic(out / "bench_latency_models_free.md",
                                 fw.render_md(header, runs, common.header_lines, common.md_table))
         log(fw.render_md(header, runs, common.header_lines, common.md_table))
+    return 0
+
+
+def rescore_free_widths(args, log) -> int:
+    """``--free-widths --rescore JSON``: the current latency model on an earlier
+    free-width run's measurements (its layer store and recorded whole networks)."""
+    import datetime
+    import json
+
+    import free_widths as fw
+
+    from profilers import MeasurementStore
+    data = json.loads(Path(args.rescore).read_text())
+    store_path = Path(args.store or data.get("store", ""))
+    if not store_path.is_file():
+        print(f"error: the store of that run, {store_path}, is gone; pass --store with a copy of it", file=sys.stderr)
+        return 2
+    if any("calibration" not in run for run in data["runs"]):
+        print(f"error: {args.rescore} has no recorded calibration networks (a run before they were recorded); "
+              "run --free-widths again", file=sys.stderr)
+        return 2
+    store = MeasurementStore(store_path)
+    header = {k: v for k, v in data.items() if k != "runs"}
+    header["rescored_at"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    runs = [fw.rescore_model(run, store) for run in data["runs"]]
+    header["summary"] = fw.summary([r["error"] for run in runs for r in run["rows"]])
+    out = Path(args.out)
+    common.write_json(out / "bench_latency_models_free.json", {**header, "runs": runs})
+    common.write_atomic(out / "bench_latency_models_free.md",
+                        fw.render_md(header, runs, common.header_lines, common.md_table))
+    log(fw.render_md(header, runs, common.header_lines, common.md_table))
     return 0
 
 
@@ -188,7 +221,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     if args.free_widths:
-        return run_free_widths(args, log)
+        return rescore_free_widths(args, log) if args.rescore else run_free_widths(args, log)
     if args.rescore:
         from hwprune.errors import UserError
         try:

@@ -24,6 +24,11 @@ on one device:
    the host's drift cancels;
 4. the error of a sub-network is predicted ratio / measured ratio - 1.
 
+Each architecture's record keeps the whole networks its remainder was
+fitted on (``calibration``: widths and measured ms, the full network first),
+so :func:`rescore_model` can score a changed latency model on the same
+measurements (``--free-widths --rescore JSON --store STORE``).
+
 The target (issue "Any host"): >= 95 % of sub-networks within +-10 % and
 >= 80 % within +-5 %.
 """
@@ -54,52 +59,98 @@ def summary(errors) -> dict:
             "rmspe_pct": float(100 * math.sqrt(np.mean(a ** 2))), "max_abs_error_pct": float(100 * a.max())}
 
 
+def choice_json(choice) -> dict:
+    return {str(g): list(w) for g, w in choice.items()}
+
+
+def choice_from_json(d: dict) -> dict:
+    return {int(g): tuple(w) for g, w in d.items()}
+
+
+def setup(name: str, device: str, store):
+    """The architecture, its space and the device on this host's grid."""
+    from hwprune import devices, zoo
+    from hwprune.graph.space import PruningSpace
+    from hwprune.latency.grid import resolve_grid, with_grid
+    base = devices.get(device)
+    grid = resolve_grid(base, store)
+    model, x = zoo.create(name)
+    return model, x, PruningSpace(model, (x,)), with_grid(base, grid), grid
+
+
+def fitted(space, dev, store, choices, calibration_rows):
+    """The latency model as ``predict_latency`` fits it (free-width samples,
+    every network's own layer shapes measured and answered as measured; only
+    shapes missing from ``store`` are measured), its remainder fitted on
+    ``calibration_rows`` (``[(choice, ms), ...]``, the full network first)."""
+    from hwprune.graph.blocks import live_specs
+    from hwprune.graph.space import device_options
+    from hwprune.latency.profiling import Profiler, fit_latency_model, layer_protocol
+    prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
+    lat = fit_latency_model(prof, space, device_options(space, dev), free_widths=True, use_table=True,
+                            also=[s for c in choices for s in space.specs(c)])
+    lat.fit_remainder([(live_specs(space, c), ms) for c, ms in calibration_rows], reference=0)
+    return lat, prof
+
+
+def predicted_ratios(space, lat, choices) -> list[float]:
+    from hwprune.importance import criteria
+    from hwprune.select.evaluator import Evaluator
+    ev = Evaluator(space, lat, criteria.compute("l1", space))
+    full_ms = ev.latency_ms(space.full_choice())
+    return [ev.latency_ms(c) / full_ms for c in choices]
+
+
 def run_model(name: str, device: str, samples: int, seed: int, store, log) -> dict:
     """One architecture: fit, calibrate, then predict and measure the sub-networks."""
-    from hwprune import devices, zoo
-    from hwprune.graph.space import PruningSpace, device_options
+    from hwprune.graph.blocks import live_specs
+    from hwprune.graph.space import device_options
     from hwprune.graph.subnets import build, random_choices
     from hwprune.importance import criteria
-    from hwprune.latency.grid import resolve_grid, with_grid
-    from hwprune.latency.profiling import Profiler, block_protocol, fit_latency_model, layer_protocol
-    from hwprune.loop.engine import calibrate
+    from hwprune.latency.profiling import block_protocol
+    from hwprune.loop.fastest import calibrate_networks
     from hwprune.loop.meter import BlockMeter, Certainty
-    from hwprune.select.evaluator import Evaluator
     FULL = Certainty(target_rel=0.02, min_rounds=3, max_rounds=30, max_s=60.0)  # as profilers.blocks defaults
 
     t0 = time.perf_counter()
-    base = devices.get(device)
-    grid = resolve_grid(base, store)
-    dev = with_grid(base, grid)
-    model, x = zoo.create(name)
-    space = PruningSpace(model, (x,))
-    prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
-    options = device_options(space, dev)
+    model, x, space, dev, grid = setup(name, device, store)
     choices = random_choices(free_options(space), samples, seed=seed)
     calibration = random_choices(free_options(space), CALIBRATION, seed=seed + 1000)  # another seed
-    # as predict_latency(sub-network) does: each network's own layer shapes are measured
-    lat = fit_latency_model(prof, space, options, free_widths=True, use_table=True,
-                            also=[s for c in choices + calibration for s in space.specs(c)])
+    lat, prof = fitted(space, dev, store, choices + calibration, [])
     # every network against the full one in fresh sessions, alternating blocks: calibration and validation
     # alike, so the host's drift cancels in the fit as in the judgement
     meter = BlockMeter(prof.runtime, model, (x,), protocol=block_protocol(dev))
-    extra = [(space.specs(c), meter.measure(build(space, c))) for c in calibration]
-    calibrate(lat, space, meter.measure, options, criteria.compute("l1", space),
-              [(space.specs(space.full_choice()), meter.reference_ms), *extra])
-    ev = Evaluator(space, lat, criteria.compute("l1", space))
-    full_ms = ev.latency_ms(space.full_choice())
-    rows = []
-    for i, choice in enumerate(choices):
-        predicted = ev.latency_ms(choice) / full_ms
+    rows = [(space.full_choice(), meter.reference_ms)] + [(c, meter.measure(build(space, c))) for c in calibration]
+    # then the engine's own calibration networks, measured and fitted on (with those) as the engine does;
+    # every row is recorded by its choice, so that rescore_model can fit on them again
+    cal = calibrate_networks(lat, space, meter.measure, device_options(space, dev), criteria.compute("l1", space),
+                             [(live_specs(space, c), ms) for c, ms in rows])
+    rows += [(n.choice, n.measured_ms) for n in cal.networks]
+    out = []
+    for i, (choice, predicted) in enumerate(zip(choices, predicted_ratios(space, lat, choices))):
         est = meter.reading(build(space, choice), FULL)
-        rows.append({"widths": {str(g): list(w) for g, w in choice.items()}, "predicted_ratio": predicted,
-                     "measured_ratio": est.ratio, "ratio_lo": est.ratio_lo, "ratio_hi": est.ratio_hi,
-                     "rounds": est.rounds, "sure": est.sure, "error": predicted / est.ratio - 1})
+        out.append({"widths": choice_json(choice), "predicted_ratio": predicted,
+                    "measured_ratio": est.ratio, "ratio_lo": est.ratio_lo, "ratio_hi": est.ratio_hi,
+                    "rounds": est.rounds, "sure": est.sure, "error": predicted / est.ratio - 1})
         log(f"{name} {i + 1}/{samples}: predicted {predicted:.3f}, measured {est.ratio:.3f} "
-            f"[{est.ratio_lo:.3f}, {est.ratio_hi:.3f}] -> {100 * rows[-1]['error']:+.1f} %")
+            f"[{est.ratio_lo:.3f}, {est.ratio_hi:.3f}] -> {100 * out[-1]['error']:+.1f} %")
     return {"model": name, "device": device, "grid": grid.to_json(), "input_shape": list(x.shape),
-            "full_predicted_ms": full_ms, "seconds": time.perf_counter() - t0,
-            "summary": summary([r["error"] for r in rows]), "rows": rows}
+            "seconds": time.perf_counter() - t0, "summary": summary([r["error"] for r in out]),
+            "calibration": [{"widths": choice_json(c), "measured_ms": ms} for c, ms in rows], "rows": out}
+
+
+def rescore_model(run: dict, store) -> dict:
+    """``run`` (one architecture of an earlier run, with its calibration rows)
+    scored again by the current latency model on the same measurements: the
+    layer shapes from ``store``, the whole networks as recorded. Nothing is
+    measured unless the store lacks a shape."""
+    _, _, space, dev, grid = setup(run["model"], run["device"], store)
+    choices = [choice_from_json(r["widths"]) for r in run["rows"]]
+    cal = [(choice_from_json(r["widths"]), r["measured_ms"]) for r in run["calibration"]]
+    lat, _ = fitted(space, dev, store, choices + [c for c, _ in cal], cal)
+    rows = [{**r, "predicted_ratio": p, "error": p / r["measured_ratio"] - 1}
+            for r, p in zip(run["rows"], predicted_ratios(space, lat, choices))]
+    return {**run, "grid": grid.to_json(), "summary": summary([r["error"] for r in rows]), "rows": rows}
 
 
 def render_md(header: dict, runs: list[dict], header_lines, md_table) -> str:

@@ -35,6 +35,7 @@ from hwprune.graph import guard
 from hwprune.graph.grouped import options as grouped_options
 from hwprune.graph.grouped import regroup
 from hwprune.graph.guard import Cutter, Failure, FrozenChannelsWarning, FrozenGroup, owner, unsafe_groups
+from hwprune.graph.readers import layer_readers
 from hwprune.graph.trace import build_graph
 from profilers import LayerSpec
 from profilers.inputs import as_inputs, forward_with_hooks
@@ -198,6 +199,10 @@ class PruningSpace:
                                                              dep_role, root_handler)
         except ValueError as exc:
             raise GraphError(str(exc)) from None
+        where = layer_readers(dg, name_of)  # what reads each layer, for the latency model's layout changes
+        self.layers = tuple(replace(layer, spec=replace(layer.spec, readers=where[layer.name][0],
+                                                        concat_input=where[layer.name][1]))
+                            if layer.name in where else layer for layer in self.layers)
 
     def _verify(self, built: list[tuple[ChannelGroup, dict]], shapes) -> dict:
         """Cut every group to half width (bisecting on failure); the groups that fail."""
