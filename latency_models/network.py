@@ -158,6 +158,10 @@ class NetworkLatencyModel:
     ``step_channels``: the device step, passed to the layer model (the
     step-aware quadratic rounds widths up to it).
 
+    ``footing_`` (set by whoever fits it, default 1): every layer's cost is
+    multiplied by it, the host's speed when the whole networks were measured
+    over its speed when the layer profile was (its anchor moment).
+
     ``use_table``: a measured (family, n_in, n_out) is answered as measured;
     the layer model covers widths not measured. Off by default: isolated small
     layers on a CPU measure non-monotonically (kernel choices, per-call
@@ -215,13 +219,18 @@ class NetworkLatencyModel:
         return self.layers_.missing(specs)
 
     # ---- layers ------------------------------------------------------------
+    @property
+    def footing(self) -> float:
+        """The factor from the layer profile's footing to the host's now (``footing_``; 1 where not set)."""
+        return float(getattr(self, "footing_", 1.0))
+
     def layer_ms(self, spec: LayerSpec) -> float:
         self._check()
         if self.use_table:
             measured = self.table_.get(spec.family(), {}).get((spec.in_channels, spec.out_channels))
             if measured is not None:
-                return measured
-        return float(self.layers_.predict_widths(spec, spec.in_channels, spec.out_channels))
+                return measured * self.footing
+        return float(self.layers_.predict_widths(spec, spec.in_channels, spec.out_channels)) * self.footing
 
     def layer_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
         """:meth:`layer_ms` of ``spec``'s family over arrays of widths (broadcast)."""
@@ -235,7 +244,7 @@ class NetworkLatencyModel:
         if self.use_table:
             for (a, b), ms in self.table_.get(spec.family(), {}).items():
                 v[(n_in == a) & (n_out == b)] = ms
-        return v
+        return v * self.footing
 
     def layers_ms(self, specs: Sequence[LayerSpec]) -> float:
         return float(sum(self.layer_ms(s) for s in specs))
@@ -352,7 +361,7 @@ class NetworkLatencyModel:
         return {"type": "network", "use_table": self.use_table, "step_channels": self.step_channels,
                 "align_channels": self.align_channels,
                 "layer_model": self.layer_model if isinstance(self.layer_model, str) else None,
-                "remainder": list(self.remainder_), "layers": self.layers_.to_dict(),
+                "remainder": list(self.remainder_), "layers": self.layers_.to_dict(), "footing": self.footing,
                 "table": {k: [[a, b, ms] for (a, b), ms in t.items()] for k, t in self.table_.items()}}
 
     @classmethod
@@ -367,4 +376,5 @@ class NetworkLatencyModel:
             m.families_ = {k: QuadraticLayerModel.from_dict(v) for k, v in d["families"].items()}
         m.table_ = {k: {(a, b): ms for a, b, ms in rows} for k, rows in d.get("table", {}).items()}
         m.remainder_ = tuple(d.get("remainder", (0.0, 0.0, 0.0)))
+        m.footing_ = float(d.get("footing", 1.0))
         return m

@@ -78,17 +78,21 @@ def setup(name: str, device: str, store):
     return model, x, PruningSpace(model, (x,)), with_grid(base, grid), grid
 
 
-def fitted(space, dev, store, choices, calibration_rows):
+def fitted(space, dev, store, choices, calibration_rows, footing: float | None = None):
     """The latency model as ``predict_latency`` fits it (free-width samples,
     every network's own layer shapes measured and answered as measured; only
     shapes missing from ``store`` are measured), its remainder fitted on
-    ``calibration_rows`` (``[(choice, ms), ...]``, the full network first)."""
+    ``calibration_rows`` (``[(choice, ms), ...]``, the full network first);
+    ``footing``: the host's footing when they were measured, instead of now's
+    (:meth:`hwprune.latency.profiling.Profiler.footing`)."""
     from hwprune.graph.blocks import live_specs
     from hwprune.graph.space import device_options
     from hwprune.latency.profiling import Profiler, fit_latency_model, layer_protocol
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     lat = fit_latency_model(prof, space, device_options(space, dev), free_widths=True, use_table=True,
                             also=[s for c in choices for s in space.specs(c)])
+    if footing is not None:  # the footing recorded when the networks were measured
+        lat.footing_ = footing
     lat.fit_remainder([(live_specs(space, c), ms) for c, ms in calibration_rows], reference=0)
     return lat, prof
 
@@ -135,7 +139,7 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
         log(f"{name} {i + 1}/{samples}: predicted {predicted:.3f}, measured {est.ratio:.3f} "
             f"[{est.ratio_lo:.3f}, {est.ratio_hi:.3f}] -> {100 * out[-1]['error']:+.1f} %")
     return {"model": name, "device": device, "grid": grid.to_json(), "input_shape": list(x.shape),
-            "seconds": time.perf_counter() - t0, "summary": summary([r["error"] for r in out]),
+            "seconds": time.perf_counter() - t0, "summary": summary([r["error"] for r in out]), "footing": lat.footing,
             "calibration": [{"widths": choice_json(c), "measured_ms": ms} for c, ms in rows], "rows": out}
 
 
@@ -147,7 +151,7 @@ def rescore_model(run: dict, store) -> dict:
     _, _, space, dev, grid = setup(run["model"], run["device"], store)
     choices = [choice_from_json(r["widths"]) for r in run["rows"]]
     cal = [(choice_from_json(r["widths"]), r["measured_ms"]) for r in run["calibration"]]
-    lat, _ = fitted(space, dev, store, choices + [c for c, _ in cal], cal)
+    lat, _ = fitted(space, dev, store, choices + [c for c, _ in cal], cal, run.get("footing", 1.0))
     rows = [{**r, "predicted_ratio": p, "error": p / r["measured_ratio"] - 1}
             for r, p in zip(run["rows"], predicted_ratios(space, lat, choices))]
     return {**run, "grid": grid.to_json(), "summary": summary([r["error"] for r in rows]), "rows": rows}

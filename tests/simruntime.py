@@ -84,14 +84,16 @@ class SimRuntime:
         the bias, and the host's noise and drift."""
         self.calls += 1
         host = (1.0 + self.noise * (-1) ** self.calls) * (1.0 + self.drift * self.calls / 100.0)
-        return self.module_ms(model, example_inputs) * self.bias_of(model) * host
+        return self.module_ms(model, example_inputs) * self.bias_of(model) * host * SimRuntime.speed
 
     @staticmethod
     def _timing(ms: float) -> Timing:
         return Timing(ms, 0.0, 40, 0.0, True)
 
+    speed = 1.0  # the host's slowness: every measurement, layer or whole model, times this (tests change it)
+
     def measure_spec(self, spec, protocol=None):
-        return self._timing(self.spec_ms(spec))
+        return self._timing(self.spec_ms(spec) * SimRuntime.speed)
 
     def measure_module(self, model, example_inputs, protocol=None):
         SimRuntime.blocks.append(model)

@@ -213,3 +213,40 @@ def test_a_drifting_host_is_warned_about_and_its_ratio_still_certified(sim_devic
     assert res.stats["certified"] and res.stats["ratio_interval"]["sim-drift"]["sure"]
     still = hwprune.prune(model, x, device="sim-still", budget_fraction=0.6, store=store)
     assert still.stats["warnings"] == [] and still.stats["baseline_spread"]["sim-still"]["spread_rel"] == 0.0
+
+
+def test_a_profile_measured_while_the_host_was_slower_is_put_on_the_footing_of_now(sim_devices, store,
+                                                                                    monkeypatch):
+    """Layers profiled at one speed, whole networks measured at another: the
+    layers are rescaled by the reference layer's reading now over its anchor,
+    so the remainder fits the same layer scale as on a steady host."""
+    from hwprune import devices
+    from hwprune.graph.space import PruningSpace, device_options
+    from hwprune.graph.subnets import build
+    from hwprune.latency.profiling import Profiler, fit_latency_model
+    from hwprune.loop.fastest import calibration_choices
+    sim_devices.add("sim-foot", bound="flops", step=8, bias=1.3)
+    model, x = zoo.create("resnet20")
+    space = PruningSpace(model, (x,))
+    prof = Profiler(devices.get("sim-foot"), store, passes=1)
+    options = device_options(space, prof.device)
+
+    def layer_scale(lat):
+        rows = [(space.specs(c), prof.runtime.measure_module(build(space, c), (x,)).median_ms)
+                for c in [space.full_choice(), *(c for _, c in calibration_choices(options))]]
+        return 1 + lat.fit_remainder(rows, reference=0).remainder_coef()[3]
+
+    monkeypatch.setattr(SimRuntime, "speed", 1.0)
+    steady = fit_latency_model(prof, space, options)
+    assert steady.footing == pytest.approx(1.0)
+    steady_scale = layer_scale(steady)
+    monkeypatch.setattr(SimRuntime, "speed", 2.0)  # the host runs twice as slow as when it was profiled
+    measured_before = prof.measured
+    slow = fit_latency_model(prof, space, options)
+    assert prof.measured == measured_before  # nothing profiled again
+    assert slow.footing == pytest.approx(2.0)
+    spec = space.layers[1].spec
+    assert slow.layer_ms(spec) == pytest.approx(2 * steady.layer_ms(spec))
+    assert layer_scale(slow) == pytest.approx(steady_scale, rel=0.02)
+    slow.footing_ = 1.0  # without the footing the remainder would need twice the layer scale
+    assert layer_scale(slow) > 1.5 * steady_scale

@@ -45,7 +45,7 @@ def layer_rows(space, sides) -> tuple[list[dict], dict[str, float]]:
         for side in sides:
             table = side.lat.table_.get(spec.family(), {})
             measured = table.get((spec.in_channels, spec.out_channels))
-            ms = float(measured if measured is not None else side.lat.layer_ms(spec))
+            ms = float(measured * side.lat.footing if measured is not None else side.lat.layer_ms(spec))
             per[side.name] = {"ms": ms, "source": "measured layer" if measured is not None else "latency model",
                               "us_per_channel": 1e3 * ms / width if width else None,
                               "share": ms / side.baseline_ms}

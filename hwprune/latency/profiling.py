@@ -143,6 +143,9 @@ def profile_sessions() -> int:
     return int(raw)
 
 
+FOOTING_READINGS = 3  # sessions of the reference layer read for the host's footing now
+
+
 class Profiler:
     """A device's runtime plus its store: measures layer specs and whole models."""
 
@@ -185,6 +188,18 @@ class Profiler:
             self.store.put_meta(self.rows_key, "anchor_ms", anchor)
         measure_anchored(measure, todo, anchor, progress=bar, done=done, passes=self.passes)
         return out
+
+    def footing(self, readings: int = FOOTING_READINGS) -> float:
+        """How fast the host runs now against the moment the layer profile is
+        scaled to (:mod:`profilers.anchor`): the reference layer's median over
+        ``readings`` fresh sessions now, over its anchor reading; 1.0 where no
+        anchor is stored. Layer costs from the profile times this are on the
+        footing of whole networks measured now."""
+        anchor = self.store.get_meta(self.rows_key, "anchor_ms")
+        if not anchor:
+            return 1.0
+        now = [self.runtime.measure_spec(REFERENCE, **self.layer_kw).median_ms for _ in range(readings)]
+        return float(np.median(now) / anchor)
 
     def measure_module(self, model: torch.nn.Module, example_inputs, attempts: int = 3,
                        protocol: profilers.Protocol | None = None) -> Timing:
@@ -274,13 +289,19 @@ def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
     where the model has some, or everywhere with ``free_widths`` (predictions
     for any width, not only the grid's). ``use_table``: a measured shape is
     answered as measured (for predicting given networks; a selector wants the
-    smooth model, see :class:`NetworkLatencyModel`)."""
+    smooth model, see :class:`NetworkLatencyModel`). The layers are put on the
+    host's footing of now (:meth:`Profiler.footing`), where the whole networks
+    the remainder is fitted on are measured next: a profile measured while the
+    host ran 1.8x slower than it runs now (or faster) would otherwise leave the
+    remainder to absorb that, which its bounded layer scale cannot."""
     dev = profiler.device
     specs = (sample_specs(space, options) + space.specs(space.full_choice()) + list(also)
              + misaligned_specs(space, options, dev.align_channels, free=free_widths))
     ms = profiler.measure_specs(specs, progress)
-    return NetworkLatencyModel(layer_model, step_channels=dev.step_channels, use_table=use_table,
-                               align_channels=dev.align_channels or None).fit(ms)
+    lat = NetworkLatencyModel(layer_model, step_channels=dev.step_channels, use_table=use_table,
+                              align_channels=dev.align_channels or None).fit(ms)
+    lat.footing_ = profiler.footing()  # whole networks are measured next: the layers on their footing
+    return lat
 
 
 def measure_latency(model: torch.nn.Module, example_inputs, device: Device,
