@@ -86,25 +86,39 @@ def independent(reorders: np.ndarray, activations: np.ndarray, spread: float = R
     return bool(r.max() > 0 and (r.min() <= 0 or r.max() / r.min() - 1 > spread))
 
 
+def whole_block(align: int, block: int | None) -> int:
+    """The channels a concat, a pool or a grouped conv's group must come in to
+    stay blocked: the runtime's block, or the alignment where none is known."""
+    return int(block) if block and block > 1 else int(align)
+
+
 def reader_wants_blocked(reader: str, n, align: int, block: int | None) -> np.ndarray:
     """Whether a reader of kind ``reader`` (:data:`profilers.specs.READERS`) of a
     tensor of ``n`` channels reads it in the blocked layout (ONNX Runtime's
-    rules, read from its optimised graphs: a conv that is not grouped on the
-    alignment from one block on, below a block it reads the plain layout as
-    it is; a depthwise conv on the alignment; a grouped conv with channels per
-    group on the block; a concat or a pool on the block; anything else plain)."""
+    rules, read from its optimised graphs): a conv, depthwise or grouped, as
+    :func:`latency_models.quadratic.misaligned` and
+    :func:`latency_models.quadratic.reads_plain_input` say for one reading
+    ``n`` channels (and writing ``n``); a concat or a pool on whole blocks;
+    anything else plain."""
     n = np.asarray(n, dtype=np.int64)
-    whole = int(block) if block and block > 1 else int(align)
-    if reader == "conv":
-        return (n % align == 0) & ((n >= block) if block and block > 1 else (n > align))
-    if reader == "dw":
-        return (n % align == 0) | (n <= align)
-    if reader.startswith("grouped:"):
-        g = int(reader.split(":", 1)[1])
-        return (n % g == 0) & ((n // g) % whole == 0)
     if reader in ("concat", "pool"):
-        return n % whole == 0
-    return np.zeros(n.shape, dtype=bool)
+        return n % whole_block(align, block) == 0
+    if reader == "conv":
+        conv = LayerSpec("conv", 1, 1)
+    elif reader == "dw":
+        conv = LayerSpec("conv", 2, 2, groups=2)
+    elif reader.startswith("grouped:"):
+        g = int(reader.split(":", 1)[1])
+        conv = LayerSpec("conv", 2 * g, 2 * g, groups=g)
+    else:
+        return np.zeros(n.shape, dtype=bool)
+    return ~misaligned(conv, n, align, block, n) & ~reads_plain_input(conv, n, block)
+
+
+def own_kind_readers(spec: LayerSpec) -> tuple[str, ...]:
+    """The readers a layer is taken to have where its graph is unknown: of its
+    own kind, a depthwise conv's a pointwise conv (as in inverted residuals)."""
+    return (f"grouped:{spec.groups}",) if spec.groups > 1 and not spec.depthwise else ("conv",)
 
 
 def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, block: int | None = None) -> np.ndarray:
@@ -120,12 +134,12 @@ def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, bloc
     pays one where its producer's layout differs from the layout a reader of it
     reads (:func:`reader_wants_blocked`), charged to the producer (a residual
     add's sum to one of its inputs; the others read it as ``add``). The readers
-    are the spec's (``spec.readers``, from the network's graph); where it has
-    none they are taken to be of the layer's own kind (a depthwise conv's, a
-    pointwise conv). A layer reading a concat (``spec.concat_input``) that is
-    not on whole blocks pays the reorder of its input: the concat runs plain.
-    Measured on ONNX Runtime with AVX-512, a reorder costs about 0.1-0.2 ns per
-    element, as much as a depthwise conv's whole work at some widths."""
+    are the spec's (``spec.readers``, from the network's graph), else
+    :func:`own_kind_readers`. A layer reading a concat (``spec.concat_input``)
+    that is not on whole blocks pays the reorder of its input: the concat runs
+    plain. Measured on ONNX Runtime with AVX-512, a reorder costs about
+    0.1-0.2 ns per element, as much as a depthwise conv's whole work at some
+    widths."""
     n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
     if not align or align <= 1 or spec.kind != "conv":
         return np.zeros(n_in.shape)
@@ -135,17 +149,12 @@ def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, bloc
     blocked = ~misaligned(spec, n_in, align, block, n_out)
     reorders_input = (n_in > align) & ~reads_plain_input(spec, n_in, block)
     isolated = np.where(blocked, np.where(reorders_input, in_el, 0.0) + out_el, 0.0)
-    if not spec.readers:
-        reader = replace(spec, groups=1) if spec.depthwise else spec  # a depthwise conv feeds a pointwise one
-        feeds_blocked = ~misaligned(reader, n_out, align, block, n_out) & ~reads_plain_input(reader, n_out, block)
-        return isolated - np.where(blocked != feeds_blocked, out_el, 0.0)
-    wants = [reader_wants_blocked(r, n_out, align, block) for r in spec.readers if r != "add"]
+    wants = [reader_wants_blocked(r, n_out, align, block) for r in spec.readers or own_kind_readers(spec)
+             if r != "add"]
     no = np.zeros(n_out.shape, dtype=bool)
-    some_plain = np.logical_or.reduce([~w for w in wants]) if wants else no
-    some_blocked = np.logical_or.reduce(wants) if wants else no
-    pays = np.where(blocked, some_plain, some_blocked)
-    whole = int(block) if block and block > 1 else int(align)
-    plain_concat = blocked & reorders_input & (n_in % whole != 0) if spec.concat_input else np.zeros(n_in.shape, bool)
+    pays = np.where(blocked, np.logical_or.reduce([~w for w in wants]) if wants else no,
+                    np.logical_or.reduce(wants) if wants else no)
+    plain_concat = blocked & reorders_input & (n_in % whole_block(align, block) != 0) & spec.concat_input
     return isolated - np.where(pays, out_el, 0.0) - np.where(plain_concat, in_el, 0.0)
 
 
@@ -273,10 +282,9 @@ class NetworkLatencyModel:
         return reorder_saved_elements(spec, n_in, n_out, self.align_channels, self.step_channels)
 
     def misaligned(self, spec: LayerSpec, n_in=None, n_out=None) -> np.ndarray:
-        """Whether input widths ``n_in`` (default the spec's; output widths ``n_out``, for a grouped conv) of
-        ``spec`` are off the device's alignment."""
+        """Whether widths ``n_in`` in, ``n_out`` out (default the spec's) of ``spec`` are off the device's alignment."""
         return misaligned(spec, spec.in_channels if n_in is None else n_in, self.align_channels, self.step_channels,
-                          spec.out_channels if n_out is None and n_in is None else n_out)
+                          spec.out_channels if n_out is None else n_out)
 
     def layer_cost_widths_ms(self, spec: LayerSpec, n_in, n_out) -> np.ndarray:
         """A layer's cost inside the network over arrays of widths: its prediction

@@ -90,9 +90,7 @@ def fitted(space, dev, store, choices, calibration_rows, footing: float | None =
     from hwprune.latency.profiling import Profiler, fit_latency_model, layer_protocol
     prof = Profiler(dev, store, layer_protocol=layer_protocol(dev))
     lat = fit_latency_model(prof, space, device_options(space, dev), free_widths=True, use_table=True,
-                            also=[s for c in choices for s in space.specs(c)])
-    if footing is not None:  # the footing recorded when the networks were measured
-        lat.footing_ = footing
+                            also=[s for c in choices for s in space.specs(c)], footing=footing)
     lat.fit_remainder([(live_specs(space, c), ms) for c, ms in calibration_rows], reference=0)
     return lat, prof
 
@@ -151,7 +149,9 @@ def rescore_model(run: dict, store) -> dict:
     _, _, space, dev, grid = setup(run["model"], run["device"], store)
     choices = [choice_from_json(r["widths"]) for r in run["rows"]]
     cal = [(choice_from_json(r["widths"]), r["measured_ms"]) for r in run["calibration"]]
-    lat, _ = fitted(space, dev, store, choices + [c for c, _ in cal], cal, run.get("footing", 1.0))
+    # tabled as in the run: the sub-networks' shapes and the random calibration networks' (recorded after the full)
+    random = [c for c, _ in cal[1:1 + CALIBRATION]]
+    lat, _ = fitted(space, dev, store, choices + random, cal, run.get("footing", 1.0))
     rows = [{**r, "predicted_ratio": p, "error": p / r["measured_ratio"] - 1}
             for r, p in zip(run["rows"], predicted_ratios(space, lat, choices))]
     return {**run, "grid": grid.to_json(), "summary": summary([r["error"] for r in rows]), "rows": rows}

@@ -281,7 +281,8 @@ def measure_grouped_modes(profiler: Profiler, space: PruningSpace, progress: Pro
 
 def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
                       progress: Progress | None = None, layer_model="step-quadratic",
-                      free_widths: bool = False, also=(), use_table: bool = False) -> NetworkLatencyModel:
+                      free_widths: bool = False, also=(), use_table: bool = False,
+                      footing: float | None = None) -> NetworkLatencyModel:
     """Measure (or reuse) the sampled layer shapes and fit a network model whose
     layers are ``layer_model`` (a registered name), at the device's step and
     alignment. The model's own widths are always measured, and so are ``also``
@@ -293,14 +294,16 @@ def fit_latency_model(profiler: Profiler, space: PruningSpace, options,
     host's footing of now (:meth:`Profiler.footing`), where the whole networks
     the remainder is fitted on are measured next: a profile measured while the
     host ran 1.8x slower than it runs now (or faster) would otherwise leave the
-    remainder to absorb that, which its bounded layer scale cannot."""
+    remainder to absorb that, which its bounded layer scale cannot. ``footing``:
+    the factor recorded when the networks were measured, instead of reading it."""
     dev = profiler.device
     specs = (sample_specs(space, options) + space.specs(space.full_choice()) + list(also)
              + misaligned_specs(space, options, dev.align_channels, free=free_widths))
     ms = profiler.measure_specs(specs, progress)
     lat = NetworkLatencyModel(layer_model, step_channels=dev.step_channels, use_table=use_table,
                               align_channels=dev.align_channels or None).fit(ms)
-    lat.footing_ = profiler.footing()  # whole networks are measured next: the layers on their footing
+    # whole networks are measured next: the layers on their footing
+    lat.footing_ = profiler.footing() if footing is None else footing
     return lat
 
 
