@@ -429,3 +429,71 @@ def test_when_no_offered_plan_meets_the_budget_the_calibration_networks_are_meas
     out = loop.rescue([selection(w) for w in (16, 19, 15, 10)])  # 16: measured already
     assert meter.measured == [16, 19] and loop.met()
     assert out.best.model == 19 and out.certified and out.best.selection.selector == "calibration"
+
+
+# ---------------------------------------------------------------- widen: one grid step, by measurement
+
+def stuck(widths, at, devices=("d",)):
+    """A selector that offers only width ``at`` (its latency model sees nothing
+    between it and the next plan), and the plans one step wider than a width
+    among ``widths``, predicted like FakeSelector's."""
+    plan = FakeSelector(widths, devices)
+    one = lambda w: plan({d: w * MS_PER_CHANNEL for d in devices}, None)
+
+    def wider(choice):
+        w = choice[0][0]
+        return [one(v) for v in sorted(widths) if v > w][:1]
+    return (lambda targets, start: one(at)), wider
+
+
+def widening(widths, at, budget, bias=lambda d, w: 1.0, max_rounds=6):
+    select, wider = stuck(widths, at)
+    meter = FakeMeter(bias)
+    loop = Controller(select, lambda s: s.choice[0][0], meter, Budgets({"d": budget}, "d"), {0: (max(widths),)},
+                      max_rounds=max_rounds, wider=wider)
+    return loop, meter
+
+
+def test_widens_one_step_at_a_time_until_a_plan_is_in_the_band():
+    """32 uses 0.8 of the budget and the selector offers nothing else: 36 is
+    estimated at 0.9 (under the aim) and measured there, still under the band;
+    40 is estimated at 1.0 (within reach), measured at 0.95 and accepted."""
+    loop, meter = widening((16, 32, 36, 40, 64), 32, 4.0, bias=table(w40=0.95))
+    out = loop.run()
+    assert meter.measured == [32, 36, 40] and out.best.model == 40 and out.note == ""
+    assert [r.status for r in out.rounds][1:] == ["heuristic", "heuristic"]  # FakeSelector's plans
+    assert out.rounds[1].target_ms == pytest.approx(4.0 * 0.9)  # the step's estimate, as its target
+
+
+def test_widening_estimates_from_the_measured_plan_not_the_model_alone():
+    """32 measures 1.1x its prediction (0.88 of the budget): 36, predicted 3.6
+    ms, is estimated at 0.88 x 36 / 32 = 0.99 of the budget, over the aim but
+    within reach; measured 1.1x too (0.99), it is accepted."""
+    loop, meter = widening((16, 32, 36, 64), 32, 4.0, bias=lambda d, w: 1.1)
+    out = loop.run()
+    assert meter.measured == [32, 36] and out.best.model == 36
+    assert out.rounds[1].target_ms == pytest.approx(4.0 * 0.88 * 36 / 32)
+
+
+def test_widening_stops_at_a_latency_cliff_and_says_how_far_it_is():
+    loop, meter = widening((16, 32, 64), 32, 4.0)
+    out = loop.run()
+    assert meter.measured == [32] and out.best.model == 32
+    assert out.note == ("the plan uses 80 % of the budget; the selector offered no slower plan under it in 1 round; "
+                        "every plan one grid step wider is estimated at 160 % of the budget or more (measured only "
+                        "up to 110 %)")
+
+
+def test_a_widened_plan_measured_over_the_budget_is_not_kept():
+    loop, meter = widening((16, 32, 34, 64), 32, 4.0, bias=table(w34=1.5))
+    out = loop.run()
+    assert meter.measured == [32, 34] and out.best.model == 32 and out.certified
+    assert out.note.startswith("the plan uses 80 % of the budget: the next plan measured used 127 %")
+    assert out.note.endswith("keep less importance); 1 plan one grid step wider measured")
+
+
+def test_widening_stays_within_max_rounds():
+    loop, meter = widening((16, 32, 33, 34, 35, 36, 64), 32, 4.0, max_rounds=3)
+    out = loop.run()
+    assert meter.measured == [32, 33, 34] and out.best.model == 34
+    assert out.note.endswith("; 2 plans one grid step wider measured")

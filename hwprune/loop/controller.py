@@ -21,6 +21,10 @@ each a method of :class:`Controller`:
   the plan): move every target further in the direction the measurement asks
   for (down when the interval reaches over the budget), by 2 % more at each
   nudge, at most 4 nudges in the whole loop.
+- :meth:`Controller.widen`: once the selector offers nothing new and the
+  best certified plan uses less than ``accept_low``, plans one grid step
+  wider than it are measured (:mod:`hwprune.loop.widen`), where the latency
+  model cannot see between a plan under the budget and one over it.
 - :meth:`Controller.rescue`: where no measured plan met the budgets (the
   latency model mispredicts every plan the selector offers), networks
   measured under the budget while calibrating are measured as plans.
@@ -50,6 +54,8 @@ from typing import Any, Protocol
 
 from hwprune.graph.space import Choice
 from hwprune.loop.meter import PlanMeter, Reading
+from hwprune.loop.notes import uncertified_note, under_note
+from hwprune.loop.widen import Step, Widening, estimate_used, pick
 from hwprune.select.evaluator import Selection
 
 log = logging.getLogger("hwprune")
@@ -128,17 +134,21 @@ class Controller:
     """Runs the loop (:meth:`run`) over ``select`` (the selector),
     ``build`` (cuts a selection into a network) and ``meter`` (measures one on
     every device), against ``budgets``. ``full``: the widest choice the
-    options allow. State: the measured ``trials``, their ``rounds`` as
-    reported, the current ``anchor`` and the ``nudges`` spent."""
+    options allow. ``wider``: the plans one grid step wider than a choice
+    (:func:`hwprune.loop.widen.wider_plans`; None: no widening). State: the
+    measured ``trials``, their ``rounds`` as reported, the current ``anchor``,
+    the ``nudges`` spent and how widening ended (``widening``)."""
 
     def __init__(self, select: Selector, build: Callable[[Selection], Any], meter: PlanMeter, budgets: Budgets,
-                 full: Choice, *, max_rounds: int = 6, aim: float = AIM, accept_low: float = ACCEPT_LOW):
+                 full: Choice, *, max_rounds: int = 6, aim: float = AIM, accept_low: float = ACCEPT_LOW,
+                 wider: Callable[[Choice], list[Selection]] | None = None):
         self.select, self.build, self.meter, self.budgets, self.full = select, build, meter, budgets, full
-        self.max_rounds, self.aim, self.accept_low = max_rounds, aim, accept_low
+        self.max_rounds, self.aim, self.accept_low, self.wider = max_rounds, aim, accept_low, wider
         self.trials: list[Trial] = []
         self.rounds: list[Round] = []
         self.anchor: Trial | None = None
         self.nudges = 0
+        self.widening: Widening | None = None
 
     # ---------------------------------------------------------------- the loop
 
@@ -153,9 +163,10 @@ class Controller:
                 continue
             trial = self.measure(selection, targets)
             if self.accepts(trial):
-                break
+                return self.outcome()
             self.anchor = self.nearest_to_aim()
             start, targets = self.anchor.selection.choice, self.re_aim(self.anchor)
+        self.widen()
         return self.outcome()
 
     # ---------------------------------------------------------------- measurements
@@ -306,6 +317,34 @@ class Controller:
         bracketed = self.within_bracket(nudged)
         return nudged if bracketed == targets else bracketed
 
+    def widen(self) -> None:
+        """While rounds are left and the certified plan with the most latency
+        used uses less than ``accept_low`` (not at full width), measure the
+        plan one grid step wider that :func:`hwprune.loop.widen.pick` chooses,
+        estimated from that plan's measurement; stop when one is accepted or
+        none is left within reach (``widening`` says which)."""
+        budgets = self.budgets_ms()
+        if self.wider is None or not budgets:
+            return
+        measured = 0
+        while len(self.trials) < self.max_rounds:
+            certified = [t for t in self.trials if self.used_hi(t) <= 1.0]
+            base = max(certified, key=self.used, default=None)
+            if base is None or self.at_full(base.selection) or self.used(base) >= self.accept_low_now():
+                return
+            used = {d: self.measured_ms(base, d) / b for d, b in budgets.items()}
+            predicted = {d: base.predicted_ms(d) for d in budgets}
+            steps = [Step(s, estimate_used(used, predicted, s)) for s in self.wider(base.selection.choice)
+                     if not self.already_measured(s)]
+            step = pick(steps, self.aim_now())
+            if step is None:
+                self.widening = Widening(measured, min((s.estimate for s in steps), default=None))
+                return
+            measured += 1
+            self.widening = Widening(measured)
+            if self.accepts(self.measure(step.selection, {d: b * step.estimate for d, b in budgets.items()})):
+                return
+
     def rescue(self, candidates) -> Outcome:
         """After :meth:`run` found no plan meeting every budget: measure
         ``candidates`` (selections measured under the budget before, e.g. while
@@ -330,47 +369,11 @@ class Controller:
         certified = [t for t in self.trials if self.used_hi(t) <= 1.0]
         if certified:
             best = max(certified, key=self.used)
-            return Outcome(best, trials, rounds, self.under_note(best))
+            return Outcome(best, trials, rounds, under_note(self, best))
         meeting = [t for t in self.trials if self.used(t) <= 1.0]
         if meeting:
             best = max(meeting, key=self.used)
-            return Outcome(best, trials, rounds, self.uncertified_note(best), certified=False)
+            return Outcome(best, trials, rounds, uncertified_note(self, best), certified=False)
         return Outcome(min(self.trials, key=self.used), trials, rounds,
                        f"budget not met after {len(self.rounds)} rounds; returning the fastest network measured",
                        certified=False)
-
-    def under_note(self, best: Trial) -> str:
-        """Why the certified ``best`` uses less than ``accept_low`` of the budget
-        (empty where it does not, or it is the full network): the next plan
-        measured with more latency used, and how much it used; none was
-        measured between (the latency jumps there, e.g. where widths leave the
-        device's alignment, or every plan between keeps less importance)."""
-        if not self.budgets_ms() or self.at_full(best.selection):
-            return ""
-        u = self.used(best)
-        if u >= self.accept_low_now():
-            return ""
-        text = f"the plan uses {100 * u:.0f} % of the budget"
-        slower = [t for t in self.trials if self.used(t) > u]
-        if not slower:
-            n = len(self.rounds)
-            return text + f"; the selector offered no slower plan under it in {n} round{'s' if n > 1 else ''}"
-        nxt = min(slower, key=self.used)
-        return (text + f": the next plan measured used {100 * self.used(nxt):.0f} % (its interval up to "
-                f"{100 * self.used_hi(nxt):.0f} %) and the selector found none between (the latency jumps there, "
-                f"or the plans between keep less importance)")
-
-    def uncertified_note(self, trial: Trial) -> str:
-        """Why ``trial`` (its point estimate under every budget) is not
-        certified: the device whose interval reaches highest over its budget,
-        the interval, and whether the meter hit its cap (a noisy host)."""
-        budgets = self.budgets_ms()
-        d = max(budgets, key=lambda k: trial.readings[k].ratio_hi * self.meter.reference_ms(k) / budgets[k])
-        r, ref = trial.readings[d], self.meter.reference_ms(d)
-        where = f" on {d}" if len(budgets) > 1 else ""
-        text = (f"budget not certified{where}: the measured latency's 95 % interval is {r.ratio_lo * ref:.3f}-"
-                f"{r.ratio_hi * ref:.3f} ms (+-{100 * r.half_width_rel:.1f} %) against the budget {budgets[d]:.3f} ms")
-        if not r.sure:
-            return text + (f"; the host is too noisy to certify the budget (the interval did not narrow to the "
-                           f"target in {r.rounds} rounds, {r.seconds:.0f} s)")
-        return text + f"; no plan measured in {len(self.rounds)} rounds was certified under it"

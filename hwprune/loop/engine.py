@@ -28,8 +28,8 @@ plan, knapsack relinearises around it, qcqp re-solves from scratch with the
 new target). The selector aims a little under the budget (``aim``) so that
 run-to-run noise of a re-measurement stays inside it; a round is accepted once
 its measured latency lies in ``[accept_low, 1.0] x budget``. The answer is the
-measured plan that meets the budget with the most latency used; if none meets
-it, the fastest one measured.
+measured plan that meets the budget with the most latency used, else the fastest
+(where it uses too little, plans a grid step wider are: :mod:`hwprune.loop.widen`).
 
 Several devices: every device with a latency budget (and the primary device,
 ``device``) is profiled, fitted and calibrated; each plan is measured on every
@@ -61,6 +61,7 @@ from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, mea
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
 from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, measure_fastest
 from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty, host_stats
+from hwprune.loop.widen import wider_plans
 from hwprune.select.evaluator import Evaluator, Selection
 from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
@@ -391,7 +392,8 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
 
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
     loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,
-                      problem.largest(), max_rounds=max_rounds, aim=aim, accept_low=accept_low)
+                      problem.largest(), max_rounds=max_rounds, aim=aim, accept_low=accept_low,
+                      wider=partial(wider_plans, problem, selector=selector))
     outcome = loop.run()
     if not loop.met():  # every plan offered measured over: the calibration networks under the budget
         outcome = loop.rescue(_under_budget(problem, cals[primary], budgets.now(meter).get(primary)))
