@@ -54,4 +54,4 @@ def test_the_note_says_what_widening_did():
     assert Widening(0).clause() == ""
     assert Widening(2).clause() == "; 2 plans one grid step wider measured"
     assert Widening(0, 1.5).clause() == ("; every plan one grid step wider is estimated at 150 % of the budget or "
-                                          "more (measured only up to 110 %)")
+                                          "more (measured only up to 115 %)")
