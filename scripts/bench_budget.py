@@ -134,7 +134,7 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
             "engine_rel": res.measured_ms / res.baseline_ms,
             "unchanged": res.unchanged, "note": res.note,
             "rounds": [{"target_ms": r.target_ms, "predicted_ms": r.predicted_ms,
-                        "measured_ms": r.measured_ms, "iqr_ms": r.iqr_ms} for r in res.rounds],
+                        "measured_ms": r.measured_ms, "iqr_ms": r.iqr_ms, "status": r.status} for r in res.rounds],
             "n_rounds": len(res.rounds), "profile_s": st.get("profile_s"), "total_s": st.get("total_s"),
             "shapes_measured": st.get("shapes_measured"), "shapes_reused": st.get("shapes_reused"),
             "params_before": st.get("params_before"), "params_after": st.get("params_after"),
@@ -203,7 +203,8 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
             body.append([r["model"], _f(r["budget_frac"], ".2f"), _f(r["budget_ms"]), _f(r["baseline_ms"]),
                          "error: " + r["error"].replace("|", "/")] + [""] * (len(cols) - 5))
             continue
-        seq = ", ".join(f"{x['measured_ms'] / r['budget_ms']:.3f}" for x in r["rounds"]) or "-"
+        seq = ", ".join(f"{x['measured_ms'] / r['budget_ms']:.3f}{'*' if x.get('status') == 'widened' else ''}"
+                        for x in r["rounds"]) or "-"
         if r["unchanged"]:
             seq = f"unchanged (engine's baseline {r['engine_baseline_ms']:.3f} ms <= budget)"
         shapes = "-" if r["shapes_measured"] is None else f"{r['shapes_measured']}/{r['shapes_reused']}"
@@ -234,6 +235,8 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
               "budget is a fraction of the baseline, and measuring both together cancels the host's "
               "drift; abs ratio = re-measured ms / budget ms (inherits the drift between the two times)",
               f"- band: ratio in [{BAND[0]:.2f}, {BAND[1]:.2f}]; total time {total_s:.0f} s",
+              "- rounds measured/budget: each round's measured latency / budget as the engine read it; * a plan "
+              "one grid step wider than a measured one (the loop's widening by measurement)",
               "", common.md_table(cols, body), "", f"**{summary}**", ""]
     notes = [f"- {r['model']} at {r['budget_frac']:.2f}: {r['note']}" for r in rows
              if not r.get("error") and not r.get("in_band") and r.get("note")]

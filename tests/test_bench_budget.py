@@ -57,3 +57,12 @@ def test_the_co_running_load_ends_when_its_benchmark_is_killed():
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the streamer outlived its benchmark")
+
+
+def test_the_report_marks_the_rounds_that_widened_a_plan():
+    header = {"date": "d", "cpu": "c", "cores": 2, "machine": "m", "python": "3", "versions": {}, "device": "dev",
+              "store_rows_at_start": 0}
+    r = row("a", 0.95)
+    r["rounds"] = [{"measured_ms": 0.85, "status": "heuristic"}, {"measured_ms": 0.95, "status": "widened"}]
+    md = bench.render_md(header, [r], "1/1 in band", 1.0, "store")
+    assert "| 0.850, 0.950* |" in md
