@@ -55,3 +55,19 @@ def test_the_note_says_what_widening_did():
     assert Widening(2).clause() == "; 2 plans one grid step wider measured"
     assert Widening(0, 1.5).clause() == ("; every plan one grid step wider is estimated at 150 % of the budget or "
                                           "more (measured only up to 115 %)")
+
+
+def test_a_group_inside_a_removed_block_is_not_widened():
+    from hwprune import zoo
+    from hwprune.graph.blocks import KEPT, REMOVED, attach_blocks, block_options, dead_groups
+    model, x = zoo.create("resnet20")
+    space = attach_blocks(PruningSpace(model, x), "both")
+    options = {g.gid: group_options(g, 8, 8) for g in space.groups}
+    p = Problem(space, {**options, **block_options(space)}, {g.gid: np.ones(g.size) for g in space.groups})
+    block = space.blocks[0]
+    base = {**{gid: opts[0] for gid, opts in options.items()}, **{b.key: KEPT for b in space.blocks},
+            block.key: REMOVED}
+    dead = dead_groups(space, base)
+    assert dead
+    changed = {next(k for k in base if s.choice[k] != base[k]) for s in wider_plans(p, base, "greedy")}
+    assert block.key in changed and not changed & dead and len(changed) > 1

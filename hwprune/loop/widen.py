@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hwprune.graph.blocks import dead_groups
 from hwprune.graph.space import Choice
 from hwprune.select.evaluator import Selection
 
@@ -58,11 +59,12 @@ class Widening:
 def wider_plans(problem, choice: Choice, selector: str) -> list[Selection]:
     """Every plan that is ``choice`` with one group (or block) one option
     wider and meets ``problem``'s exact bounds (FLOPs, parameters, memory),
-    as selections by ``selector``."""
-    out = []
+    as selections by ``selector``; a group living only inside a removed block
+    is left alone (widening it would measure the same network again)."""
+    out, dead = [], dead_groups(problem.space, choice)
     for key, opts in problem.options.items():
         cur = tuple(choice[key])
-        if cur not in opts or opts.index(cur) + 1 >= len(opts):
+        if key in dead or cur not in opts or opts.index(cur) + 1 >= len(opts):
             continue
         wider = {**choice, key: opts[opts.index(cur) + 1]}
         if problem.feasible(wider):
