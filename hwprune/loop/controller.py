@@ -328,8 +328,7 @@ class Controller:
             return
         measured = 0
         while len(self.trials) < self.max_rounds:
-            certified = [t for t in self.trials if self.used_hi(t) <= 1.0]
-            base = max(certified, key=self.used, default=None)
+            base = self.best_certified()
             if base is None or self.at_full(base.selection) or self.used(base) >= self.accept_low_now():
                 return
             used = {d: self.measured_ms(base, d) / b for d, b in budgets.items()}
@@ -356,6 +355,10 @@ class Controller:
                 break
         return self.outcome()
 
+    def best_certified(self) -> Trial | None:
+        """The certified plan (interval under every budget) with the most latency used; None if none is."""
+        return max((t for t in self.trials if self.used_hi(t) <= 1.0), key=self.used, default=None)
+
     def met(self) -> bool:
         """Whether a measured plan meets every budget (its point estimate)."""
         return any(self.used(t) <= 1.0 for t in self.trials)
@@ -366,9 +369,8 @@ class Controller:
         certified, with a note; if none meets them, the fastest measured, with
         a note."""
         trials, rounds = tuple(self.trials), tuple(self.rounds)
-        certified = [t for t in self.trials if self.used_hi(t) <= 1.0]
-        if certified:
-            best = max(certified, key=self.used)
+        best = self.best_certified()
+        if best is not None:
             return Outcome(best, trials, rounds, under_note(self, best))
         meeting = [t for t in self.trials if self.used(t) <= 1.0]
         if meeting:

@@ -64,9 +64,10 @@ def wider_plans(problem, choice: Choice, selector: str) -> list[Selection]:
     out, dead = [], dead_groups(problem.space, choice)
     for key, opts in problem.options.items():
         cur = tuple(choice[key])
-        if key in dead or cur not in opts or opts.index(cur) + 1 >= len(opts):
+        up = opts.index(cur) + 1 if cur in opts else len(opts)
+        if key in dead or up >= len(opts):
             continue
-        wider = {**choice, key: opts[opts.index(cur) + 1]}
+        wider = {**choice, key: opts[up]}
         if problem.feasible(wider):
             out.append(problem.selection(wider, selector, status="widened",
                                          note=f"one grid step wider than a measured plan (group {key})"))
