@@ -16,6 +16,13 @@ until the ratio's 95 % interval is within +-2 % or 60 s:
 ``(pruned / baseline) / fraction`` lies in [0.90, 1.03]; the absolute
 ``re-measured ms / budget ms`` is reported beside it.
 
+A row under the band asks whether the engine left latency unused or no
+plan keeping more meets the budget: each plan one grid step wider than its
+answer (one channel group one option wider, :func:`wider_networks`) is
+re-measured the same way; where every one is over the budget the row sits
+at a latency cliff (a width leaving the device's alignment turns kernels
+plain and adds layout conversions) and the summary counts it apart.
+
 Where a fraction is below the fastest network the engine measures on this
 host, the budget falls back to midway between that network and the full one
 (:func:`hwprune.loop.reach.prune_within_reach`); the row says so and is
@@ -142,7 +149,8 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
             "smallest_ms": st.get("smallest_ms"), "fastest_ms": st.get("fastest_ms"),
             "certified": st.get("certified"), "warnings": st.get("warnings", []),
             "granularity": st.get("granularity"), "blocks": st.get("blocks"),
-            "removed_blocks": st.get("removed_blocks", [])})
+            "removed_blocks": st.get("removed_blocks", []),
+            "plan": res.plan, "grid": (st.get("grid") or {}).get(args.device)})
         log(f"[{name}] budget {row['budget_frac']:.2f} = {row['budget_ms']:.3f} ms: engine measured "
             f"{res.measured_ms:.3f} ms (predicted {res.predicted_ms:.3f}), {len(res.rounds)} rounds, "
             f"{row['prune_wall_s']:.1f} s")
@@ -159,14 +167,17 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
     def base_block() -> float:
         base_blocks.append(base_run())
         return base_blocks[-1]
-    ests = []
-    for _, net in pruned:
-        cand, blocks = block_runner(runtime, net, x), []
+    def cand_runner(net, out=None):
+        run, out = block_runner(runtime, net, x), out if out is not None else []
 
-        def cand_block(run=cand, out=blocks) -> float:
+        def cand_block() -> float:
             out.append(run())
             return out[-1]
-        ests.append((ratio_in_blocks(base_block, cand_block), blocks))
+        return cand_block
+    ests = []
+    for _, net in pruned:
+        blocks = []
+        ests.append((ratio_in_blocks(base_block, cand_runner(net, blocks)), blocks))
     base_re = summarise(base_blocks) if base_blocks else base
     log(f"[{name}] baseline re-measured {base_re['median_ms']:.3f} ms "
         f"({base_re['min_ms']:.3f}-{base_re['max_ms']:.3f})")
@@ -182,7 +193,58 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
                     "in_band": BAND[0] <= ratio <= BAND[1]})
         log(f"[{name}] budget {row['budget_frac']:.2f}: re-measured {s['median_ms']:.3f} ms, "
             f"ratio {ratio:.3f} (absolute {row['ratio_abs']:.3f}) {'in band' if row['in_band'] else 'OUT OF BAND'}")
+    # Under the band: is there a plan keeping more that meets the budget? Each plan one grid step wider,
+    # re-measured the same way (the network's latency can jump where a width leaves the alignment).
+    for row, _ in pruned:
+        if row["ratio"] < BAND[0] and row.get("plan") and row.get("grid"):
+            check_cliff(row, wider_networks(model, x, row.pop("plan"), row["grid"]),
+                        lambda net: ratio_in_blocks(base_block, cand_runner(net)), log)
+        row.pop("plan", None)
     return rows
+
+
+def wider_networks(model, x, plan: dict, grid: dict) -> list[tuple[str, object]]:
+    """The plan with one channel group one option wider on ``grid`` (the
+    grid the engine pruned on: ``res.stats["grid"][device]``), each as
+    (label, network): the plans keeping more than the engine's answer that
+    are closest to it. Which channels the widened group adds does not change
+    latency; the first ones not kept are added."""
+    from hwprune.graph.space import PruningSpace, group_options
+    from hwprune.graph.surgery import apply_kept
+    space = PruningSpace(model, x, grouped_modes=plan.get("grouped_modes"))  # the engine's space
+    kept = {int(g["gid"]): list(g["kept"]) for g in plan["groups"]}
+    removed = plan.get("removed_blocks", [])
+    out = []
+    for g in space.groups:
+        keep = set(kept.get(g.gid, range(g.size)))
+        cur = tuple(sum(1 for i in idx if i in keep) for idx in g.seg_index)
+        opts = group_options(g, int(grid["step_channels"]), int(grid["min_channels"]),
+                             int(grid.get("align_channels") or 0))
+        wider = [o for o in opts if sum(o) > sum(cur) and all(a >= b for a, b in zip(o, cur))]
+        if not wider:
+            continue
+        to = min(wider, key=sum)
+        add = [i for idx, k, c in zip(g.seg_index, to, cur) for i in [j for j in idx if j not in keep][:k - c]]
+        net = apply_kept(space, {**kept, g.gid: sorted(keep | set(add))}, removed)
+        out.append((f"group {g.gid} ({g.root}) {sum(cur)}->{sum(to)}", net))
+    return out
+
+
+def check_cliff(row: dict, networks, measure_ratio, log) -> None:
+    """For a row under the band: re-measure each plan one grid step wider
+    (``measure_ratio(net)`` -> its ratio estimate to the original) and record
+    them; ``cliff``: there are some and every one is over the budget (its
+    ratio / fraction above 1), so no plan keeping more than the engine's
+    answer meets the budget one step away."""
+    wider = []
+    for label, net in networks:
+        est = measure_ratio(net)
+        frac = row["budget_frac"]
+        wider.append({"plan": label, "ratio": est.ratio / frac, "ratio_lo": est.ratio_lo / frac,
+                      "ratio_hi": est.ratio_hi / frac, "sure": est.sure})
+        log(f"[{row['model']}] budget {frac:.2f}: one step wider, {label}: ratio {wider[-1]['ratio']:.3f}")
+    row["wider"] = wider
+    row["cliff"] = bool(wider) and all(w["ratio"] > 1.0 for w in wider)
 
 
 def _f(v, fmt=".3f") -> str:
@@ -242,7 +304,27 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
              if not r.get("error") and not r.get("in_band") and r.get("note")]
     if notes:
         lines += ["The engine's notes on the rows out of the band:", "", *notes, ""]
+    wider = [f"- {r['model']} at {r['budget_frac']:.2f}"
+             f"{' (latency cliff: every one over the budget)' if r.get('cliff') else ''}: "
+             + "; ".join(f"{w['plan']}: {w['ratio']:.3f} ({w['ratio_lo']:.3f}-{w['ratio_hi']:.3f})"
+                         for w in r["wider"]) for r in rows if r.get("wider")]
+    if wider:
+        lines += ["Rows under the band: each plan one grid step wider than the engine's answer, re-measured the "
+                  "same way (ratio / budget fraction, 95 % interval):", "", *wider, ""]
     return "\n".join(lines)
+
+
+def summarise_band(rows: list[dict]) -> str:
+    """The summary line: rows in the band, and of those under it, how many sit
+    at a latency cliff (every plan one grid step wider re-measured over the budget)."""
+    ok = sum(1 for r in rows if r.get("in_band"))
+    text = f"{ok}/{len(rows)} in [{BAND[0]:.2f}, {BAND[1]:.2f}]"
+    checked = [r for r in rows if "cliff" in r]
+    if checked:
+        cliffs = sum(1 for r in checked if r["cliff"])
+        text += (f"; of the {len(checked)} under it, {cliffs} at a latency cliff (every plan one grid step wider "
+                 f"re-measured over the budget)")
+    return text
 
 
 def main(argv=None) -> int:
@@ -290,8 +372,7 @@ def run(args) -> int:
         if tmpdir is not None:
             tmpdir.cleanup()
     total_s = time.perf_counter() - t_start
-    ok = sum(1 for r in rows if r.get("in_band"))
-    summary = f"{ok}/{len(rows)} in [{BAND[0]:.2f}, {BAND[1]:.2f}]"
+    summary = summarise_band(rows)
     out = Path(args.out)
     md = render_md(header, rows, summary, total_s, store_path if tmpdir is None else "fresh temp file")
     stem = "bench_budget_load" if args.load else "bench_budget"

@@ -66,3 +66,56 @@ def test_the_report_marks_the_rounds_that_widened_a_plan():
     r["rounds"] = [{"measured_ms": 0.85, "status": "heuristic"}, {"measured_ms": 0.95, "status": "widened"}]
     md = bench.render_md(header, [r], "1/1 in band", 1.0, "store")
     assert "| 0.850, 0.950* |" in md
+
+
+def test_wider_networks_widen_one_group_one_option_each():
+    """Each plan one grid step wider than the answer differs from it in one
+    group, by that group's next option on the grid the engine used."""
+    import torch
+
+    from hwprune import zoo
+    from hwprune.graph.space import PruningSpace, group_options
+    from hwprune.graph.subnets import first_channels
+    model, x = zoo.create("invresnet")
+    space = PruningSpace(model, x)
+    grid = {"step_channels": 16, "min_channels": 8, "align_channels": 4}
+    opts = {g.gid: group_options(g, 16, 8, 4) for g in space.groups}
+    choice = {gid: o[1] for gid, o in opts.items()}  # every group at its second option
+    plan = {"groups": [{"gid": gid, "kept": kept} for gid, kept in first_channels(space, choice).items()]}
+    nets = bench.wider_networks(model, x, plan, grid)
+    assert len(nets) == len(space.groups)
+    for (label, net), g in zip(nets, space.groups):
+        widths = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        root = dict(space.model.named_modules())[g.root]
+        assert widths[g.root] == sum(opts[g.gid][2]) < root.out_channels, (label, widths)
+        others = [h for h in space.groups if h.gid != g.gid and h.root != g.root]
+        assert all(widths.get(h.root, sum(choice[h.gid])) == sum(choice[h.gid]) for h in others), label
+        assert net(x).shape == (1, 10)
+
+
+def test_a_row_is_at_a_cliff_only_when_every_wider_plan_is_over_the_budget():
+    from profilers.blocks import RatioEstimate
+    r = row("a", 0.8)
+
+    def ratios(*used):  # each wider plan's ratio / budget fraction (0.6), as the meter would report it
+        it = iter(used)
+
+        def measure(net):
+            v = 0.6 * next(it)
+            return RatioEstimate(v, 0.98 * v, 1.02 * v, 3, 1.0, v, 0.01, True, 1.0)
+        return measure
+    bench.check_cliff(r, [("g0", None), ("g1", None)], ratios(1.08, 1.12), lambda m: None)
+    assert r["cliff"] and [round(w["ratio"], 3) for w in r["wider"]] == [1.08, 1.12]
+    s = row("b", 0.8)
+    bench.check_cliff(s, [("g0", None), ("g1", None)], ratios(1.08, 0.97), lambda m: None)
+    assert not s["cliff"]  # a plan keeping more meets the budget: the engine missed it
+    t = row("c", 0.8)
+    bench.check_cliff(t, [], ratios(), lambda m: None)
+    assert not t["cliff"]  # nothing wider (every group at full width): not a cliff
+    summary = bench.summarise_band([row("d", 0.95), r, s, t])
+    assert summary.startswith("1/4 in [0.90, 1.03]; of the 3 under it, 1 at a latency cliff")
+    header = {"date": "d", "cpu": "c", "cores": 2, "machine": "m", "python": "3", "versions": {}, "device": "dev",
+              "store_rows_at_start": 0}
+    md = bench.render_md(header, [r, s], summary, 1.0, "store")
+    assert "- a at 0.60 (latency cliff: every one over the budget): g0: 1.080 (1.058-1.102); g1: 1.120" in md
+    assert "- b at 0.60: g0: 1.080" in md
