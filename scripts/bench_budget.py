@@ -265,7 +265,8 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
             body.append([r["model"], _f(r["budget_frac"], ".2f"), _f(r["budget_ms"]), _f(r["baseline_ms"]),
                          "error: " + r["error"].replace("|", "/")] + [""] * (len(cols) - 5))
             continue
-        seq = ", ".join(f"{x['measured_ms'] / r['budget_ms']:.3f}{'*' if x.get('status') == 'widened' else ''}"
+        mark = {"widened": "*", "re-measured": "+"}
+        seq = ", ".join(f"{x['measured_ms'] / r['budget_ms']:.3f}{mark.get(x.get('status'), '')}"
                         for x in r["rounds"]) or "-"
         if r["unchanged"]:
             seq = f"unchanged (engine's baseline {r['engine_baseline_ms']:.3f} ms <= budget)"
@@ -298,7 +299,8 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
               "drift; abs ratio = re-measured ms / budget ms (inherits the drift between the two times)",
               f"- band: ratio in [{BAND[0]:.2f}, {BAND[1]:.2f}]; total time {total_s:.0f} s",
               "- rounds measured/budget: each round's measured latency / budget as the engine read it; * a plan "
-              "one grid step wider than a measured one (the loop's widening by measurement)",
+              "one grid step wider than a measured one (the loop's widening by measurement); + a plan in doubt "
+              "measured again, its readings pooled",
               "", common.md_table(cols, body), "", f"**{summary}**", ""]
     notes = [f"- {r['model']} at {r['budget_frac']:.2f}: {r['note']}" for r in rows
              if not r.get("error") and not r.get("in_band") and r.get("note")]

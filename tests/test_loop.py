@@ -497,3 +497,45 @@ def test_widening_stays_within_max_rounds():
     out = loop.run()
     assert meter.measured == [32, 33, 34] and out.best.model == 34
     assert out.note.endswith("; 2 plans one grid step wider measured")
+
+
+# ---------------------------------------------------------------- measuring a plan in doubt again
+
+def test_pooled_readings_narrow_the_interval_by_a_square_root_of_two():
+    from hwprune.loop.meter import pool
+    a = Reading(0.96, 0.1, 0.96 / 1.03, 0.96 * 1.03, False, rounds=20, seconds=30.0)
+    p = pool([a, a])
+    assert p.ratio == pytest.approx(0.96) and p.half_width_rel == pytest.approx(1.03 ** (1 / 2 ** 0.5) - 1)
+    assert (p.sure, p.rounds, p.seconds) == (False, 40, 60.0)
+    narrow = Reading(0.90, 0.1, 0.90 / 1.01, 0.90 * 1.01)
+    q = pool([a, narrow])  # the narrower reading weighs 9x as much on the log scale
+    assert 0.90 < q.ratio < 0.91 and q.half_width_rel < narrow.half_width_rel and not q.sure
+    assert pool([a, Reading(0.5, 0.1)]).ratio == 0.5  # an exact reading stands alone
+
+
+def test_a_plan_in_doubt_is_measured_again_and_certified_by_the_pooled_readings():
+    """48 uses 0.96 of the budget, +-5 % (the meter's cap): not certified; the
+    selector offers only 32 (0.64) besides. Once it offers nothing new, 48 is
+    measured again: pooled, +-3.5 %, its upper end 0.994 certifies it."""
+    loop, sel, meter = controller(COARSE, {"d": 5.0}, interval=lambda d, w: (0.05 if w == 48 else 0.01, w != 48))
+    out = loop.run()
+    assert meter.measured == [48, 32, 48]
+    assert out.best.model == 48 and out.certified and out.note == "" and out.rounds[-1].status == "re-measured"
+    assert loop.used_hi(out.best) == pytest.approx(0.96 * 1.05 ** (1 / 2 ** 0.5))
+    assert loop.noise() == pytest.approx(0.05)  # the single readings' width still sets the aim
+
+
+def test_a_plan_in_doubt_is_re_measured_while_rounds_last_then_the_certified_plan_stands():
+    loop, _, meter = controller(COARSE, {"d": 5.0}, interval=lambda d, w: (0.15 if w == 48 else 0.01, w != 48))
+    out = loop.run()
+    assert meter.measured == [48, 32, 48, 48, 48, 48]  # +-15 % pools to +-6.5 % in 5 readings: still over
+    assert out.best.model == 32 and out.certified
+    assert out.note.startswith("the plan uses 64 % of the budget: the next plan measured used 96 % (its interval "
+                               "up to 102 %, 5 readings pooled)")
+
+
+def test_a_plan_too_close_to_the_budget_to_certify_is_not_measured_again():
+    loop, _, meter = controller(COARSE, {"d": 5.0}, bias=table(w48=0.99 / 0.96),
+                                interval=lambda d, w: (0.05 if w == 48 else 0.01, w != 48))
+    loop.run()
+    assert meter.measured.count(48) == 1

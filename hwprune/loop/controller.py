@@ -21,10 +21,15 @@ each a method of :class:`Controller`:
   the plan): move every target further in the direction the measurement asks
   for (down when the interval reaches over the budget), by 2 % more at each
   nudge, at most 4 nudges in the whole loop.
-- :meth:`Controller.widen`: once the selector offers nothing new and the
-  best certified plan uses less than ``accept_low``, plans one grid step
-  wider than it are measured (:mod:`hwprune.loop.widen`), where the latency
-  model cannot see between a plan under the budget and one over it.
+- once the selector offers nothing new and the best certified plan uses
+  less than ``accept_low``, the rounds left go first to plans whose point
+  estimate used more but whose interval reached over the budget: each is
+  measured again and its readings pooled (:meth:`Controller.remeasure`,
+  :func:`hwprune.loop.confirm.confirm`), which certifies a plan a noisy
+  reading left in doubt; then to plans one grid step wider than the best
+  certified one (:func:`hwprune.loop.widen.widen`), where the latency model
+  cannot see between a plan under the budget and one over it; then to
+  re-measuring again.
 - :meth:`Controller.rescue`: where no measured plan met the budgets (the
   latency model mispredicts every plan the selector offers), networks
   measured under the budget while calibrating are measured as plans.
@@ -49,13 +54,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from hwprune.graph.space import Choice
-from hwprune.loop.meter import PlanMeter, Reading
+from hwprune.loop.confirm import confirm
+from hwprune.loop.meter import PlanMeter, Reading, pool
 from hwprune.loop.notes import uncertified_note, under_note
-from hwprune.loop.widen import Step, Widening, estimate_used, pick
+from hwprune.loop.widen import Widening, widen
 from hwprune.select.evaluator import Selection
 
 log = logging.getLogger("hwprune")
@@ -166,7 +172,8 @@ class Controller:
                 return self.outcome()
             self.anchor = self.nearest_to_aim()
             start, targets = self.anchor.selection.choice, self.re_aim(self.anchor)
-        self.widen()
+        if not confirm(self) and not widen(self):
+            confirm(self)
         return self.outcome()
 
     # ---------------------------------------------------------------- measurements
@@ -190,8 +197,23 @@ class Controller:
     def measure(self, selection: Selection, targets: dict[str, float]) -> Trial:
         """Cut ``selection``, measure it on every device, record the trial and its round."""
         model = self.build(selection)
-        trial = Trial(selection, model, dict(targets), self.meter.measure(model))
+        return self.record(Trial(selection, model, dict(targets), self.meter.measure(model)))
+
+    def remeasure(self, trial: Trial) -> Trial:
+        """Measure ``trial``'s network again and record it as a new trial whose
+        readings pool every reading of that plan so far (:func:`hwprune.loop.meter.pool`;
+        status ``re-measured``); the earlier trials stay, so :meth:`noise` still
+        sees each reading's own width."""
+        latest = [t for t in self.trials if t.selection.choice == trial.selection.choice][-1]
+        again = self.meter.measure(trial.model)  # pooling is associative: the latest pool and the new reading
+        readings = {d: pool([latest.readings[d], r]) for d, r in again.items()}
+        return self.record(Trial(replace(trial.selection, status="re-measured"), trial.model, trial.targets_ms,
+                                 readings))
+
+    def record(self, trial: Trial) -> Trial:
+        """Add ``trial`` and its round (as reported, with its log line)."""
         self.trials.append(trial)
+        selection, targets = trial.selection, trial.targets_ms
         per_device = {d: {"target_ms": targets.get(d), "predicted_ms": trial.predicted_ms(d),
                           "measured_ms": self.measured_ms(trial, d), "iqr_ms": r.iqr_ms,
                           "measured_lo_ms": r.ratio_lo * self.meter.reference_ms(d),
@@ -317,33 +339,6 @@ class Controller:
         bracketed = self.within_bracket(nudged)
         return nudged if bracketed == targets else bracketed
 
-    def widen(self) -> None:
-        """While rounds are left and the certified plan with the most latency
-        used uses less than ``accept_low`` (not at full width), measure the
-        plan one grid step wider that :func:`hwprune.loop.widen.pick` chooses,
-        estimated from that plan's measurement; stop when one is accepted or
-        none is left within reach (``widening`` says which)."""
-        budgets = self.budgets_ms()
-        if self.wider is None or not budgets:
-            return
-        measured = 0
-        while len(self.trials) < self.max_rounds:
-            base = self.best_certified()
-            if base is None or self.at_full(base.selection) or self.used(base) >= self.accept_low_now():
-                return
-            used = {d: self.measured_ms(base, d) / b for d, b in budgets.items()}
-            predicted = {d: base.predicted_ms(d) for d in budgets}
-            steps = [Step(s, estimate_used(used, predicted, s)) for s in self.wider(base.selection.choice)
-                     if not self.already_measured(s)]
-            step = pick(steps, self.aim_now())
-            if step is None:
-                self.widening = Widening(measured, min((s.estimate for s in steps), default=None))
-                return
-            measured += 1
-            self.widening = Widening(measured)
-            if self.accepts(self.measure(step.selection, {d: b * step.estimate for d, b in budgets.items()})):
-                return
-
     def rescue(self, candidates) -> Outcome:
         """After :meth:`run` found no plan meeting every budget: measure
         ``candidates`` (selections measured under the budget before, e.g. while
@@ -355,9 +350,16 @@ class Controller:
                 break
         return self.outcome()
 
+    def current(self) -> list[Trial]:
+        """The latest trial of each plan measured (a re-measured plan's pooled readings replace its earlier ones)."""
+        latest = {}
+        for t in self.trials:
+            latest[tuple(sorted(t.selection.choice.items()))] = t
+        return list(latest.values())
+
     def best_certified(self) -> Trial | None:
         """The certified plan (interval under every budget) with the most latency used; None if none is."""
-        return max((t for t in self.trials if self.used_hi(t) <= 1.0), key=self.used, default=None)
+        return max((t for t in self.current() if self.used_hi(t) <= 1.0), key=self.used, default=None)
 
     def met(self) -> bool:
         """Whether a measured plan meets every budget (its point estimate)."""
@@ -372,7 +374,7 @@ class Controller:
         best = self.best_certified()
         if best is not None:
             return Outcome(best, trials, rounds, under_note(self, best))
-        meeting = [t for t in self.trials if self.used(t) <= 1.0]
+        meeting = [t for t in self.current() if self.used(t) <= 1.0]
         if meeting:
             best = max(meeting, key=self.used)
             return Outcome(best, trials, rounds, uncertified_note(self, best), certified=False)

@@ -61,6 +61,24 @@ class Reading:
         return math.sqrt(self.ratio_hi / self.ratio_lo) - 1.0 if self.ratio_lo > 0 else math.inf
 
 
+def pool(readings: list[Reading]) -> Reading:
+    """Readings of one plan taken at different times, as one: the ratios
+    averaged on the log scale, each weighted by the inverse square of its
+    interval's half-width, and the interval narrowed accordingly (two
+    readings of +-3 % pool to about +-2.1 %); an exact reading (no interval)
+    stands alone. Sure only if every reading was; rounds and seconds add up."""
+    if len(readings) == 1 or any(r.ratio_hi <= r.ratio_lo for r in readings):
+        exact = [r for r in readings if r.ratio_hi <= r.ratio_lo]
+        return exact[0] if exact else readings[0]
+    logs = [(math.log(r.ratio), (math.log(r.ratio_hi) - math.log(r.ratio_lo)) / 2.0) for r in readings]
+    weights = [1.0 / h ** 2 for _, h in logs]
+    mean = sum(w * m for w, (m, _) in zip(weights, logs)) / sum(weights)
+    half = 1.0 / math.sqrt(sum(weights))
+    return Reading(math.exp(mean), max(r.iqr_ms for r in readings), math.exp(mean - half), math.exp(mean + half),
+                   all(r.sure for r in readings), sum(r.rounds for r in readings),
+                   sum(r.seconds for r in readings))
+
+
 @dataclass(frozen=True)
 class Certainty:
     """When a ratio is known well enough: its 95 % interval within
@@ -175,4 +193,5 @@ def host_stats(meter: BlockMeters, grids: dict[str, Grid], certainty: Certainty,
             "certainty": certainty.to_json()}
 
 
-__all__ = ["CALIBRATION", "PLAN", "BlockMeter", "BlockMeters", "Certainty", "PlanMeter", "Reading", "host_stats"]
+__all__ = ["CALIBRATION", "PLAN", "BlockMeter", "BlockMeters", "Certainty", "PlanMeter", "Reading", "host_stats",
+           "pool"]

@@ -18,15 +18,17 @@ def under_note(loop, best) -> str:
     if u >= loop.accept_low_now():
         return ""
     text = f"the plan uses {100 * u:.0f} % of the budget"
-    slower = [t for t in loop.trials if loop.used(t) > u]
+    slower = [t for t in loop.current() if loop.used(t) > u]
     widened = loop.widening.clause() if loop.widening else ""
     if not slower:
         n = len(loop.rounds)
         return (text + f"; the selector offered no slower plan under it in {n} round{'s' if n > 1 else ''}"
                 + widened)
     nxt = min(slower, key=loop.used)
+    times = sum(1 for t in loop.trials if t.selection.choice == nxt.selection.choice)
+    pooled = f", {times} readings pooled" if times > 1 else ""
     return (text + f": the next plan measured used {100 * loop.used(nxt):.0f} % (its interval up to "
-            f"{100 * loop.used_hi(nxt):.0f} %) and the selector found none between (the latency jumps there, "
+            f"{100 * loop.used_hi(nxt):.0f} %{pooled}) and the selector found none between (the latency jumps there, "
             f"or the plans between keep less importance){widened}")
 
 

@@ -8,11 +8,11 @@ measurements are local, though: a plan one grid step wider than a measured
 one changes one group, and its latency is estimated best from that plan's
 measurement scaled by the model's ratio of the two (:func:`estimate_used`).
 
-:class:`hwprune.loop.controller.Controller` uses this once its selector
-stops offering new plans: from the certified plan with the most latency
-used, while it uses less than the acceptance share, it measures the step
-:func:`pick` chooses among :func:`wider_plans`, and repeats from the best
-certified plan. A step estimated over ``1 + WIDEN_SLACK`` of the budget is
+:func:`widen` runs this on a :class:`hwprune.loop.controller.Controller`
+once its selector stops offering new plans: from the certified plan with the
+most latency used, while it uses less than the acceptance share, it measures
+the step :func:`pick` chooses among :func:`wider_plans`, and repeats from the
+best certified plan. A step estimated over ``1 + WIDEN_SLACK`` of the budget is
 not measured; the loop's note then says how far the cheapest step was
 estimated (:class:`Widening`).
 """
@@ -90,3 +90,33 @@ def pick(steps: list[Step], aim: float) -> Step | None:
         return max(under, key=lambda s: (s.estimate, s.selection.importance))
     near = [s for s in steps if s.estimate <= 1.0 + WIDEN_SLACK]
     return min(near, key=lambda s: (s.estimate, -s.selection.importance), default=None)
+
+
+def widen(loop) -> bool:
+    """On ``loop`` (a :class:`hwprune.loop.controller.Controller`): while rounds
+    are left and its certified plan with the most latency used uses less than
+    the acceptance share (not at full width), measure the plan one grid step
+    wider that :func:`pick` chooses, estimated from that plan's measurement;
+    stop when one is accepted (True) or none is left within reach
+    (``loop.widening`` says which)."""
+    budgets = loop.budgets_ms()
+    if loop.wider is None or not budgets:
+        return False
+    measured = 0
+    while len(loop.trials) < loop.max_rounds:
+        base = loop.best_certified()
+        if base is None or loop.at_full(base.selection) or loop.used(base) >= loop.accept_low_now():
+            return False
+        used = {d: loop.measured_ms(base, d) / b for d, b in budgets.items()}
+        predicted = {d: base.predicted_ms(d) for d in budgets}
+        steps = [Step(s, estimate_used(used, predicted, s)) for s in loop.wider(base.selection.choice)
+                 if not loop.already_measured(s)]
+        step = pick(steps, loop.aim_now())
+        if step is None:
+            loop.widening = Widening(measured, min((s.estimate for s in steps), default=None))
+            return False
+        measured += 1
+        loop.widening = Widening(measured)
+        if loop.accepts(loop.measure(step.selection, {d: b * step.estimate for d, b in budgets.items()})):
+            return True
+    return False
