@@ -2,32 +2,45 @@
 
 A plan whose point estimate meets the budget but whose 95 % interval reaches
 over it is not certified; on a noisy host the meter stops at its cap with an
-interval of +-3-8 % and such a plan is dropped for a slower-to-find or
-narrower one. One more reading, pooled with the first
-(:func:`hwprune.loop.meter.pool`), narrows the interval by about a square
-root of two, often enough to certify it.
+interval of +-3-8 %, and even a reading narrowed to its +-2 % target leaves a
+plan at 98-99 % of the budget in doubt. One more reading, pooled with the
+earlier ones (:func:`hwprune.loop.meter.pool`), narrows the interval by the
+square root of the readings' count (two readings of +-3 % pool to about
++-2.1 %), often enough to certify it.
 
 :func:`confirm` runs on a :class:`hwprune.loop.controller.Controller` once
 its selector stops offering new plans, before widening: while rounds are
 left, the plan in doubt that would be the loop's answer if certified (more
-latency used than the best certified plan, at most ``CONFIRM_MAX`` of the
-budget) is measured again (:meth:`hwprune.loop.controller.Controller.remeasure`).
+latency used than the best certified plan) and that one more reading as
+wide as its own could certify (:func:`expected_hi`) is measured again
+(:meth:`hwprune.loop.controller.Controller.remeasure`).
 """
 from __future__ import annotations
 
-CONFIRM_MAX = 0.98  # a plan estimated above this share of the budget would need an interval under +-2 % to certify
+import math
+
+
+def expected_hi(loop, trial) -> float:
+    """The upper end of ``trial``'s latency used (the largest over the devices
+    with a budget) after one more reading: with ``k`` readings pooled so far,
+    the interval's half-width on the log scale shrinks by ``sqrt(k / (k + 1))``
+    around the same point estimate."""
+    k = sum(1 for t in loop.trials if t.selection.choice == trial.selection.choice)
+    shrink = math.sqrt(k / (k + 1))
+    return max(loop.measured_ms(trial, d) / b * (1.0 + trial.readings[d].half_width_rel) ** shrink
+               for d, b in loop.budgets_ms().items())
 
 
 def in_doubt(loop) -> list:
     """``loop``'s plans worth measuring again: of the latest trial of each plan
     (:meth:`hwprune.loop.controller.Controller.current`), those whose point
-    estimate lies over the best certified plan's latency used and at most
-    ``CONFIRM_MAX``, and whose interval reaches over the budget; the one with
-    the lowest upper end first."""
+    estimate lies over the best certified plan's latency used and at most the
+    budget, whose interval reaches over the budget, and which one more reading
+    could certify (:func:`expected_hi` at most 1); the likeliest first."""
     best = loop.best_certified()
     floor = loop.used(best) if best is not None else 0.0
-    return sorted((t for t in loop.current() if floor < loop.used(t) <= CONFIRM_MAX and loop.used_hi(t) > 1.0),
-                  key=loop.used_hi)
+    doubt = [t for t in loop.current() if floor < loop.used(t) <= 1.0 < loop.used_hi(t)]
+    return sorted((t for t in doubt if expected_hi(loop, t) <= 1.0), key=lambda t: expected_hi(loop, t))
 
 
 def confirm(loop) -> bool:
