@@ -19,7 +19,8 @@ until the ratio's 95 % interval is within +-2 % or 60 s:
 A row under the band asks whether the engine left latency unused or no
 plan keeping more meets the budget: each plan one grid step wider than its
 answer (one channel group one option wider, :func:`wider_networks`) is
-re-measured the same way; where every one is over the budget the row sits
+re-measured the same way, until one meets the budget; where every one is
+over it the row sits
 at a latency cliff (a width leaving the device's alignment turns kernels
 plain and adds layout conversions) and the summary counts it apart.
 
@@ -231,13 +232,16 @@ def wider_networks(model, x, plan: dict, grid: dict) -> list[tuple[str, object]]
 
 
 def check_cliff(row: dict, networks, measure_ratio, log) -> None:
-    """For a row under the band: re-measure each plan one grid step wider
-    (``measure_ratio(net)`` -> its ratio estimate to the original) and record
-    them; ``cliff``: there are some and every one is over the budget (its
-    ratio / fraction above 1), so no plan keeping more than the engine's
+    """For a row under the band: re-measure the plans one grid step wider
+    (``measure_ratio(net)`` -> its ratio estimate to the original) until one
+    meets the budget (its ratio / fraction at most 1: the row is no cliff, the
+    rest need not be measured) and record them; ``cliff``: there are some and
+    every one is over the budget, so no plan keeping more than the engine's
     answer meets the budget one step away."""
     wider = []
     for label, net in networks:
+        if wider and wider[-1]["ratio"] <= 1.0:
+            break
         est = measure_ratio(net)
         frac = row["budget_frac"]
         wider.append({"plan": label, "ratio": est.ratio / frac, "ratio_lo": est.ratio_lo / frac,
@@ -311,8 +315,8 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
              + "; ".join(f"{w['plan']}: {w['ratio']:.3f} ({w['ratio_lo']:.3f}-{w['ratio_hi']:.3f})"
                          for w in r["wider"]) for r in rows if r.get("wider")]
     if wider:
-        lines += ["Rows under the band: each plan one grid step wider than the engine's answer, re-measured the "
-                  "same way (ratio / budget fraction, 95 % interval):", "", *wider, ""]
+        lines += ["Rows under the band: the plans one grid step wider than the engine's answer, re-measured the "
+                  "same way until one meets the budget (ratio / budget fraction, 95 % interval):", "", *wider, ""]
     return "\n".join(lines)
 
 

@@ -108,8 +108,9 @@ def test_a_row_is_at_a_cliff_only_when_every_wider_plan_is_over_the_budget():
     bench.check_cliff(r, [("g0", None), ("g1", None)], ratios(1.08, 1.12), lambda m: None)
     assert r["cliff"] and [round(w["ratio"], 3) for w in r["wider"]] == [1.08, 1.12]
     s = row("b", 0.8)
-    bench.check_cliff(s, [("g0", None), ("g1", None)], ratios(1.08, 0.97), lambda m: None)
+    bench.check_cliff(s, [("g0", None), ("g1", None), ("g2", None)], ratios(1.08, 0.97, 1.2), lambda m: None)
     assert not s["cliff"]  # a plan keeping more meets the budget: the engine missed it
+    assert [w["plan"] for w in s["wider"]] == ["g0", "g1"]  # ... and the rest are not measured
     t = row("c", 0.8)
     bench.check_cliff(t, [], ratios(), lambda m: None)
     assert not t["cliff"]  # nothing wider (every group at full width): not a cliff
