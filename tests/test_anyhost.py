@@ -153,7 +153,9 @@ def test_a_noisy_host_aims_lower_until_a_plan_certifies(sim_devices, store):
     res = hwprune.prune(model, x, device="sim-noisy", budget_fraction=0.6, store=store,
                         certainty=Certainty(max_rounds=4, max_s=5))
     iv = res.stats["ratio_interval"]["sim-noisy"]
-    assert not iv["sure"] and iv["rounds"] == 4  # the meter still hit its cap
+    # the meter still hit its cap: 4 rounds a reading (a plan in doubt may be measured again and its
+    # readings pooled, so the answer's interval can sum several)
+    assert not iv["sure"] and iv["rounds"] % 4 == 0 and iv["rounds"] >= 4
     assert res.stats["certified"] is True and iv["measured_hi_ms"] <= res.budget_ms * (1 + 1e-9)
     assert 0.8 <= res.stats["budget_used"] <= 1.0
     assert any("drifted" in w for w in res.stats["warnings"])
