@@ -20,9 +20,9 @@ A row under the band asks whether the engine left latency unused or no
 plan keeping more meets the budget: each plan one grid step wider than its
 answer (one channel group one option wider, :func:`wider_networks`) is
 re-measured the same way, until one meets the budget; where every one is
-over it the row sits
-at a latency cliff (a width leaving the device's alignment turns kernels
-plain and adds layout conversions) and the summary counts it apart.
+over it the row sits at a latency cliff (a width leaving the device's
+alignment turns kernels plain and adds layout conversions) and the summary
+counts it apart.
 
 Where a fraction is below the fastest network the engine measures on this
 host, the budget falls back to midway between that network and the full one
@@ -150,35 +150,32 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
             "smallest_ms": st.get("smallest_ms"), "fastest_ms": st.get("fastest_ms"),
             "certified": st.get("certified"), "warnings": st.get("warnings", []),
             "granularity": st.get("granularity"), "blocks": st.get("blocks"),
-            "removed_blocks": st.get("removed_blocks", []),
-            "plan": res.plan, "grid": (st.get("grid") or {}).get(args.device)})
+            "removed_blocks": st.get("removed_blocks", []), "grid": (st.get("grid") or {}).get(args.device)})
         log(f"[{name}] budget {row['budget_frac']:.2f} = {row['budget_ms']:.3f} ms: engine measured "
             f"{res.measured_ms:.3f} ms (predicted {res.predicted_ms:.3f}), {len(res.rounds)} rounds, "
             f"{row['prune_wall_s']:.1f} s")
         rows.append((row, res.model))
-        pruned.append((row, res.model))
+        pruned.append((row, res))
 
     # Independent re-measurement as the engine measures and a user sees it:
     # each pruned model against the baseline in fresh sessions, alternating
     # blocks (order swapped each round) until the ratio's 95 % interval is
     # within +-2 % (ratio_in_blocks). Interleaving the two run by run reads
     # pruned networks 4-20 % slower relative to the original.
-    base_run, base_blocks = block_runner(runtime, model, x), []
+    def recorder(net, out: list):
+        """A block of ``net``, its median also appended to ``out``."""
+        run = block_runner(runtime, net, x)
 
-    def base_block() -> float:
-        base_blocks.append(base_run())
-        return base_blocks[-1]
-    def cand_runner(net, out=None):
-        run, out = block_runner(runtime, net, x), out if out is not None else []
-
-        def cand_block() -> float:
+        def block() -> float:
             out.append(run())
             return out[-1]
-        return cand_block
+        return block
+    base_blocks = []
+    base_block = recorder(model, base_blocks)
     ests = []
-    for _, net in pruned:
+    for _, res in pruned:
         blocks = []
-        ests.append((ratio_in_blocks(base_block, cand_runner(net, blocks)), blocks))
+        ests.append((ratio_in_blocks(base_block, recorder(res.model, blocks)), blocks))
     base_re = summarise(base_blocks) if base_blocks else base
     log(f"[{name}] baseline re-measured {base_re['median_ms']:.3f} ms "
         f"({base_re['min_ms']:.3f}-{base_re['max_ms']:.3f})")
@@ -196,11 +193,10 @@ def bench_network(name: str, model, x, args, store, dev, log) -> list[tuple[dict
             f"ratio {ratio:.3f} (absolute {row['ratio_abs']:.3f}) {'in band' if row['in_band'] else 'OUT OF BAND'}")
     # Under the band: is there a plan keeping more that meets the budget? Each plan one grid step wider,
     # re-measured the same way (the network's latency can jump where a width leaves the alignment).
-    for row, _ in pruned:
-        if row["ratio"] < BAND[0] and row.get("plan") and row.get("grid"):
-            check_cliff(row, wider_networks(model, x, row.pop("plan"), row["grid"]),
-                        lambda net: ratio_in_blocks(base_block, cand_runner(net)), log)
-        row.pop("plan", None)
+    for row, res in pruned:
+        if row["ratio"] < BAND[0] and row.get("grid"):
+            check_cliff(row, wider_networks(model, x, res.plan, row["grid"]),
+                        lambda net: ratio_in_blocks(base_block, recorder(net, [])), log)
     return rows
 
 

@@ -25,7 +25,7 @@ def expected_hi(loop, trial) -> float:
     with a budget) after one more reading: with ``k`` readings pooled so far,
     the interval's half-width on the log scale shrinks by ``sqrt(k / (k + 1))``
     around the same point estimate."""
-    k = sum(1 for t in loop.trials if t.selection.choice == trial.selection.choice)
+    k = len(loop.trials_of(trial))
     shrink = math.sqrt(k / (k + 1))
     return max(loop.measured_ms(trial, d) / b * (1.0 + trial.readings[d].half_width_rel) ** shrink
                for d, b in loop.budgets_ms().items())

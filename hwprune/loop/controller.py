@@ -204,7 +204,7 @@ class Controller:
         readings pool every reading of that plan so far (:func:`hwprune.loop.meter.pool`;
         status ``re-measured``); the earlier trials stay, so :meth:`noise` still
         sees each reading's own width."""
-        latest = [t for t in self.trials if t.selection.choice == trial.selection.choice][-1]
+        latest = self.trials_of(trial)[-1]
         again = self.meter.measure(trial.model)  # pooling is associative: the latest pool and the new reading
         readings = {d: pool([latest.readings[d], r]) for d, r in again.items()}
         return self.record(Trial(replace(trial.selection, status="re-measured"), trial.model, trial.targets_ms,
@@ -349,6 +349,10 @@ class Controller:
             if self.used(self.measure(selection, self.first_targets())) <= 1.0:
                 break
         return self.outcome()
+
+    def trials_of(self, trial: Trial) -> list[Trial]:
+        """Every trial of ``trial``'s plan, oldest first (one per reading: the first, then each pooled one)."""
+        return [t for t in self.trials if t.selection.choice == trial.selection.choice]
 
     def current(self) -> list[Trial]:
         """The latest trial of each plan measured (a re-measured plan's pooled readings replace its earlier ones)."""

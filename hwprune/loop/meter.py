@@ -67,9 +67,9 @@ def pool(readings: list[Reading]) -> Reading:
     interval's half-width, and the interval narrowed accordingly (two
     readings of +-3 % pool to about +-2.1 %); an exact reading (no interval)
     stands alone. Sure only if every reading was; rounds and seconds add up."""
-    if len(readings) == 1 or any(r.ratio_hi <= r.ratio_lo for r in readings):
-        exact = [r for r in readings if r.ratio_hi <= r.ratio_lo]
-        return exact[0] if exact else readings[0]
+    exact = [r for r in readings if r.ratio_hi <= r.ratio_lo]
+    if exact or len(readings) == 1:
+        return (exact or readings)[0]
     logs = [(math.log(r.ratio), (math.log(r.ratio_hi) - math.log(r.ratio_lo)) / 2.0) for r in readings]
     weights = [1.0 / h ** 2 for _, h in logs]
     mean = sum(w * m for w, (m, _) in zip(weights, logs)) / sum(weights)

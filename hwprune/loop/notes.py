@@ -25,7 +25,7 @@ def under_note(loop, best) -> str:
         return (text + f"; the selector offered no slower plan under it in {n} round{'s' if n > 1 else ''}"
                 + widened)
     nxt = min(slower, key=loop.used)
-    times = sum(1 for t in loop.trials if t.selection.choice == nxt.selection.choice)
+    times = len(loop.trials_of(nxt))
     pooled = f", {times} readings pooled" if times > 1 else ""
     return (text + f": the next plan measured used {100 * loop.used(nxt):.0f} % (its interval up to "
             f"{100 * loop.used_hi(nxt):.0f} %{pooled}) and the selector found none between (the latency jumps there, "
