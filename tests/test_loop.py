@@ -11,6 +11,7 @@ import pytest
 
 import hwprune
 from hwprune import zoo
+from hwprune.loop.between import rescue
 from hwprune.loop.controller import ACCEPT_LOW, AIM, MAX_NUDGES, NUDGE_STEP, Budgets, Controller
 from hwprune.loop.engine import Round, count_params  # Round stays importable from the engine
 from hwprune.loop.meter import Reading
@@ -426,7 +427,8 @@ def test_when_no_offered_plan_meets_the_budget_the_calibration_networks_are_meas
     def selection(w):
         return Selection({0: (w,)}, {0: list(range(w))}, w * MS_PER_CHANNEL, float(w), True, selector="calibration",
                          status="measured", usage={"latency_ms[d]": w * MS_PER_CHANNEL})
-    out = loop.rescue([selection(w) for w in (16, 19, 15, 10)])  # 16: measured already
+    rescue(loop, [selection(w) for w in (16, 19, 15, 10)])  # 16: measured already
+    out = loop.outcome()
     assert meter.measured == [16, 19] and loop.met()
     assert out.best.model == 19 and out.certified and out.best.selection.selector == "calibration"
 

@@ -29,10 +29,14 @@ each a method of :class:`Controller`:
   reading left in doubt; then to plans one grid step wider than the best
   certified one (:func:`hwprune.loop.widen.widen`), where the latency model
   cannot see between a plan under the budget and one over it; then to
-  re-measuring again.
-- :meth:`Controller.rescue`: where no measured plan met the budgets (the
-  latency model mispredicts every plan the selector offers), networks
-  measured under the budget while calibrating are measured as plans.
+  re-measuring again; then to plans between the best plan under the budget
+  and the fastest over it, every group part of the way between their widths
+  (:func:`hwprune.loop.between.bisect`).
+- :func:`hwprune.loop.between.rescue`: where no measured plan met the budgets
+  (the latency model mispredicts every plan the selector offers), networks
+  measured under the budget while calibrating are measured as plans, and
+  plans between the slowest of them under the budget and the fastest plan
+  over it.
 - :meth:`Controller.outcome`: after ``max_rounds`` measured rounds (or a stop),
   the certified plan (interval under every budget) with the most latency
   used (with a note where it uses less than ``accept_low``: the next plan
@@ -58,6 +62,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from hwprune.graph.space import Choice
+from hwprune.loop.between import bisect
 from hwprune.loop.confirm import confirm
 from hwprune.loop.meter import PlanMeter, Reading, pool
 from hwprune.loop.notes import uncertified_note, under_note
@@ -141,15 +146,21 @@ class Controller:
     ``build`` (cuts a selection into a network) and ``meter`` (measures one on
     every device), against ``budgets``. ``full``: the widest choice the
     options allow. ``wider``: the plans one grid step wider than a choice
-    (:func:`hwprune.loop.widen.wider_plans`; None: no widening). State: the
+    (:func:`hwprune.loop.widen.wider_plans`; None: no widening). ``between``:
+    the plan part of the way from one choice to another
+    (:func:`hwprune.loop.between.between_plan`; None: no bisection). State: the
     measured ``trials``, their ``rounds`` as reported, the current ``anchor``,
-    the ``nudges`` spent and how widening ended (``widening``)."""
+    the ``nudges`` spent, how widening ended (``widening``) and the plans
+    measured between two others (``bisected``)."""
 
     def __init__(self, select: Selector, build: Callable[[Selection], Any], meter: PlanMeter, budgets: Budgets,
                  full: Choice, *, max_rounds: int = 6, aim: float = AIM, accept_low: float = ACCEPT_LOW,
-                 wider: Callable[[Choice], list[Selection]] | None = None):
+                 wider: Callable[[Choice], list[Selection]] | None = None,
+                 between: Callable[[Choice, Choice, float], Selection | None] | None = None):
         self.select, self.build, self.meter, self.budgets, self.full = select, build, meter, budgets, full
         self.max_rounds, self.aim, self.accept_low, self.wider = max_rounds, aim, accept_low, wider
+        self.between = between
+        self.bisected = 0
         self.trials: list[Trial] = []
         self.rounds: list[Round] = []
         self.anchor: Trial | None = None
@@ -172,8 +183,8 @@ class Controller:
                 return self.outcome()
             self.anchor = self.nearest_to_aim()
             start, targets = self.anchor.selection.choice, self.re_aim(self.anchor)
-        if not confirm(self) and not widen(self):
-            confirm(self)
+        if not (confirm(self) or widen(self) or confirm(self)):
+            bisect(self, self.max_rounds)
         return self.outcome()
 
     # ---------------------------------------------------------------- measurements
@@ -338,17 +349,6 @@ class Controller:
         nudged = {d: t * scale for d, t in targets.items()}
         bracketed = self.within_bracket(nudged)
         return nudged if bracketed == targets else bracketed
-
-    def rescue(self, candidates) -> Outcome:
-        """After :meth:`run` found no plan meeting every budget: measure
-        ``candidates`` (selections measured under the budget before, e.g. while
-        calibrating; slowest first) until one meets them, then settle again."""
-        for selection in candidates:
-            if self.already_measured(selection):
-                continue
-            if self.used(self.measure(selection, self.first_targets())) <= 1.0:
-                break
-        return self.outcome()
 
     def trials_of(self, trial: Trial) -> list[Trial]:
         """Every trial of ``trial``'s plan, oldest first (one per reading: the first, then each pooled one)."""

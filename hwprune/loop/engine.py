@@ -29,7 +29,8 @@ new target). The selector aims a little under the budget (``aim``) so that
 run-to-run noise of a re-measurement stays inside it; a round is accepted once
 its measured latency lies in ``[accept_low, 1.0] x budget``. The answer is the
 measured plan that meets the budget with the most latency used, else the fastest
-(where it uses too little, plans a grid step wider are: :mod:`hwprune.loop.widen`).
+(where it uses too little, plans a grid step wider are measured, :mod:`hwprune.loop.widen`,
+then plans between it and one over the budget, :mod:`hwprune.loop.between`).
 
 Several devices: every device with a latency budget (and the primary device,
 ``device``) is profiled, fitted and calibrated; each plan is measured on every
@@ -58,6 +59,7 @@ from hwprune.importance import criteria as importance
 from hwprune.importance.blocks import with_block_scores
 from hwprune.latency.grid import Grid, resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, measure_grouped_modes
+from hwprune.loop.between import between_plan, rescue
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
 from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, measure_fastest
 from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty, host_stats
@@ -393,8 +395,10 @@ def prune(model: nn.Module, example_inputs, device: str | None = None, budget_ms
     problem = Problem(space, options, scores, replace(cons, latency_ms=()), evs)
     loop = Controller(SelectorRun(selector, problem, time_limit_s), partial(cut, space), meter, budgets,
                       problem.largest(), max_rounds=max_rounds, aim=aim, accept_low=accept_low,
-                      wider=partial(wider_plans, problem, selector=selector))
+                      wider=partial(wider_plans, problem, selector=selector),
+                      between=partial(between_plan, problem, selector=selector))
     outcome = loop.run()
-    if not loop.met():  # every plan offered measured over: the calibration networks under the budget
-        outcome = loop.rescue(_under_budget(problem, cals[primary], budgets.now(meter).get(primary)))
+    if not loop.met():  # every plan offered measured over: the calibration networks under the budget, then between
+        rescue(loop, _under_budget(problem, cals[primary], budgets.now(meter).get(primary)))
+        outcome = loop.outcome()
     return _result(model, space, loop, outcome, profs, cals, extra, t_start, t_profile, host())

@@ -11,7 +11,8 @@ def under_note(loop, best) -> str:
     measured between (the latency jumps there, e.g. where widths leave the
     device's alignment, or every plan between keeps less importance); and
     where the loop widened plans one grid step, how that went
-    (:meth:`hwprune.loop.widen.Widening.clause`)."""
+    (:meth:`hwprune.loop.widen.Widening.clause`), and how many plans it
+    measured between (:func:`hwprune.loop.between.bisect`)."""
     if not loop.budgets_ms() or loop.at_full(best.selection):
         return ""
     u = loop.used(best)
@@ -20,6 +21,9 @@ def under_note(loop, best) -> str:
     text = f"the plan uses {100 * u:.0f} % of the budget"
     slower = [t for t in loop.current() if loop.used(t) > u]
     widened = loop.widening.clause() if loop.widening else ""
+    if loop.bisected:
+        widened += (f"; {loop.bisected} plan{'s' if loop.bisected > 1 else ''} between it and a plan over the "
+                    f"budget measured")
     if not slower:
         n = len(loop.rounds)
         return (text + f"; the selector offered no slower plan under it in {n} round{'s' if n > 1 else ''}"
