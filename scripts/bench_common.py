@@ -138,3 +138,21 @@ class CoRunningLoad:
             self.proc.kill()
             self.proc.wait()
         return False
+
+
+def near_edge(est, frac: float, band: tuple[float, float]) -> bool:
+    """Whether the 95 % interval of ``est`` (a ratio to the original, with
+    ``ratio_lo`` / ``ratio_hi``), divided by the budget fraction ``frac``,
+    contains an edge of ``band``: one reading cannot say which side it is on."""
+    lo, hi = est.ratio_lo / frac, est.ratio_hi / frac
+    return any(lo <= edge <= hi for edge in band)
+
+
+def pooled(readings) -> object:
+    """Independent readings of one ratio (each with ``ratio``, ``ratio_lo``,
+    ``ratio_hi``, ``sure``, ``rounds``, ``seconds``) as one, inverse-variance
+    weighted on the log scale as the engine pools a plan measured again
+    (:func:`hwprune.loop.meter.pool`)."""
+    use_repo_packages()
+    from hwprune.loop.meter import Reading, pool
+    return pool([Reading(r.ratio, 0.0, r.ratio_lo, r.ratio_hi, r.sure, r.rounds, r.seconds) for r in readings])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_budget as bench
+import budget_cliff as cliff
 
 
 def row(model, ratio, note=""):
@@ -64,9 +65,28 @@ def test_the_report_marks_the_rounds_that_widened_a_plan():
               "store_rows_at_start": 0}
     r = row("a", 0.95)
     r["rounds"] = [{"measured_ms": 0.85, "status": "heuristic"}, {"measured_ms": 0.95, "status": "widened"},
-                   {"measured_ms": 0.96, "status": "re-measured"}]
+                   {"measured_ms": 0.96, "status": "re-measured"}, {"measured_ms": 0.97, "status": "between"}]
+    r["readings"] = [[0.53, 0.56], [0.56, 0.58]]
     md = bench.render_md(header, [r], "1/1 in band", 1.0, "store")
-    assert "| 0.850, 0.950*, 0.960+ |" in md
+    assert "| 0.850, 0.950*, 0.960+, 0.970~ |" in md
+    assert "| 0.950 (2) |" in md  # the ratio rests on two pooled readings
+
+
+def test_a_verdict_near_a_band_edge_rests_on_two_pooled_readings():
+    from types import SimpleNamespace
+
+    import bench_common as common
+
+    def est(ratio, half):
+        return SimpleNamespace(ratio=ratio, ratio_lo=ratio / (1 + half), ratio_hi=ratio * (1 + half), sure=True,
+                               rounds=4, seconds=20.0)
+    frac = 0.6
+    assert common.near_edge(est(0.6 * 0.91, 0.02), frac, bench.BAND)      # 0.892-0.928 contains 0.90
+    assert common.near_edge(est(0.6 * 1.02, 0.02), frac, bench.BAND)      # ... contains 1.03
+    assert not common.near_edge(est(0.6 * 0.96, 0.02), frac, bench.BAND)  # well inside
+    assert not common.near_edge(est(0.6 * 0.80, 0.05), frac, bench.BAND)  # well under
+    both = common.pooled([est(0.53, 0.03), est(0.55, 0.03)])
+    assert 0.53 < both.ratio < 0.55 and both.half_width_rel < 0.03 and both.rounds == 8
 
 
 def test_wider_networks_widen_one_group_one_option_each():
@@ -83,7 +103,7 @@ def test_wider_networks_widen_one_group_one_option_each():
     opts = {g.gid: group_options(g, 16, 8, 4) for g in space.groups}
     choice = {gid: o[1] for gid, o in opts.items()}  # every group at its second option
     plan = {"groups": [{"gid": gid, "kept": kept} for gid, kept in first_channels(space, choice).items()]}
-    nets = bench.wider_networks(model, x, plan, grid)
+    nets = cliff.wider_networks(model, x, plan, grid)
     assert len(nets) == len(space.groups)
     for (label, net), g in zip(nets, space.groups):
         widths = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
@@ -105,14 +125,14 @@ def test_a_row_is_at_a_cliff_only_when_every_wider_plan_is_over_the_budget():
             v = 0.6 * next(it)
             return RatioEstimate(v, 0.98 * v, 1.02 * v, 3, 1.0, v, 0.01, True, 1.0)
         return measure
-    bench.check_cliff(r, [("g0", None), ("g1", None)], ratios(1.08, 1.12), lambda m: None)
+    cliff.check_cliff(r, [("g0", None), ("g1", None)], ratios(1.08, 1.12), lambda m: None)
     assert r["cliff"] and [round(w["ratio"], 3) for w in r["wider"]] == [1.08, 1.12]
     s = row("b", 0.8)
-    bench.check_cliff(s, [("g0", None), ("g1", None), ("g2", None)], ratios(1.08, 0.97, 1.2), lambda m: None)
+    cliff.check_cliff(s, [("g0", None), ("g1", None), ("g2", None)], ratios(1.08, 0.97, 1.2), lambda m: None)
     assert not s["cliff"]  # a plan keeping more meets the budget: the engine missed it
     assert [w["plan"] for w in s["wider"]] == ["g0", "g1"]  # ... and the rest are not measured
     t = row("c", 0.8)
-    bench.check_cliff(t, [], ratios(), lambda m: None)
+    cliff.check_cliff(t, [], ratios(), lambda m: None)
     assert not t["cliff"]  # nothing wider (every group at full width): not a cliff
     summary = bench.summarise_band([row("d", 0.95), r, s, t])
     assert summary.startswith("1/4 in [0.90, 1.03]; of the 3 under it, 1 at a latency cliff")
