@@ -332,6 +332,7 @@ class NetworkLatencyModel:
         from scipy.optimize import lsq_linear
         self._check()
         rows = list(rows)
+        self.fit_error_rel_ = 0.0
         if not rows:
             self.remainder_ = (0.0, 0.0, 0.0, 0.0, 0.0)
             return self
@@ -361,7 +362,16 @@ class NetworkLatencyModel:
                            coef.get("c3", 0.0))
         if "c5" in coef or "c6" in coef:
             self.remainder_ += (coef.get("c5", 0.0),) + ((coef["c6"],) if "c6" in coef else ())
+        predicted = np.array([self.predict(specs) for specs, _ in rows])
+        self.fit_error_rel_ = float(np.sqrt(np.mean((predicted / measured - 1.0) ** 2)))
         return self
+
+    @property
+    def fit_error_rel(self) -> float:
+        """How far the model misses the whole networks its remainder was last
+        fitted on: the root mean square of predicted / measured - 1 over them
+        (0 before any were)."""
+        return float(getattr(self, "fit_error_rel_", 0.0))
 
     # ---- serialisation -----------------------------------------------------
     def to_dict(self) -> dict:

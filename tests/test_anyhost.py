@@ -252,3 +252,26 @@ def test_a_profile_measured_while_the_host_was_slower_is_put_on_the_footing_of_n
     assert layer_scale(slow) == pytest.approx(steady_scale, rel=0.02)
     slow.footing_ = 1.0  # without the footing the remainder would need twice the layer scale
     assert layer_scale(slow) > 1.5 * steady_scale
+
+
+def test_a_latency_model_missing_its_calibration_networks_is_flagged():
+    from hwprune.loop.fastest import FIT_WARN_REL, Calibration, fit_warnings
+    assert Calibration((), FIT_WARN_REL).fit_warning("d") == ""
+    wide = Calibration((), 0.12)
+    assert "ort-cpu-1t misses the whole networks it was calibrated on by +-12 %" in wide.fit_warning("ort-cpu-1t")
+    assert fit_warnings({"a": Calibration((), 0.01), "b": wide}) == [wide.fit_warning("b")]
+
+
+def test_prune_says_when_its_latency_model_misses_the_networks_it_measured(sim_devices, store):
+    """A runtime whose whole networks run 1.6x their layers between 2 and 95 %
+    of the parameters and at 1x elsewhere: no remainder fits the calibration
+    networks, and the result says so (a plain runtime's model fits exactly)."""
+    from hwprune.loop.fastest import FIT_WARN_REL
+    model, x = zoo.create("resnet20")
+    full = count_params(model)
+    sim_devices.add("sim-jump", bound="flops", bias=lambda m: 1.6 if 0.02 < count_params(m) / full < 0.95 else 1.0)
+    sim_devices.add("sim-even", bound="flops")
+    for dev, flagged in (("sim-jump", True), ("sim-even", False)):
+        res = hwprune.prune(model, x, device=dev, budget_fraction=0.6, store=store, granularity="channel")
+        assert (res.stats["fastest"][dev]["fit_error_rel"] > FIT_WARN_REL) == flagged
+        assert any(w.startswith(f"the latency model of {dev} misses") for w in res.stats["warnings"]) == flagged

@@ -339,3 +339,17 @@ def test_the_reorder_term_is_fitted_only_where_reorders_say_more_than_activation
     assert independent(np.array([2.0, 0.5, 6.0]), np.array([1.0, 2.0, 3.0]))  # layouts mixed in one row
     assert independent(np.array([2.0, 0.0, 6.0]), np.array([1.0, 2.0, 3.0]))  # a network with no blocked layer
     assert not independent(np.zeros(3), np.array([1.0, 2.0, 3.0]))  # nothing blocked anywhere
+
+
+def test_the_fit_error_says_how_far_the_model_misses_its_own_networks():
+    """Networks the remainder's terms can describe are fitted exactly (fit
+    error ~0); the same networks read alternately 30 % slow and 20 % fast (a
+    layer profile and networks measured at moments the host ran differently)
+    cannot be, and the fit error says by how much."""
+    net = NetworkLatencyModel("quadratic-m6").fit(samples())
+    assert net.fit_error_rel == 0.0  # no whole network yet
+    pairs = [(8, 8), (32, 16), (64, 64), (16, 48), (48, 8), (24, 24), (40, 56), (56, 16), (64, 8), (8, 64)]
+    exact = [(network(a, b), 0.6 * net.layers_ms(network(a, b)) + 0.05) for a, b in pairs]
+    assert net.fit_remainder(exact).fit_error_rel < 1e-3
+    scattered = [(specs, ms * (1.3 if i % 2 else 0.8)) for i, (specs, ms) in enumerate(exact)]
+    assert net.fit_remainder(scattered).fit_error_rel > 0.1

@@ -21,16 +21,12 @@ The networks the latency model is calibrated on, and where the budget is
 near them the networks it predicts fastest, are measured; a budget below the
 fastest of them is refused (:mod:`hwprune.loop.fastest`).
 The latency model's error is corrected after each measured round and the
-selection is redone, for at most ``max_rounds`` rounds: the selector is
-re-run from the measured plan closest to the aim with the latency target
-divided by that plan's measured / predicted ratio (greedy starts from that
-plan, knapsack relinearises around it, qcqp re-solves from scratch with the
-new target). The selector aims a little under the budget (``aim``) so that
-run-to-run noise of a re-measurement stays inside it; a round is accepted once
-its measured latency lies in ``[accept_low, 1.0] x budget``. The answer is the
-measured plan that meets the budget with the most latency used, else the fastest
-(where it uses too little, plans a grid step wider are measured, :mod:`hwprune.loop.widen`,
-then plans between it and one over the budget, :mod:`hwprune.loop.between`).
+selection redone, for at most ``max_rounds`` rounds, from the measured plan
+closest to the aim with the target divided by its measured / predicted ratio;
+the selector aims a little under the budget (``aim``) and a round is accepted
+once its measured latency lies in ``[accept_low, 1.0] x budget`` (the decisions:
+:mod:`hwprune.loop.controller`). The answer is the measured plan that meets the
+budget with the most latency used, else the fastest.
 
 Several devices: every device with a latency budget (and the primary device,
 ``device``) is profiled, fitted and calibrated; each plan is measured on every
@@ -61,7 +57,7 @@ from hwprune.latency.grid import Grid, resolve_grid, with_grid
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model, measure_grouped_modes
 from hwprune.loop.between import between_plan, rescue
 from hwprune.loop.controller import ACCEPT_LOW, AIM, Budgets, Controller, Outcome, Round
-from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, measure_fastest
+from hwprune.loop.fastest import UNIFORM, Calibration, calibrate_networks, fit_warnings, measure_fastest
 from hwprune.loop.meter import PLAN, BlockMeter, BlockMeters, Certainty, host_stats
 from hwprune.loop.widen import wider_plans
 from hwprune.select.evaluator import Evaluator, Selection
@@ -293,6 +289,7 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
              "fastest": {d: c.to_json(loop.meter.reference_ms(d)) for d, c in cals.items()},
              "certified": outcome.certified, "ratio_interval": _interval(loop, best),
              "budget_used": loop.used(best) if budgets else None, **host}
+    stats["warnings"] = [*host["warnings"], *fit_warnings(cals)]
     if outcome.note:
         (log.info if outcome.certified else log.warning)("%s", outcome.note)
     selection = {"selector": sel.selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,

@@ -17,6 +17,7 @@ one more calibration network has them all removed at full widths.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ from hwprune.graph.space import Choice, PruningSpace, uniform_choice
 from hwprune.graph.surgery import apply_kept
 from hwprune.select.evaluator import Evaluator
 
+log = logging.getLogger("hwprune")
+
+FIT_WARN_REL = 0.05  # a latency model missing its calibration networks by more than this (RMS) is flagged
 UNIFORM = (0.0, 0.25, 0.5)     # calibration networks: positions on every group's width grid
 CANDIDATES = 2                  # predicted-fastest networks measured besides them
 DESCENT_SWEEPS = 4
@@ -43,8 +47,21 @@ class Network:
 @dataclass(frozen=True)
 class Calibration:
     """Every network measured to calibrate the latency model and find the
-    fastest; the first is the smallest network the constraints allow."""
+    fastest; the first is the smallest network the constraints allow.
+    ``fit_error_rel``: how far the latency model misses the whole networks
+    it was fitted on (:attr:`latency_models.NetworkLatencyModel.fit_error_rel`)."""
     networks: tuple[Network, ...]
+    fit_error_rel: float = 0.0
+
+    def fit_warning(self, device: str) -> str:
+        """A warning where the latency model misses the networks it was
+        calibrated on by more than ``FIT_WARN_REL`` (empty otherwise)."""
+        if self.fit_error_rel <= FIT_WARN_REL:
+            return ""
+        return (f"the latency model of {device} misses the whole networks it was calibrated on by "
+                f"+-{100 * self.fit_error_rel:.0f} % (root mean square): its layer profile and the networks "
+                f"measured now disagree (was the host busy while it profiled?); predictions carry that error, "
+                f"measured plans do not")
 
     @property
     def smallest(self) -> Network:
@@ -57,8 +74,16 @@ class Calibration:
     def to_json(self, baseline_ms: float) -> dict:
         f = self.fastest
         return {"network": f.name, "measured_ms": f.measured_ms, "fraction": f.measured_ms / baseline_ms,
-                "smallest_ms": self.smallest.measured_ms,
+                "smallest_ms": self.smallest.measured_ms, "fit_error_rel": self.fit_error_rel,
                 "measured": [{"network": n.name, "measured_ms": n.measured_ms} for n in self.networks]}
+
+
+def fit_warnings(cals: dict[str, Calibration]) -> list[str]:
+    """Each device's :meth:`Calibration.fit_warning` that says something, logged."""
+    out = [w for w in (c.fit_warning(d) for d, c in cals.items()) if w]
+    for w in out:
+        log.warning("%s", w)
+    return out
 
 
 def uniform_name(frac: float) -> str:
@@ -109,7 +134,7 @@ def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module
     nets = tuple(_measure(space, ev, measure_ms, name, choice, rows)
                  for name, choice in calibration_choices(options, fractions))
     lat.fit_remainder(rows, reference=reference)
-    return Calibration(nets)
+    return Calibration(nets, lat.fit_error_rel)
 
 
 def descend(ev: Evaluator, options: dict, start: Choice, sweeps: int = DESCENT_SWEEPS) -> Choice:
@@ -155,7 +180,8 @@ def measure_fastest(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], 
                 for name, choice in fastest_candidates(ev, options, [n.choice for n in cal.networks], k))
     if new:
         lat.fit_remainder(rows, reference=0)
-    return Calibration(cal.networks + new)
+    return Calibration(cal.networks + new, lat.fit_error_rel if new else cal.fit_error_rel)
 
 
-__all__ = ["Calibration", "Network", "calibrate_networks", "descend", "fastest_candidates", "measure_fastest"]
+__all__ = ["FIT_WARN_REL", "Calibration", "Network", "calibrate_networks", "descend", "fastest_candidates",
+           "fit_warnings", "measure_fastest"]
