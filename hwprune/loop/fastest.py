@@ -60,8 +60,8 @@ class Calibration:
             return ""
         return (f"the latency model of {device} misses the whole networks it was calibrated on by "
                 f"+-{100 * self.fit_error_rel:.0f} % (root mean square): its layer profile and the networks "
-                f"measured now disagree (was the host busy while it profiled?); predictions carry that error, "
-                f"measured plans do not")
+                f"measured now disagree (a host busy while it profiled, or costs isolated layers do not show); "
+                f"predictions carry that error, measured plans do not")
 
     @property
     def smallest(self) -> Network:
