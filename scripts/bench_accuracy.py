@@ -229,8 +229,6 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
                 cands.append(("hwprune FLOPs bound (l1)", {"max_flops": best[0], "flops_frac": best[0] / base["flops"],
                                                           "probes": probes}, best[1]))
         firsts = [meter.ratio(c[2])[1] for c in cands]
-        # a verdict whose interval contains the budget rests on one more reading, taken after every method's
-        # first and pooled with it (whichever side it falls, so it can fail a method as well as pass it)
         ests = [common.pooled([e, meter.ratio(c[2])[1]]) if common.near_edge(e, used, (1.0,)) else e
                 for c, e in zip(cands, firsts)]
         for (method, detail, net), first, est in zip(cands, firsts, ests):
@@ -239,9 +237,9 @@ def run_seed(seed, args, dev, store, log) -> tuple[dict, list[dict]]:
             ratio = est.ratio
             row = {"seed": seed, "fraction": frac, "method": method, "ratio": ratio, "ms": ratio * meter.reference_ms,
                    "ratio_interval": [est.ratio_lo, est.ratio_hi], "readings": 1 + (est is not first),
-                   "first_ratio": first.ratio,
-                   "budget_ms": budget, "meets": ratio <= used, "accuracy": acc, "flops": flops, "params": params,
-                   "finetune_s": ft_s, **detail, **({"used_fraction": used, "budget_note": note} if note else {})}
+                   "first_ratio": first.ratio, "budget_ms": budget, "meets": ratio <= used, "accuracy": acc,
+                   "flops": flops, "params": params, "finetune_s": ft_s, **detail,
+                   **({"used_fraction": used, "budget_note": note} if note else {})}
             rows.append(row)
             log(f"  [{frac:.2f} {method}] {row['ms']:.3f} ms ({ratio:.3f} x), accuracy {acc:.4f}, "
                 f"{params} params, fine-tuned in {ft_s:.0f} s")

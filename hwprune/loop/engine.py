@@ -25,8 +25,7 @@ selection redone, for at most ``max_rounds`` rounds, from the measured plan
 closest to the aim with the target divided by its measured / predicted ratio;
 the selector aims a little under the budget (``aim``) and a round is accepted
 once its measured latency lies in ``[accept_low, 1.0] x budget`` (the decisions:
-:mod:`hwprune.loop.controller`). The answer is the measured plan that meets the
-budget with the most latency used, else the fastest.
+:mod:`hwprune.loop.controller`; the answer: the plan meeting the budget with the most latency used).
 
 Several devices: every device with a latency budget (and the primary device,
 ``device``) is profiled, fitted and calibrated; each plan is measured on every
