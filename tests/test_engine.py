@@ -96,7 +96,9 @@ def test_a_contended_host_is_certified_or_said_not_to_be(shared_store):
     time and killed at the end): the answer is either certified, and an
     independent re-measurement in alternating blocks under the same load
     lands within [0.90, 1.03] of the budget fraction, or it says it is not
-    certified and gives its interval."""
+    certified and gives its interval. A re-measurement whose interval contains
+    an edge of the band is measured again and the two pooled, as the
+    benchmarks judge."""
     import subprocess
 
     from hwprune import devices
@@ -110,7 +112,10 @@ def test_a_contended_host_is_certified_or_said_not_to_be(shared_store):
         if res.stats["certified"]:
             assert iv["measured_hi_ms"] <= res.budget_ms
             rt = devices.get("ort-cpu-1t").open()
-            est = ratio_in_blocks(block_runner(rt, model, (x,)), block_runner(rt, res.model, (x,)))
+            judge = lambda: ratio_in_blocks(block_runner(rt, model, (x,)), block_runner(rt, res.model, (x,)))
+            est = judge()
+            if bench_common.near_edge(est, 0.6, (0.90, 1.03)):  # as the benchmarks judge: a second reading, pooled
+                est = bench_common.pooled([est, judge()])
             assert 0.90 <= est.ratio / 0.6 <= 1.03, (est, iv)
         else:
             assert "not certified" in res.note and f"{iv['measured_hi_ms']:.3f} ms" in res.note
