@@ -1,16 +1,13 @@
 """Measuring between a plan under the budget and one over it: the plans on a
 real pruning space, and the loop's bisection on the fake selector and meter of
 test_loop (a plan is one width, predicted at 0.1 ms per channel)."""
-import archs
-import numpy as np
 import pytest
 from test_loop import MS_PER_CHANNEL, FakeMeter, table
+from test_widen import problem
 
-from hwprune.graph.space import PruningSpace, group_options
 from hwprune.loop.between import MIDDLE, between_plan, interpolate, position, rescue
 from hwprune.loop.controller import Budgets, Controller
 from hwprune.select.evaluator import Selection
-from hwprune.select.problem import Constraints, Problem, floor_options
 
 
 def test_interpolate_moves_every_group_the_same_share_of_its_options():
@@ -28,15 +25,6 @@ def test_position_follows_the_straight_line_within_the_middle_half():
     assert position(0.95, 1.01, 0.965) == MIDDLE[0]  # the aim sits near lo: still a real step
     assert position(0.2, 1.05, 0.965) == MIDDLE[1]
     assert position(0.8, 0.8, 0.965) == 0.5
-
-
-def problem(name, **bounds):
-    model, x = archs.create(name, size=16)
-    space = PruningSpace(model, x)
-    scores = {g.gid: np.random.default_rng(g.gid).random(g.size) + 0.5 for g in space.groups}
-    cons = Constraints(**bounds)
-    options = floor_options(space, {g.gid: group_options(g, 8, 8) for g in space.groups}, 8, cons)
-    return Problem(space, options, scores, cons)
 
 
 def test_a_plan_between_two_real_plans_lies_between_them_in_every_group_and_in_flops():

@@ -22,7 +22,7 @@ from hwprune.latency.profiling import (
     model_protocol,
 )
 from hwprune.latency.profiling import measure_latency as _measure
-from hwprune.loop.fastest import calibrate_networks, calibration_choices
+from hwprune.loop.fastest import calibrate_networks, calibration_choices, fit_warnings
 from hwprune.loop.meter import BlockMeter
 from hwprune.select.evaluator import Evaluator
 from latency_models import NetworkLatencyModel
@@ -143,9 +143,7 @@ def predict_latency(model: torch.nn.Module, example_inputs, device: str = "ort-c
     # them cancels, and their milliseconds are that network's (the model itself is never measured)
     widest = build(space, calibration_choices(options, PREDICT_FRACTIONS[-1:])[0][1])
     meter = BlockMeter(prof.runtime, widest, example_inputs, protocol=block_protocol(dev))
-    cal = calibrate_networks(lat, space, meter.measure, options, scores, [], PREDICT_FRACTIONS)
-    if cal.fit_warning(device):
-        log.warning("%s", cal.fit_warning(device))
+    fit_warnings({device: calibrate_networks(lat, space, meter.measure, options, scores, [], PREDICT_FRACTIONS)})
     return Evaluator(space, lat, scores).latency_ms(space.full_choice())
 
 

@@ -287,8 +287,8 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
              "smallest_ms": cals[primary].smallest.measured_ms, "fastest_ms": cals[primary].fastest.measured_ms,
              "fastest": {d: c.to_json(loop.meter.reference_ms(d)) for d, c in cals.items()},
              "certified": outcome.certified, "ratio_interval": _interval(loop, best),
-             "budget_used": loop.used(best) if budgets else None, **host}
-    stats["warnings"] = [*host["warnings"], *fit_warnings(cals)]
+             "budget_used": loop.used(best) if budgets else None,
+             **host, "warnings": [*host["warnings"], *fit_warnings(cals)]}
     if outcome.note:
         (log.info if outcome.certified else log.warning)("%s", outcome.note)
     selection = {"selector": sel.selector, "status": sel.status, "mip_gap": sel.mip_gap, "solve_s": sel.solve_s,
