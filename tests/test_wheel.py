@@ -2,6 +2,7 @@
 built-in device descriptors and profiles ship inside the package."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# what a wheel is built from; the build runs on a copy of them, so it leaves nothing (build/, *.egg-info)
+# beside the sources
+SOURCES = ("pyproject.toml", "README.md", "hwprune", "profilers", "latency_models", "devices")
+
+
+def source_copy(dest: Path) -> Path:
+    """The packaging inputs of the source tree, copied to ``dest`` (no build leftovers, no caches)."""
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    dest.mkdir(parents=True)
+    for name in SOURCES:
+        src = ROOT / name
+        (shutil.copytree(src, dest / name, ignore=junk) if src.is_dir() else shutil.copy2(src, dest / name))
+    return dest
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
+    before = sorted(p.name for p in ROOT.iterdir())
+    src = source_copy(tmp / "src")
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     if build.returncode != 0 and "No module named" in build.stderr and "setuptools" in build.stderr:
         pytest.skip("setuptools is not installed, so no wheel can be built here")
     assert build.returncode == 0, build.stderr[-2000:]
+    assert sorted(p.name for p in ROOT.iterdir()) == before, "building the wheel wrote into the source tree"
     wheel = next((tmp / "dist").glob("hwprune-*.whl"))
     target = tmp / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
