@@ -12,7 +12,8 @@ from .base import MODELS, LayerModel, NotFittedError, create, describe, list_mod
 from .forest import ForestModel
 from .linear import FlopsLinearModel, ParamsLinearModel
 from .lookup import LookupTableModel, full_grid_size
-from .network import NetworkLatencyModel, activation_elements, reorder_saved_elements, weight_elements
+from .layout import reorder_saved_elements
+from .network import NetworkLatencyModel, activation_elements, weight_elements
 from .quadratic import QuadraticLayerModel, QuadraticModel
 
 __all__ = ["MODELS", "LayerModel", "NotFittedError", "create", "describe", "list_models", "model_from_dict", "register",

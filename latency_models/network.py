@@ -22,14 +22,14 @@ see :func:`latency_models.quadratic.misaligned`) runs blocked (NCHWc)
 kernels, and measured alone it pays for reordering its input and output,
 which a chain of such layers inside a network does not, while a network
 mixing blocked and plain layers pays a reorder at every change
-(:func:`reorder_saved_elements`). Modelling that, instead of one scale for
-aligned and one for misaligned layers, took free-width depthwise networks
-from 57 to 93 % of predictions within +-10 % on an AVX-512 host. A model
-saved with a separate scale for misaligned layers (``c4``) still predicts
-with it.
+(:func:`latency_models.layout.reorder_saved_elements`): free-width depthwise networks went from
+57 to 93 % of predictions within +-10 % (AVX-512). Where every layer runs
+blocked, reorders are a multiple of activations and c6 is fitted instead of
+c1 (67 to 80 % of plans within +-10 % on seven networks, with the split
+calibration networks of :mod:`hwprune.loop.fastest`). A saved model's
+separate scale for misaligned layers (``c4``) still predicts.
 Every term runs over the layers, so every layer's share of the remainder is
-known (``layer_cost_ms``) and the selector's per-layer tables add up to
-:meth:`NetworkLatencyModel.predict`.
+known (``layer_cost_ms``) and the selector's tables add up to :meth:`predict`.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ from profilers import LayerSpec, Measurement
 from profilers.specs import weight_count
 
 from .base import LayerModel, NotFittedError, create, family_groups, model_from_dict
-from .quadratic import QuadraticLayerModel, QuadraticModel, misaligned, reads_plain_input
+from .layout import reorder_saved_elements
+from .quadratic import QuadraticLayerModel, QuadraticModel, misaligned
 
 # 1 + c3 >= this: the layers keep at least half their say. Unbounded, the fit
 # on ORT resnet56 and torch mobilenetv2 replaced them entirely by activations
@@ -79,83 +80,13 @@ def independent(reorders: np.ndarray, activations: np.ndarray, spread: float = R
     """Whether rows' reorder elements say more than their activation elements:
     in networks whose layers all run blocked (every width on the alignment)
     a layer saves the reorders of its input and output, about twice its
-    activations in every network, and a free reorder price would only trade
-    against the other terms (measured: mobilenetv2's greedy plans predicted
-    25-60 % fast). Their ratio must spread by more than ``spread`` (relative)."""
+    activations in every network, and a reorder price fitted beside an
+    activation price would only trade against it (measured: mobilenetv2's
+    greedy plans predicted 25-60 % fast). Their ratio must spread by more than
+    ``spread`` (relative); where it does not, the remainder fits the reorder
+    price alone (:meth:`NetworkLatencyModel.fit_remainder`)."""
     r = np.abs(reorders) / np.maximum(activations, 1e-12)
     return bool(r.max() > 0 and (r.min() <= 0 or r.max() / r.min() - 1 > spread))
-
-
-def whole_block(align: int, block: int | None) -> int:
-    """The channels a concat, a pool or a grouped conv's group must come in to
-    stay blocked: the runtime's block, or the alignment where none is known."""
-    return int(block) if block and block > 1 else int(align)
-
-
-def reader_wants_blocked(reader: str, n, align: int, block: int | None) -> np.ndarray:
-    """Whether a reader of kind ``reader`` (:data:`profilers.specs.READERS`) of a
-    tensor of ``n`` channels reads it in the blocked layout (ONNX Runtime's
-    rules, read from its optimised graphs): a conv, depthwise or grouped, as
-    :func:`latency_models.quadratic.misaligned` and
-    :func:`latency_models.quadratic.reads_plain_input` say for one reading
-    ``n`` channels (and writing ``n``); a concat or a pool on whole blocks;
-    anything else plain."""
-    n = np.asarray(n, dtype=np.int64)
-    if reader in ("concat", "pool"):
-        return n % whole_block(align, block) == 0
-    if reader == "conv":
-        conv = LayerSpec("conv", 1, 1)
-    elif reader == "dw":
-        conv = LayerSpec("conv", 2, 2, groups=2)
-    elif reader.startswith("grouped:"):
-        g = int(reader.split(":", 1)[1])
-        conv = LayerSpec("conv", 2 * g, 2 * g, groups=g)
-    else:
-        return np.zeros(n.shape, dtype=bool)
-    return ~misaligned(conv, n, align, block, n) & ~reads_plain_input(conv, n, block)
-
-
-def own_kind_readers(spec: LayerSpec) -> tuple[str, ...]:
-    """The readers a layer is taken to have where its graph is unknown: of its
-    own kind, a depthwise conv's a pointwise conv (as in inverted residuals)."""
-    return (f"grouped:{spec.groups}",) if spec.groups > 1 and not spec.depthwise else ("conv",)
-
-
-def reorder_saved_elements(spec: LayerSpec, n_in, n_out, align: int | None, block: int | None = None) -> np.ndarray:
-    """Elements of layout reorders a layer does not pay inside a network, over
-    arrays of widths (negative where it pays one the isolated layer did not).
-
-    A runtime with a blocked layout (ONNX Runtime's NCHWc, when the input width
-    is on the alignment, or below one ``block`` for a conv that is not grouped:
-    :func:`latency_models.quadratic.misaligned`) measures an isolated layer
-    with a reorder of its input (unless it reads a narrow input as it is:
-    :func:`latency_models.quadratic.reads_plain_input`) and of its output;
-    inside a network a chain of blocked layers pays none of them, and a tensor
-    pays one where its producer's layout differs from the layout a reader of it
-    reads (:func:`reader_wants_blocked`), charged to the producer (a residual
-    add's sum to one of its inputs; the others read it as ``add``). The readers
-    are the spec's (``spec.readers``, from the network's graph), else
-    :func:`own_kind_readers`. A layer reading a concat (``spec.concat_input``)
-    that is not on whole blocks pays the reorder of its input: the concat runs
-    plain. Measured on ONNX Runtime with AVX-512, a reorder costs about
-    0.1-0.2 ns per element, as much as a depthwise conv's whole work at some
-    widths."""
-    n_in, n_out = np.broadcast_arrays(np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64))
-    if not align or align <= 1 or spec.kind != "conv":
-        return np.zeros(n_in.shape)
-    oh, ow = spec.out_hw
-    in_el = spec.batch * spec.height * spec.width * n_in.astype(float)
-    out_el = spec.batch * oh * ow * n_out.astype(float)
-    blocked = ~misaligned(spec, n_in, align, block, n_out)
-    reorders_input = (n_in > align) & ~reads_plain_input(spec, n_in, block)
-    isolated = np.where(blocked, np.where(reorders_input, in_el, 0.0) + out_el, 0.0)
-    wants = [reader_wants_blocked(r, n_out, align, block) for r in spec.readers or own_kind_readers(spec)
-             if r != "add"]
-    no = np.zeros(n_out.shape, dtype=bool)
-    pays = np.where(blocked, np.logical_or.reduce([~w for w in wants]) if wants else no,
-                    np.logical_or.reduce(wants) if wants else no)
-    plain_concat = blocked & reorders_input & (n_in % whole_block(align, block) != 0) & spec.concat_input
-    return isolated - np.where(pays, out_el, 0.0) - np.where(plain_concat, in_el, 0.0)
 
 
 def _fresh(model: LayerModel) -> LayerModel:
@@ -324,9 +255,11 @@ class NetworkLatencyModel:
         fraction, and every ratio, divide by it), whose error weighs
         :data:`REFERENCE_WEIGHT` times, so the fit passes close to it. Terms
         in order ``c0, c3, c6, c5, c1, c2``, one fewer than rows; ``c6`` only
-        where the rows' reorders (relative to their layers and to their
-        activations, :func:`independent`) differ, ``c5`` only where their
-        numbers of layers differ; c1, c2, c5, c6 >= 0, c3 >= MIN_LAYER_SCALE - 1.
+        where the rows' reorders (relative to their layers) differ, ``c5``
+        only where their numbers of layers differ, ``c1`` not where reorders
+        are a fixed multiple of activations (:func:`independent`; there c6 is
+        the activations' price, negative); c1, c2, c5, c6 >= 0, c3 >=
+        MIN_LAYER_SCALE - 1.
         Misaligned layers take the
         aligned ones' scale (``c4 = c3``)."""
         from scipy.optimize import lsq_linear
@@ -345,9 +278,11 @@ class NetworkLatencyModel:
                 "c6": -np.array([sum(float(self.reorder_saved(s, s.in_channels, s.out_channels)) for s in sp)
                                  for sp, _ in rows])}
         counts_vary = np.ptp(cols["c5"]) > 0
-        reorders_vary = np.ptp(cols["c6"] / np.maximum(layers, 1e-12)) > 0 and independent(cols["c6"], cols["c1"])
+        reorders_vary = np.ptp(cols["c6"] / np.maximum(layers, 1e-12)) > 0
+        with_c1 = not reorders_vary or independent(cols["c6"], cols["c1"])
         order = [n for n in ("c0", "c3", "c6", "c5", "c1", "c2")
-                 if (n != "c5" or counts_vary) and (n != "c6" or reorders_vary)][:max(1, len(rows) - 1)]
+                 if (n != "c5" or counts_vary) and (n != "c6" or reorders_vary) and (n != "c1" or with_c1)
+                 ][:max(1, len(rows) - 1)]
         feats = np.stack([cols[n] for n in order], axis=1)
         scale = np.maximum(np.abs(feats).max(axis=0), 1e-12)
         w = 1.0 / np.maximum(measured, 1e-9)

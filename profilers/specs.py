@@ -29,7 +29,7 @@ class LayerSpec:
     its output (:data:`READERS`; empty where unknown), and ``concat_input``,
     whether its input is a concat of other layers' outputs. A latency model uses
     them for the layout changes between layers
-    (:func:`latency_models.network.reorder_saved_elements`).
+    (:func:`latency_models.layout.reorder_saved_elements`).
     """
 
     kind: str

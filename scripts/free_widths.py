@@ -12,7 +12,7 @@ on one device:
    measured and answered as measured
    (:func:`hwprune.latency.profiling.fit_latency_model` with ``free_widths``,
    ``also`` and ``use_table``), and calibrated on the full network, three
-   uniform grid sub-networks (:func:`hwprune.loop.engine.calibrate`) and
+   uniform and two split grid sub-networks (:func:`hwprune.loop.engine.calibrate`) and
    ``CALIBRATION`` random free-width ones (other seed), whose mixes of
    aligned and misaligned widths show what layout reorders cost, each
    measured against the full network in alternating blocks as in 3.;

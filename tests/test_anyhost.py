@@ -10,7 +10,7 @@ import pytest
 from simruntime import SimRuntime
 
 import hwprune
-from hwprune import zoo
+from hwprune import devices, zoo
 from hwprune.cli.main import main
 from hwprune.errors import BelowSmallestError
 from hwprune.loop.engine import count_params
@@ -181,7 +181,8 @@ def test_a_budget_between_the_fastest_and_the_smallest_network_is_met(narrow_is_
     fast = res.stats["fastest"]["sim-narrow"]
     assert fast["smallest_ms"] > res.budget_ms > fast["measured_ms"]  # refused before: "below the smallest"
     assert fast["network"].startswith("uniform widths (25.0 %") and fast["fraction"] == pytest.approx(0.31, abs=0.01)
-    assert len(fast["measured"]) == 5  # the calibration networks and the two predicted fastest
+    names = [n["network"] for n in fast["measured"]]  # 3 uniform and 2 split calibration networks, 2 fastest
+    assert len(names) == 7 and sum("half of the groups" in n for n in names) == 2, names
     assert res.measured_ms <= res.budget_ms and res.stats["certified"]
 
 
@@ -275,3 +276,29 @@ def test_prune_says_when_its_latency_model_misses_the_networks_it_measured(sim_d
         res = hwprune.prune(model, x, device=dev, budget_fraction=0.6, store=store, granularity="channel")
         assert (res.stats["fastest"][dev]["fit_error_rel"] > FIT_WARN_REL) == flagged
         assert any(w.startswith(f"the latency model of {dev} misses") for w in res.stats["warnings"]) == flagged
+
+
+def test_the_split_calibration_networks_tell_weights_from_work():
+    """Uniform calibration networks scale every layer together; the two split
+    ones are narrow in one half of the network (by depth) and full in the
+    other, so their shares of the full network's weights and of its work
+    differ (vgg16: most weights late, most work early)."""
+    from hwprune.graph.space import PruningSpace, device_options
+    from hwprune.loop.fastest import SPLIT, calibration_choices, split_choices
+    from latency_models import weight_elements
+    model, x = zoo.create("vgg16")
+    space = PruningSpace(model, (x,))
+    options = device_options(space, devices.get("ort-cpu-1t"))
+    (_, early), (_, late) = split_choices(space, options)
+    narrow = {g: opts[int(round(SPLIT * (len(opts) - 1)))] for g, opts in options.items()}
+    for g, opts in options.items():  # narrow in exactly one of the two, full in the other
+        assert {early[g], late[g]} == {narrow[g], opts[-1]}
+    first = lambda c: [min(space.layers_of_group(g)) for g in options if c[g] != options[g][-1]]
+    assert max(first(early)) < min(first(late))
+    full = space.specs(space.full_choice())
+    share = lambda c, f: f(space.specs(c)) / f(full)
+    flops = lambda specs: sum(s.flops for s in specs)
+    assert share(early, weight_elements) > share(late, weight_elements)
+    assert share(early, flops) < share(late, flops)
+    names = [n for n, _ in calibration_choices(options, space=space)]
+    assert len(names) == 5 and names[-2:] == [n for n, _ in split_choices(space, options)]

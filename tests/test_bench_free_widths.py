@@ -13,7 +13,7 @@ def test_a_free_width_run_is_rescored_from_its_records_without_measuring(sim_dev
     sim_devices.add("sim-fw", bound="flops", step=16, bias=1.2)
     run = fw.run_model("groupednet", "sim-fw", 3, 0, store, lambda msg: None)
     # the full network first, then the random and the engine's calibration networks
-    assert len(run["calibration"]) == 1 + fw.CALIBRATION + 3
+    assert len(run["calibration"]) == 1 + fw.CALIBRATION + 3 + 2  # 3 uniform, 2 split
     rows_before = store.count()
     again = fw.rescore_model(run, store)
     assert store.count() == rows_before  # every layer shape came from the store

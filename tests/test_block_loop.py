@@ -108,7 +108,7 @@ def test_every_selector_reaches_it_in_the_loop(per_op, store, selector):
     assert res.measured_ms <= res.budget_ms and res.stats["certified"] and res.plan["removed_blocks"]
     assert res.selection["selector"] == selector
     names = [n["network"] for n in res.stats["fastest"]["sim-ops"]["measured"]]  # near the fastest: measured
-    assert len(names) == len(set(names)) == 6
+    assert len(names) == len(set(names)) == 8  # 4 uniform (one with the blocks removed), 2 split, 2 fastest
     assert any(n.endswith("every removable block removed") for n in names[4:])
 
 

@@ -239,6 +239,28 @@ def test_layout_reorders_inside_a_network_are_modelled():
     assert plain.reorder_ms_per_element() == 0.0 and float(plain.reorder_saved(CONV, 30, 30)) == 0.0
 
 
+def test_reorders_saved_by_an_all_blocked_network_are_priced_without_an_activation_term():
+    """Every width on the alignment: each layer saves reorders of about twice
+    its activations, so reorder and activation elements are collinear. A
+    network that runs at its layers minus a price per saved reorder (cheaper
+    than its isolated layers by an amount that grows with its activations)
+    is fitted with the reorder price, not with an activation price held at 0,
+    and predicted across widths."""
+    from latency_models import activation_elements, reorder_saved_elements
+    from latency_models.network import independent
+    net = NetworkLatencyModel("quadratic-m6", align_channels=4).fit(samples())
+    pairs = [(8, 8), (16, 16), (32, 16), (64, 64), (16, 48), (48, 32)]
+    saved = lambda specs: sum(float(reorder_saved_elements(s, s.in_channels, s.out_channels, 4)) for s in specs)
+    truth = lambda specs: 0.05 + 0.9 * net.layers_ms(specs) - 3e-6 * saved(specs)
+    nets = [network(a, b) for a, b in pairs]
+    assert not independent(np.array([saved(n) for n in nets]), np.array([activation_elements(n) for n in nets]))
+    net.fit_remainder([(n, truth(n)) for n in nets], reference=3)
+    assert net.reorder_ms_per_element() == pytest.approx(3e-6, rel=1e-2) and net.remainder_coef()[1] == 0.0
+    assert net.fit_error_rel < 1e-3
+    for a, b in ((24, 40), (56, 8)):
+        assert net.predict(network(a, b)) == pytest.approx(truth(network(a, b)), rel=1e-3)
+
+
 def test_off_alignment_widths_are_predicted_from_their_own_samples():
     """A device whose plain kernels (input width not a multiple of 4, from one
     block of 8 up: narrower inputs are read as they are by the blocked

@@ -16,7 +16,7 @@ from onnx import shape_inference
 from hwprune import zoo
 from hwprune.graph.space import PruningSpace
 from hwprune.graph.subnets import build, random_choices
-from latency_models.network import reorder_saved_elements
+from latency_models.layout import reorder_saved_elements
 from latency_models.quadratic import misaligned, reads_plain_input
 from profilers import LayerSpec
 

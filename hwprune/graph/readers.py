@@ -9,7 +9,7 @@ graph from every conv/linear layer through the ops that keep a layout
 (BatchNorm, ReLU-like activations, residual adds) to the first ops that read
 it, and names them as :data:`profilers.specs.READERS`; the latency model
 prices the conversions from them
-(:func:`latency_models.network.reorder_saved_elements`).
+(:func:`latency_models.layout.reorder_saved_elements`).
 """
 from __future__ import annotations
 

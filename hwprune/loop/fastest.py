@@ -6,7 +6,8 @@ network slower than a wider one (depthwise sub-networks measured 1.2-1.8x the
 *full* network on ONNX Runtime CPU). So the minimum reachable latency is never
 taken to be the smallest network's. :func:`calibrate_networks` measures the
 smallest, quarter- and half-width networks (uniform positions on every
-group's width grid) and fits the latency model's remainder to them;
+group's width grid) and two split ones (one half of the network narrow, the
+other full) and fits the latency model's remainder to them;
 :func:`measure_fastest` then measures the networks the fitted model predicts
 fastest (uniform positions at every eighth of the grid, and a descent that
 changes one group at a time while the prediction drops), refitting with them.
@@ -32,6 +33,7 @@ log = logging.getLogger("hwprune")
 
 FIT_WARN_REL = 0.05  # a latency model missing its calibration networks by more than this (RMS) is flagged
 UNIFORM = (0.0, 0.25, 0.5)     # calibration networks: positions on every group's width grid
+SPLIT = 0.25                    # split calibration networks: the narrow half's position on its width grids
 CANDIDATES = 2                  # predicted-fastest networks measured besides them
 DESCENT_SWEEPS = 4
 
@@ -110,14 +112,38 @@ def _uniform(options, frac: float, removed: bool) -> tuple[str, Choice]:
     return base + (", every removable block removed" if removed else ", every block kept"), choice
 
 
-def calibration_choices(options, fractions=UNIFORM) -> list[tuple[str, Choice]]:
+def split_choices(space: PruningSpace, options) -> list[tuple[str, Choice]]:
+    """Two networks that are narrow in one half of the network and full in the
+    other: the groups whose first layer comes in the first half of the
+    network's groups at ``SPLIT`` of their width grids and the others full,
+    then the reverse (every block kept). Uniform networks scale every layer's
+    work, weights and activations together, so they cannot tell the terms of
+    the remainder apart; these can (vgg16's late layers hold most of its weights,
+    its early ones most of its work)."""
+    gids = sorted((k for k in options if not is_block_key(k)), key=lambda g: min(space.layers_of_group(g), default=0))
+    if len(gids) < 2:
+        return []
+    narrow, early = uniform_choice(options, SPLIT), set(gids[:len(gids) // 2])
+    full = {k: opts[-1] for k, opts in options.items()}
+    return [(f"{which} half of the groups at {100 * SPLIT:.0f} % of their width grids, the others full",
+             {**full, **{g: narrow[g] for g in gids if (g in early) == (which == "early")}})
+            for which in ("early", "late")]
+
+
+def calibration_choices(options, fractions=UNIFORM, space: PruningSpace | None = None) -> list[tuple[str, Choice]]:
     """The calibration networks: uniform positions on the width grids, every
     removable block removed in the first (the smallest network) and kept in
     the others; where the options hold blocks, also the full widths with every
-    block removed, so that the rows' numbers of layers differ."""
+    block removed, so that the rows' numbers of layers differ; with ``space``,
+    the :func:`split_choices` (only those not already among them)."""
     out = [_uniform(options, f, f == 0.0) for f in fractions]
     if any(is_block_key(k) for k in options):
         out.append(_uniform(options, 1.0, True))
+    seen = [c for _, c in out] + [{k: opts[-1] for k, opts in options.items()}]  # and the full network
+    for name, choice in split_choices(space, options) if space is not None else []:
+        if choice not in seen:
+            seen.append(choice)
+            out.append((name, choice))
     return out
 
 
@@ -132,7 +158,7 @@ def calibrate_networks(lat, space: PruningSpace, measure_ms: Callable[[nn.Module
     ev = Evaluator(space, lat, scores)
     reference = 0 if rows else None
     nets = tuple(_measure(space, ev, measure_ms, name, choice, rows)
-                 for name, choice in calibration_choices(options, fractions))
+                 for name, choice in calibration_choices(options, fractions, space))
     lat.fit_remainder(rows, reference=reference)
     return Calibration(nets, lat.fit_error_rel)
 
@@ -184,4 +210,4 @@ def measure_fastest(lat, space: PruningSpace, measure_ms: Callable[[nn.Module], 
 
 
 __all__ = ["FIT_WARN_REL", "Calibration", "Network", "calibrate_networks", "descend", "fastest_candidates",
-           "fit_warnings", "measure_fastest"]
+           "fit_warnings", "measure_fastest", "split_choices"]
