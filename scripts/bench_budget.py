@@ -223,8 +223,9 @@ def _mega(v) -> str:
 
 def render_md(header: dict, rows: list[dict], summary: str, total_s: float, store_path: str) -> str:
     cols = ["model", "frac", "budget ms", "baseline ms (min-max)", "predicted ms", "engine ms",
-            "re-measured ms (min-max)", "ratio", "abs ratio", "in band", "rounds", "rounds measured/budget",
-            "profile s", "prune s", "shapes meas/reused", "params before->after", "FLOPs before->after"]
+            "re-measured ms (min-max)", "engine ratio", "ratio", "abs ratio", "in band", "rounds",
+            "rounds measured/budget", "profile s", "prune s", "shapes meas/reused", "params before->after",
+            "FLOPs before->after"]
     body = []
     for r in rows:
         if r.get("error"):
@@ -247,6 +248,7 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
             f"{_f(r['baseline_ms'])} ({_f(r['baseline_min_ms'])}-{_f(r['baseline_max_ms'])})",
             _f(r["predicted_ms"]), _f(r["engine_measured_ms"]),
             f"{_f(r['remeasured_ms'])} ({_f(r['remeasured_min_ms'])}-{_f(r['remeasured_max_ms'])})",
+            _f(r.get("engine_ratio")),
             _f(r["ratio"]) + (f" ({len(r['readings'])})" if r.get("readings") else ""), _f(r["ratio_abs"]),
             "yes" if r["in_band"] else "**NO**", str(r["n_rounds"]), seq,
             _f(r["profile_s"], ".1f"), _f(r["prune_wall_s"], ".1f"),
@@ -263,7 +265,9 @@ def render_md(header: dict, rows: list[dict], summary: str, total_s: float, stor
               f"- budget given to the engine as: {header.get('budget_given_as', 'ms')}",
               "- ratio = (re-measured pruned / baseline re-measured with it) / budget fraction: the "
               "budget is a fraction of the baseline, and measuring both together cancels the host's "
-              "drift; abs ratio = re-measured ms / budget ms (inherits the drift between the two times)",
+              "drift; abs ratio = re-measured ms / budget ms (inherits the drift between the two times); "
+              "engine ratio = the engine's own last reading of its answer / its budget: where the two differ, "
+              "the ratio itself moved between the engine's reading and the re-measurement",
               f"- band: ratio in [{BAND[0]:.2f}, {BAND[1]:.2f}]; total time {total_s:.0f} s",
               "- rounds measured/budget: each round's measured latency / budget as the engine read it; * a plan "
               "one grid step wider than a measured one (the loop's widening by measurement); + a plan in doubt "
@@ -295,6 +299,10 @@ def summarise_band(rows: list[dict]) -> str:
         cliffs = sum(1 for r in checked if r["cliff"])
         text += (f"; of the {len(checked)} under it, {cliffs} at a latency cliff (every plan one grid step wider "
                  f"re-measured over the budget)")
+    moved = [r for r in rows if not r.get("in_band") and r.get("engine_ratio") is not None
+             and BAND[0] <= r["engine_ratio"] <= BAND[1]]
+    if moved:
+        text += f"; {len(moved)} out of it only on re-measurement (the engine had read them in the band)"
     return text
 
 

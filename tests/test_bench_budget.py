@@ -29,6 +29,24 @@ def test_the_report_gives_the_engines_note_on_rows_out_of_the_band():
     assert "notes on the rows out of the band" not in bench.render_md(header, rows[:1], "1/1", 1.0, "store")
 
 
+def test_the_report_shows_the_engines_own_reading_and_counts_rows_the_re_measurement_moved():
+    """A row the engine read in the band (0.95) and the re-measurement under it
+    (0.85) is counted as moved on re-measurement; one the engine read under
+    the band too (0.86, 0.86) is not; the table shows both readings."""
+    moved, under = {**row("a", 0.85), "engine_ratio": 0.95}, {**row("b", 0.86), "engine_ratio": 0.86}
+    summary = bench.summarise_band([row("c", 0.95), moved, under])
+    assert summary == "1/3 in [0.90, 1.03]; 1 out of it only on re-measurement (the engine had read them in the band)"
+    assert bench.summarise_band([row("c", 0.95), under]) == "1/2 in [0.90, 1.03]"
+    header = {"date": "d", "cpu": "c", "cores": 2, "machine": "m", "python": "3", "versions": {}, "device": "dev",
+              "store_rows_at_start": 0}
+    md = bench.render_md(header, [moved], summary, 1.0, "store")
+    head = next(line for line in md.splitlines() if line.startswith("| model"))
+    cells = [c.strip() for c in head.split("|")]
+    line = next(line for line in md.splitlines() if line.startswith("| a "))
+    values = [c.strip() for c in line.split("|")]
+    assert values[cells.index("engine ratio")] == "0.950" and values[cells.index("ratio")] == "0.850"
+
+
 def test_the_co_running_load_ends_when_its_benchmark_is_killed():
     """A benchmark killed without its exit handler (SIGKILL) must not leave its
     memory-streaming load running on the host."""
