@@ -21,7 +21,10 @@ def source_copy(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in SOURCES:
         src = ROOT / name
-        (shutil.copytree(src, dest / name, ignore=junk) if src.is_dir() else shutil.copy2(src, dest / name))
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=junk)
+        else:
+            shutil.copy2(src, dest / name)
     return dest
 
 

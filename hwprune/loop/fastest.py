@@ -124,9 +124,8 @@ def split_choices(space: PruningSpace, options) -> list[tuple[str, Choice]]:
     if len(gids) < 2:
         return []
     narrow, early = uniform_choice(options, SPLIT), set(gids[:len(gids) // 2])
-    full = {k: opts[-1] for k, opts in options.items()}
     return [(f"{which} half of the groups at {100 * SPLIT:.0f} % of their width grids, the others full",
-             {**full, **{g: narrow[g] for g in gids if (g in early) == (which == "early")}})
+             {**uniform_choice(options, 1.0), **{g: narrow[g] for g in gids if (g in early) == (which == "early")}})
             for which in ("early", "late")]
 
 
@@ -139,7 +138,7 @@ def calibration_choices(options, fractions=UNIFORM, space: PruningSpace | None =
     out = [_uniform(options, f, f == 0.0) for f in fractions]
     if any(is_block_key(k) for k in options):
         out.append(_uniform(options, 1.0, True))
-    seen = [c for _, c in out] + [{k: opts[-1] for k, opts in options.items()}]  # and the full network
+    seen = [c for _, c in out] + [uniform_choice(options, 1.0)]  # and the full network
     for name, choice in split_choices(space, options) if space is not None else []:
         if choice not in seen:
             seen.append(choice)
