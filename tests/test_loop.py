@@ -298,10 +298,14 @@ def test_accepts_only_when_the_upper_end_of_the_interval_is_under_the_budget():
 
 @pytest.mark.parametrize("hi_rel,accepted", [(0.0416, True), (0.0417, False)])
 def test_the_acceptance_threshold_is_the_budget_itself(hi_rel, accepted):
-    """0.96 x (1 + 0.0416) = 0.99994 is under the budget; 0.96 x 1.0417 = 1.00003 is not."""
+    """0.96 x (1 + 0.0416) = 0.99994 is under the budget; 0.96 x 1.0417 = 1.00003 is not. The plan not
+    accepted is the only one, in doubt, after the one round allowed: it gets one more reading beyond
+    ``max_rounds``, and pooled (+-2.9 %) it is certified."""
     loop, _, meter = controller(FINE, {"d": 5.0}, max_rounds=1, interval=lambda d, w: (hi_rel, True))
     out = loop.run()
-    assert meter.measured == [48] and loop.accepts(out.trials[0]) is accepted and out.certified is accepted
+    assert loop.accepts(out.trials[0]) is accepted and out.certified
+    assert meter.measured == ([48] if accepted else [48, 48])
+    assert out.rounds[-1].status == ("heuristic" if accepted else "re-measured")
 
 
 def test_a_point_estimate_under_the_budget_with_the_interval_over_it_is_not_certified():
@@ -343,11 +347,13 @@ def test_a_narrow_interval_just_over_the_budget_is_not_called_noise():
 
 
 def test_the_worst_device_interval_decides_acceptance():
-    """Device a is exact; b measures the same but +-5 %: b's upper end (1.008) blocks acceptance."""
-    loop, _, _ = controller(FINE, {"a": 5.0, "b": 5.0}, primary="a", max_rounds=1,
-                            interval=lambda d, w: (0.05 if d == "b" else 0.0, True))
+    """Device a is exact; b measures the same but +-8 %: b's upper end (1.037) blocks acceptance, and one
+    more reading could not lower it under the budget (0.96 x 1.08 ** sqrt(1/2) = 1.013), so none is taken."""
+    loop, _, meter = controller(FINE, {"a": 5.0, "b": 5.0}, primary="a", max_rounds=1,
+                                interval=lambda d, w: (0.08 if d == "b" else 0.0, True))
     out = loop.run()
-    assert loop.used(out.best) == pytest.approx(0.96) and loop.used_hi(out.best) == pytest.approx(1.008)
+    assert loop.used(out.best) == pytest.approx(0.96) and loop.used_hi(out.best) == pytest.approx(0.96 * 1.08)
+    assert meter.measured == [48]
     assert not out.certified and "on b" in out.note
 
 
@@ -546,6 +552,19 @@ def test_a_plan_in_doubt_is_measured_again_only_while_one_more_reading_could_cer
     assert out.best.model == 32 and out.certified
     assert out.note.startswith("the plan uses 64 % of the budget: the next plan measured used 98 % (its interval "
                                "up to 101 %, 2 readings pooled)")
+
+
+@pytest.mark.parametrize("half,again", [(0.05, True), (0.08, False)])
+def test_a_plan_left_in_doubt_by_the_last_round_gets_one_more_reading(half, again):
+    """Two rounds allowed: 48 (0.96 of the budget, +-5 %) in doubt, then 32 (0.64) certified; the rounds are
+    spent. One more reading of 48, beyond ``max_rounds``, pools to +-3.5 % and certifies it; at +-8 % one
+    more could not (0.96 x 1.08 ** sqrt(1/2) = 1.013), so none is taken and 32 stands, with its note."""
+    loop, _, meter = controller(COARSE, {"d": 5.0}, max_rounds=2,
+                                interval=lambda d, w: (half if w == 48 else 0.01, w != 48))
+    out = loop.run()
+    assert meter.measured == ([48, 32, 48] if again else [48, 32]) and out.certified
+    assert out.best.model == (48 if again else 32) and len(out.rounds) == (3 if again else 2)
+    assert (out.note == "") is again and (out.rounds[-1].status == "re-measured") is again
 
 
 def test_a_plan_too_close_to_the_budget_to_certify_is_not_measured_again():

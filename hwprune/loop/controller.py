@@ -37,6 +37,9 @@ each a method of :class:`Controller`:
   measured under the budget while calibrating are measured as plans, and
   plans between the slowest of them under the budget and the fastest plan
   over it.
+- :func:`hwprune.loop.confirm.settle`: when the rounds ran out with the
+  answer under ``accept_low`` (or uncertified) and a plan using more in doubt,
+  that plan gets one more reading, pooled, beyond ``max_rounds``.
 - :meth:`Controller.outcome`: after ``max_rounds`` measured rounds (or a stop),
   the certified plan (interval under every budget) with the most latency
   used (with a note where it uses less than ``accept_low``: the next plan
@@ -63,7 +66,7 @@ from typing import Any, Protocol
 
 from hwprune.graph.space import Choice
 from hwprune.loop.between import bisect
-from hwprune.loop.confirm import confirm
+from hwprune.loop.confirm import confirm, settle
 from hwprune.loop.meter import PlanMeter, Reading, pool
 from hwprune.loop.notes import uncertified_note, under_note
 from hwprune.loop.widen import Widening, widen
@@ -185,6 +188,7 @@ class Controller:
             start, targets = self.anchor.selection.choice, self.re_aim(self.anchor)
         if not (confirm(self) or widen(self) or confirm(self)):
             bisect(self, self.max_rounds)
+        settle(self)
         return self.outcome()
 
     # ---------------------------------------------------------------- measurements

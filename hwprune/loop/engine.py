@@ -21,7 +21,7 @@ The networks the latency model is calibrated on, and where the budget is
 near them the networks it predicts fastest, are measured; a budget below the
 fastest of them is refused (:mod:`hwprune.loop.fastest`).
 The latency model's error is corrected after each measured round and the
-selection redone, for at most ``max_rounds`` rounds, from the measured plan
+selection redone, for at most ``max_rounds`` rounds (+1 reading of a plan left in doubt), from the measured plan
 closest to the aim with the target divided by its measured / predicted ratio;
 the selector aims a little under the budget (``aim``) and a round is accepted
 once its measured latency lies in ``[accept_low, 1.0] x budget`` (the decisions:
