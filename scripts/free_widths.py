@@ -122,10 +122,16 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
     # every network against the full one in fresh sessions, alternating blocks: calibration and validation
     # alike, so the host's drift cancels in the fit as in the judgement
     meter = BlockMeter(prof.runtime, model, (x,), protocol=block_protocol(dev))
-    rows = [(space.full_choice(), meter.reference_ms)] + [(c, meter.measure(build(space, c))) for c in calibration]
+    refs = [meter.scale_ms]  # the original's running median after each row: how far the host moved meanwhile
+
+    def measure(net) -> float:
+        ms = meter.measure(net)
+        refs.append(meter.reference_ms)
+        return ms
+    rows = [(space.full_choice(), meter.scale_ms)] + [(c, measure(build(space, c))) for c in calibration]
     # then the engine's own calibration networks, measured and fitted on (with those) as the engine does;
     # every row is recorded by its choice, so that rescore_model can fit on them again
-    cal = calibrate_networks(lat, space, meter.measure, device_options(space, dev), criteria.compute("l1", space),
+    cal = calibrate_networks(lat, space, measure, device_options(space, dev), criteria.compute("l1", space),
                              [(live_specs(space, c), ms) for c, ms in rows])
     rows += [(n.choice, n.measured_ms) for n in cal.networks]
     out = []
@@ -138,7 +144,8 @@ def run_model(name: str, device: str, samples: int, seed: int, store, log) -> di
             f"[{est.ratio_lo:.3f}, {est.ratio_hi:.3f}] -> {100 * out[-1]['error']:+.1f} %")
     return {"model": name, "device": device, "grid": grid.to_json(), "input_shape": list(x.shape),
             "seconds": time.perf_counter() - t0, "summary": summary([r["error"] for r in out]), "footing": lat.footing,
-            "calibration": [{"widths": choice_json(c), "measured_ms": ms} for c, ms in rows], "rows": out}
+            "calibration": [{"widths": choice_json(c), "measured_ms": ms, "reference_ms": r}
+                            for (c, ms), r in zip(rows, refs)], "rows": out}
 
 
 def rescore_model(run: dict, store) -> dict:

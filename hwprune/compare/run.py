@@ -189,7 +189,7 @@ def prepare_side(side: Side, space, example_inputs, scores, store, progress, gri
         side.lat = fit_latency_model(side.profiler, space, side.options, progress)
         side.meter = BlockMeter(side.profiler.runtime, space.model, example_inputs, initial=3)
         side.smallest_ms = calibrate(side.lat, space, side.meter.measure, side.options, scores,
-                                     [(space.specs(space.full_choice()), side.meter.reference_ms)])
+                                     [(space.specs(space.full_choice()), side.meter.scale_ms)])
         side.remainder = "remainder fitted to whole-model measurements here (full, smallest, quarter, half width)"
     side.ev = Evaluator(space, side.lat, scores)
     side.predicted_full_ms = side.ev.latency_ms(space.full_choice())

@@ -192,14 +192,14 @@ def _calibrated(prof: Profiler, meter: BlockMeter, space: PruningSpace, options,
     """The device's latency model (layers profiled, remainder fitted on whole
     networks), the whole-network rows it was fitted on and the networks measured."""
     lat = fit_latency_model(prof, space, options, progress)
-    rows = [(space.specs(space.full_choice()), meter.reference_ms)]
+    rows = [(space.specs(space.full_choice()), meter.scale_ms)]
     return lat, rows, calibrate_networks(lat, space, meter.measure, options, scores, rows)
 
 
 def _check_reachable(budgets: Budgets, cals: dict[str, Calibration], meter: BlockMeters, hint: str = "") -> None:
     """Refuse a budget below the fastest network measured on its device (``hint``: what else may reach it)."""
     for d, b in budgets.now(meter).items():
-        fast, small, base = cals[d].fastest, cals[d].smallest, meter.reference_ms(d)
+        fast, small, base = (c := cals[d].scaled(meter.since_scale(d))).fastest, c.smallest, meter.reference_ms(d)
         if b < fast.measured_ms:
             also = ("" if fast is small else f"; the smallest network the constraints allow measured "
                     f"{small.measured_ms:.3f} ms")
@@ -272,7 +272,7 @@ def _result(model: nn.Module, space: PruningSpace, loop: Controller, outcome: Ou
             cals: dict[str, Calibration], extra: dict, t_start: float, profile_s: float, host: dict) -> PruneResult:
     """The result of the closed loop: its best trial, every device's numbers, stats, the selection."""
     best, sel, primary = outcome.best, outcome.best.selection, loop.budgets.primary
-    budgets = loop.budgets_ms()
+    budgets, cals = loop.budgets_ms(), {d: c.scaled(loop.meter.since_scale(d)) for d, c in cals.items()}
     per_device = {d: {"budget_ms": budgets.get(d), "baseline_ms": loop.meter.reference_ms(d),
                       "smallest_ms": cals[d].smallest.measured_ms, "fastest_ms": cals[d].fastest.measured_ms,
                       "predicted_ms": best.predicted_ms(d), "measured_ms": loop.measured_ms(best, d)} for d in profs}

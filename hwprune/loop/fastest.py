@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -72,6 +72,10 @@ class Calibration:
     @property
     def fastest(self) -> Network:
         return min(self.networks, key=lambda n: n.measured_ms)
+
+    def scaled(self, factor: float) -> Calibration:
+        """Every network's ms times ``factor`` (measured at one scale, read at another)."""
+        return replace(self, networks=tuple(replace(n, measured_ms=n.measured_ms * factor) for n in self.networks))
 
     def to_json(self, baseline_ms: float) -> dict:
         f = self.fastest

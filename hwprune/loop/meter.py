@@ -5,7 +5,11 @@ The loop never times anything itself. It hands a pruned network to a
 candidate's latency as a ratio to the original network's, with its 95 %
 interval. Milliseconds are that ratio times the meter's current
 ``reference_ms`` (the original's latency as measured so far), read when a
-decision needs them.
+decision needs them. Networks measured to fit a latency model
+(:meth:`BlockMeter.measure`) are the exception: their ratios all scale by one
+value, ``scale_ms``, fixed when first read, so that the rows of one fit keep
+the ratios they were measured at (scaled by the running median, a network
+measured a minute later would carry the host's drift in between).
 
 :class:`BlockMeters` measures as a user sees a deployed network: fresh
 sessions, each model alone for a block of runs, blocks of the candidate and
@@ -118,6 +122,7 @@ class BlockMeter:
         self._reference = block_runner(runtime, reference, example_inputs, protocol)
         self.reference_medians: list[float] = []
         self.t_start = time.perf_counter()
+        self._scale_ms: float | None = None
         for _ in range(initial):
             self.reference_block()
 
@@ -143,9 +148,18 @@ class BlockMeter:
         q1, q3 = np.percentile(medians, [25, 75])
         return Reading(est.ratio, float(q3 - q1), est.ratio_lo, est.ratio_hi, est.sure, est.rounds, est.seconds)
 
+    @property
+    def scale_ms(self) -> float:
+        """The original's latency every :meth:`measure` scales by: ``reference_ms``
+        when first read, then fixed (a fit's rows are ratios at one scale)."""
+        if self._scale_ms is None:
+            self._scale_ms = self.reference_ms
+        return self._scale_ms
+
     def measure(self, model: nn.Module, certainty: Certainty = CALIBRATION) -> float:
-        """``model``'s latency in ms: its ratio to the original times ``reference_ms``."""
-        return self.reading(model, certainty).ratio * self.reference_ms
+        """``model``'s latency in ms for a fit: its ratio to the original times
+        ``scale_ms`` (the original's own row is ``scale_ms``)."""
+        return self.reading(model, certainty).ratio * self.scale_ms
 
     def spread(self) -> dict:
         """The original's block medians over the run: range, and ``spread_rel``
@@ -168,6 +182,12 @@ class BlockMeters:
 
     def measure(self, model: nn.Module) -> dict[str, Reading]:
         return {device: meter.reading(model) for device, meter in self.meters.items()}
+
+    def since_scale(self, device: str) -> float:
+        """``reference_ms`` / ``scale_ms`` on ``device``: what turns ms measured
+        for a fit (:meth:`BlockMeter.measure`) into ms at the current reference."""
+        m = self.meters[device]
+        return m.reference_ms / m.scale_ms
 
 
 def host_stats(meter: BlockMeters, grids: dict[str, Grid], certainty: Certainty, fraction: bool) -> dict:
