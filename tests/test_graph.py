@@ -81,3 +81,35 @@ def test_untraceable_model_is_a_clear_error():
             raise RuntimeError("boom")
     with pytest.raises(GraphError, match="cannot trace"):
         PruningSpace(Bad(), torch.randn(1, 3, 8, 8))
+
+
+def test_index_mappings_are_recomputed_after_a_prune_and_only_then(monkeypatch):
+    """Torch-Pruning recomputes every concat and split mapping on each group
+    asked for; the graph does it once after each prune: probing a concat net's
+    groups costs none, and the groups asked for after pruning one still cut
+    the widths the space predicts."""
+    import copy
+
+    import torch_pruning as tp
+
+    from hwprune.graph.space import root_handler
+    from hwprune.graph.trace import build_graph
+    model, x = archs.create("concat")
+    space = PruningSpace(model, (x,))
+    calls, update = [], tp.dependency.index_mapping.update_index_mapping
+    monkeypatch.setattr(tp.dependency.index_mapping, "update_index_mapping", lambda dg: (calls.append(1), update(dg)))
+    net = copy.deepcopy(model)
+    dg = build_graph(net, (x,))
+    calls.clear()
+    roots = [net.get_submodule(g.root) for g in space.groups]
+    for root in roots * 3:
+        dg.get_pruning_group(root, root_handler(root), idxs=[0])
+    assert calls == []
+    kept = {}
+    for g, root in zip(space.groups, roots):
+        dg.get_pruning_group(root, root_handler(root), idxs=list(range(1, g.size, 2))).prune()
+        kept[g.gid] = list(range(0, g.size, 2))
+    assert len(calls) == len(space.groups) - 1  # before every group asked for after a prune
+    choice = {gid: (len(k),) for gid, k in kept.items()}
+    check_widths(space, net, choice)
+    torch.testing.assert_close(net(x), apply_kept(space, kept)(x))
