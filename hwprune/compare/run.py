@@ -56,7 +56,7 @@ from hwprune.latency.grid import Grid, descriptor_grid, resolve_grid, with_grid
 from hwprune.latency.offline import find_profile, offline_model, read_profile
 from hwprune.latency.profiling import Profiler, Progress, fit_latency_model
 from hwprune.loop.engine import calibrate, count_params, prune
-from hwprune.loop.meter import BlockMeter
+from hwprune.loop.meter import PLAN, BlockMeter, Certainty
 from hwprune.select.evaluator import Evaluator
 from hwprune.select.problem import Constraints, Problem, floor_options
 from hwprune.select.selectors import SELECTORS, select
@@ -177,7 +177,8 @@ def side_grid(side: Side, store, grid: int | None, progress) -> Grid:
     return descriptor_grid(side.device)
 
 
-def prepare_side(side: Side, space, example_inputs, scores, store, progress, grid: int | None = None) -> None:
+def prepare_side(side: Side, space, example_inputs, scores, store, progress, grid: int | None = None,
+                 certainty: Certainty = PLAN) -> None:
     """Latency model (and, where measured, baseline and channel step) of a side, on its grid."""
     side.grid = side_grid(side, store, grid, progress)
     side.device = with_grid(side.device, side.grid)
@@ -187,7 +188,7 @@ def prepare_side(side: Side, space, example_inputs, scores, store, progress, gri
     if side.mode == MEASURED:
         side.profiler = Profiler(side.device, store)
         side.lat = fit_latency_model(side.profiler, space, side.options, progress)
-        side.meter = BlockMeter(side.profiler.runtime, space.model, example_inputs, initial=3)
+        side.meter = BlockMeter(side.profiler.runtime, space.model, example_inputs, initial=3, plan=certainty)
         side.smallest_ms = calibrate(side.lat, space, side.meter.measure, side.options, scores,
                                      [(space.specs(space.full_choice()), side.meter.scale_ms)])
         side.remainder = "remainder fitted to whole-model measurements here (full, smallest, quarter, half width)"
@@ -204,7 +205,8 @@ def choice_of(space: PruningSpace, kept: dict) -> dict:
     return out
 
 
-def make_plans(space, example_inputs, sides, scores, frac, selector, store, progress, time_limit_s) -> list[dict]:
+def make_plans(space, example_inputs, sides, scores, frac, selector, store, progress, time_limit_s,
+               certainty: Certainty = PLAN) -> list[dict]:
     plans = []
     for side in sides:
         target, raised = frac * side.baseline_ms, ""
@@ -216,7 +218,7 @@ def make_plans(space, example_inputs, sides, scores, frac, selector, store, prog
                           f"({side.smallest_ms:.3f} ms measured); budget raised to {budget['budget_ms']:.3f} ms")
             run = functools.partial(prune, space.model, example_inputs, device=side.name, selector=selector,
                                     store=store, progress=progress, time_limit_s=time_limit_s,
-                                    grid={side.name: side.grid})
+                                    grid={side.name: side.grid}, certainty=certainty)
             try:
                 res = run(**budget)
             except BelowSmallestError as exc:  # the engine measured the smallest network slower than we did
@@ -277,11 +279,12 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
                 model_name: str = "", selector: str = "greedy", store: MeasurementStore | None = None,
                 predicted_only=(), profiles=(), profiles_dir: Path | None = None, curve_layers: int = 4,
                 pareto_points: int = 9, repeats: int = 3, time_limit_s: float = 60.0,
-                progress: Progress | None = None, grid: int | None = None) -> Comparison:
+                progress: Progress | None = None, grid: int | None = None, certainty: Certainty = PLAN) -> Comparison:
     """Run the comparison (module docstring). Every device is checked (known,
     runs here or has a profile that covers the model) before anything is
     measured. ``grid``: the channel grid of every device (default: measured
-    here for measured devices, the descriptor's for predicted ones)."""
+    here for measured devices, the descriptor's for predicted ones). ``certainty``: when a measured
+    reading stops, the engine's plans' and the cross matrix's cells' alike (default the engine's)."""
     example_inputs = as_inputs(example_inputs)
     SELECTORS.check(selector)  # an unknown name fails before anything is measured
     frac = parse_fraction(budget_frac)
@@ -294,13 +297,13 @@ def run_compare(model: torch.nn.Module, example_inputs, device_names, *, budget_
     scores = importance.compute("l1", space)
     for side in sides:
         log.info("preparing %s (%s)", side.name, side.mode)
-        prepare_side(side, space, example_inputs, scores, store, progress, grid)
+        prepare_side(side, space, example_inputs, scores, store, progress, grid, certainty)
     layers, other = layer_rows(space, sides)
     for s in sides:  # a prediction's non-layer part is its remainder
         if s.mode != MEASURED:
             other[s.name] = s.lat.remainder_ms(space.specs(space.full_choice()))
     curve_data = curves(space, sides, layers, curve_layers, progress)
-    plans = make_plans(space, example_inputs, sides, scores, frac, selector, store, progress, time_limit_s)
+    plans = make_plans(space, example_inputs, sides, scores, frac, selector, store, progress, time_limit_s, certainty)
     cross = cross_matrix(sides, plans, repeats, progress)
     front = pareto(space, sides, scores, selector, int(pareto_points), time_limit_s)
     every = {g.gid: sorted({o for s in sides for o in s.options[g.gid]} | {p["choice"][g.gid] for p in plans},
