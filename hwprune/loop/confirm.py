@@ -50,36 +50,38 @@ def in_doubt(loop) -> list:
     return sorted((t for t in doubt if expected_hi(loop, t) <= 1.0), key=lambda t: expected_hi(loop, t))
 
 
-def confirm(loop) -> bool:
-    """While rounds are left and the best certified plan uses less than the
-    acceptance share: measure the plan :func:`in_doubt` puts first again
-    (pooled with its earlier readings). True when one is accepted."""
+def worth_measuring_again(loop):
+    """The plan :func:`in_doubt` puts first, where the best certified plan
+    uses less than the acceptance share (or none is certified); None where
+    there is no latency budget, the best certified plan is good enough, or no
+    plan is in doubt."""
     if not loop.budgets_ms():
-        return False
+        return None
+    best = loop.best_certified()
+    if best is not None and loop.used(best) >= loop.accept_low_now():
+        return None
+    doubt = in_doubt(loop)
+    return doubt[0] if doubt else None
+
+
+def confirm(loop) -> bool:
+    """While rounds are left: measure the plan :func:`worth_measuring_again`
+    names again (pooled with its earlier readings). True when one is accepted."""
     while len(loop.trials) < loop.max_rounds:
-        best = loop.best_certified()
-        if best is not None and loop.used(best) >= loop.accept_low_now():
+        trial = worth_measuring_again(loop)
+        if trial is None:
             return False
-        doubt = in_doubt(loop)
-        if not doubt:
-            return False
-        if loop.accepts(loop.remeasure(doubt[0])):
+        if loop.accepts(loop.remeasure(trial)):
             return True
     return False
 
 
 def settle(loop) -> bool:
-    """The last word, after the rounds ran out: where the best certified plan
-    uses less than the acceptance share (or none is certified) and
-    :func:`in_doubt` offers a plan, measure it once more (pooled), beyond
+    """The last word, after the rounds ran out: the plan
+    :func:`worth_measuring_again` names, measured once more (pooled), beyond
     ``max_rounds``. True when that reading was taken."""
-    if not loop.budgets_ms():
+    trial = worth_measuring_again(loop)
+    if trial is None:
         return False
-    best = loop.best_certified()
-    if best is not None and loop.used(best) >= loop.accept_low_now():
-        return False
-    doubt = in_doubt(loop)
-    if not doubt:
-        return False
-    loop.remeasure(doubt[0])
+    loop.remeasure(trial)
     return True
